@@ -1,0 +1,78 @@
+"""The exporter contract and registry shared by every backend."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from qnas.quant.errors import ExportError
+
+
+@dataclass
+class ParityReport:
+    """How closely an exported file reproduces the PyTorch model on real data."""
+
+    backend: str
+    n: int
+    torch_acc: float
+    export_acc: float
+    agreement: float
+    """share of samples whose top-1 prediction is identical"""
+    max_abs_logit_diff: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Exporter(ABC):
+    """Writes a deployable file for one target and checks it against the model."""
+
+    name: str = ""
+    suffix: str = ""
+
+    @abstractmethod
+    def export(self, model: nn.Module, example_input: torch.Tensor, out: str | Path, overwrite: bool = False) -> Path:
+        """Write the exported file atomically to ``out`` and return its path."""
+
+    @abstractmethod
+    def verify(self, path: str | Path, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> ParityReport:
+        """Run the exported file on ``images`` and compare with ``model``."""
+
+
+_REGISTRY: dict[str, Callable[[], Exporter]] = {}
+
+
+def register(name: str) -> Callable[[type[Exporter]], type[Exporter]]:
+    def deco(cls: type[Exporter]) -> type[Exporter]:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+    return deco
+
+
+def available_exporters() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_exporter(name: str, **kwargs: Any) -> Exporter:
+    """Factory: ``create_exporter("onnx")``. An unknown name lists the valid ones."""
+    if name not in _REGISTRY:
+        raise ExportError(f"unknown export backend {name!r}; choose one of {available_exporters()}")
+    return _REGISTRY[name](**kwargs)
+
+
+def compare_logits(backend: str, ref: torch.Tensor, got: torch.Tensor, labels: torch.Tensor) -> ParityReport:
+    ref, got = ref.float(), got.float()
+    return ParityReport(
+        backend=backend,
+        n=len(labels),
+        torch_acc=float((ref.argmax(1) == labels).float().mean()),
+        export_acc=float((got.argmax(1) == labels).float().mean()),
+        agreement=float((ref.argmax(1) == got.argmax(1)).float().mean()),
+        max_abs_logit_diff=float((ref - got).abs().max()),
+    )

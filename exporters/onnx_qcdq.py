@@ -1,0 +1,98 @@
+"""ONNX export in Brevitas' QCDQ form (QuantizeLinear -> Clip -> DequantizeLinear),
+run and checked with onnxruntime."""
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from qnas.exporters.base import Exporter, ParityReport, compare_logits, register
+from qnas.quant.checkpoint import atomic_write
+from qnas.quant.errors import ExportError
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+def ort_session(path: str | Path, threads: int = 1) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise ExportError(f"onnxruntime cannot load {path} ({str(e).splitlines()[0][:160]}); re-export the model") from None
+
+
+def run_ort(session: Any, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    name = session.get_inputs()[0].name
+    outs = [session.run(None, {name: images[i:i + batch_size].numpy().astype(np.float32)})[0]
+            for i in range(0, len(images), batch_size)]
+    return torch.from_numpy(np.concatenate(outs))
+
+
+def measure_latency_ms(path: str | Path, input_shape: tuple[int, ...], threads: int = 1,
+                       warmup: int = 10, repeats: int = 50) -> float:
+    """Median onnxruntime latency (ms) of one inference at ``input_shape``."""
+    session = ort_session(path, threads)
+    name = session.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
+    for _ in range(warmup):
+        session.run(None, {name: x})
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        session.run(None, {name: x})
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+@register("onnx")
+class OnnxQcdqExporter(Exporter):
+    """Brevitas ``export_onnx_qcdq``: integer weight codes with their scales, QDQ activations."""
+
+    suffix = ".onnx"
+
+    def __init__(self, opset: int = 13):
+        self.opset = opset
+
+    def export(self, model: nn.Module, example_input: torch.Tensor, out: str | Path, overwrite: bool = False) -> Path:
+        from brevitas.export import export_onnx_qcdq
+
+        was_training = model.training
+        model.eval()
+
+        def write(tmp: Path) -> None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                export_onnx_qcdq(model, args=example_input[:1], export_path=str(tmp), opset_version=self.opset,
+                                 dynamo=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        try:
+            return atomic_write(out, write, overwrite=overwrite)
+        except ExportError:
+            raise
+        except Exception as e:
+            if isinstance(e, ValueError) and type(e).__name__ != "ValueError":
+                raise
+            raise ExportError(f"ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+        finally:
+            model.train(was_training)
+
+    def verify(self, path: str | Path, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> ParityReport:
+        session = ort_session(path)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            ref = torch.cat([model(images[i:i + 256]) for i in range(0, len(images), 256)])
+        model.train(was_training)
+        return compare_logits(self.name, ref, run_ort(session, images), labels)

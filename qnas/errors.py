@@ -1,0 +1,31 @@
+"""Error types. Every error a user can cause is a :class:`QnasError` whose
+message is one line saying what is wrong and how to fix it; the CLI prints it
+and exits with status 2."""
+from __future__ import annotations
+
+from qnas.quant.errors import CheckpointError, ExportError, QnasError, TrainingError
+
+__all__ = [
+    "QnasError", "ArchError", "ConfigError", "DataError", "UnknownDeviceError",
+    "CheckpointError", "LatencyTableError", "TrainingError", "ExportError",
+]
+
+
+class ArchError(QnasError):
+    """An architecture that its search space does not allow."""
+
+
+class ConfigError(QnasError):
+    """A malformed search-space or run configuration."""
+
+
+class DataError(QnasError):
+    """A data set or calibration file that cannot be used as given."""
+
+
+class UnknownDeviceError(QnasError):
+    """A device/latency profile name that qnas does not know."""
+
+
+class LatencyTableError(QnasError):
+    """A latency table that is corrupt or lacks an entry."""

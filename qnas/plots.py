@@ -1,0 +1,40 @@
+"""Plots a person would rather look at than read (matplotlib, headless)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from qnas.quant.checkpoint import atomic_write
+
+
+def plot_pareto(records: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]], out: str | Path,
+                budget_ms: float | None = None, chosen: dict[str, Any] | None = None,
+                title: str = "accuracy vs predicted latency") -> Path:
+    """Scatter of every evaluated arch, the Pareto front as a step line, the budget and the chosen arch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    ax.scatter([r["latency_ms"] for r in records], [100 * r["val_acc"] for r in records],
+               s=22, c="#9aa5b1", label=f"evaluated ({len(records)})", zorder=2)
+    fx = [r["latency_ms"] for r in front]
+    fy = [100 * r["val_acc"] for r in front]
+    ax.step(fx, fy, where="post", color="#1f77b4", lw=1.5, zorder=3)
+    ax.scatter(fx, fy, s=36, c="#1f77b4", label=f"Pareto front ({len(front)})", zorder=4)
+    if budget_ms is not None:
+        ax.axvline(budget_ms, color="#d62728", ls="--", lw=1.2, label=f"budget {budget_ms:.3g} ms")
+    if chosen is not None:
+        ax.scatter([chosen["latency_ms"]], [100 * chosen["val_acc"]], s=140, marker="*", c="#ff7f0e",
+                   edgecolors="k", label="chosen", zorder=5)
+    ax.set_xlabel("predicted latency (ms)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    try:
+        return atomic_write(out, lambda p: fig.savefig(p, format="png"))
+    finally:
+        plt.close(fig)

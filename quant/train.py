@@ -1,0 +1,160 @@
+"""QAT training loop: SGD/Adam, cosine schedule, optional label smoothing,
+progress bar, evaluation. Works on any ``nn.Module`` classifier."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from qnas.quant.errors import QnasError, TrainingError
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    lr: float = 3e-3
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    label_smoothing: float = 0.0
+    warmup_epochs: float = 0.0
+    seed: int = 0
+    progress: bool = True
+    desc: str = "train"
+
+    def validate(self) -> "TrainConfig":
+        if self.epochs < 0:
+            raise QnasError(f"epochs must be >= 0, got {self.epochs}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise QnasError(f"lr must be a positive number, got {self.lr}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise QnasError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise QnasError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        return self
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_acc: float | None
+    lr: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    epochs: list[EpochStats] = field(default_factory=list)
+
+    @property
+    def final_val_acc(self) -> float | None:
+        return self.epochs[-1].val_acc if self.epochs else None
+
+    def to_dicts(self) -> list[dict]:
+        return [asdict(e) for e in self.epochs]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # No weight decay on BN, biases and quantizer scales: decaying a learned
+    # scale towards zero collapses the quantization grid.
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim > 1 and "scaling" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.Adam(groups, lr=cfg.lr)
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int = 0) -> float:
+    if warmup and step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.5 * base * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels over a loader (model in eval mode)."""
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    for x, y in loader:
+        logits.append(model(x).float())
+        labels.append(y)
+    model.train(was_training)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def evaluate(model: nn.Module, loader: Iterable) -> float:
+    """Top-1 accuracy in [0, 1]."""
+    logits, labels = predict(model, loader)
+    return float((logits.argmax(1) == labels).float().mean())
+
+
+def train(
+    model: nn.Module,
+    train_loader: Iterable,
+    val_loader: Iterable | None = None,
+    cfg: TrainConfig | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place (QAT when it is a Brevitas model).
+
+    ``loss_fn(logits, labels, inputs)`` replaces cross-entropy (e.g. for
+    distillation). Raises :class:`TrainingError` when the loss becomes NaN/Inf.
+    """
+    cfg = (cfg or TrainConfig()).validate()
+    torch.manual_seed(cfg.seed)
+    ce = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    loss_fn = loss_fn or (lambda logits, y, _x: ce(logits, y))
+    opt = make_optimizer(model, cfg)
+    steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
+    total = cfg.epochs * steps_per_epoch
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    result = TrainResult()
+    step = 0
+    bar = tqdm(total=total, desc=cfg.desc, disable=not cfg.progress, leave=False, unit="step")
+    try:
+        for epoch in range(cfg.epochs):
+            model.train()
+            t0 = time.perf_counter()
+            loss_sum, correct, seen = 0.0, 0, 0
+            for x, y in train_loader:
+                lr = cosine_lr(step, total, cfg.lr, warmup)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                logits = model(x)
+                loss = loss_fn(logits, y, x)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                        f"lower the learning rate (now {cfg.lr:g}) or check the data for NaN/Inf")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += float(loss.detach()) * len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                seen += len(y)
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            val = evaluate(model, val_loader) if val_loader is not None else None
+            stats = EpochStats(epoch + 1, loss_sum / max(1, seen), correct / max(1, seen), val,
+                               lr, time.perf_counter() - t0)
+            result.epochs.append(stats)
+            if on_epoch:
+                on_epoch(stats)
+    finally:
+        bar.close()
+    return result
