@@ -1,0 +1,5 @@
+import sys
+
+from qnas.cli import main
+
+sys.exit(main())

@@ -1,0 +1,159 @@
+"""Command line: parses arguments and calls the library; user errors exit 2 with one line."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+from qnas.errors import QnasError
+
+
+def _space(path: str | None):
+    from qnas.space import SearchSpace
+
+    return SearchSpace.from_yaml(path) if path else None
+
+
+def _positive_float(v: str) -> float:
+    try:
+        f = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {v!r}") from None
+    if not f > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {v!r}")
+    return f
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="digits", choices=["digits", "imagefolder", "cifar10", "npz"],
+                   help="data set kind (default: the bundled digits)")
+    p.add_argument("--data-path", help="path for imagefolder / cifar10 / npz data")
+    p.add_argument("--space", metavar="YAML", help="search-space config (default: the embedded digits space)")
+    p.add_argument("--device", default="cpu-ort", help="target latency profile (see qnas/latency/profiles)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty output directory")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from qnas.pipeline import DemoConfig, demo, format_report
+
+    cfg = DemoConfig(data=a.data, data_path=a.data_path, device=a.device, n_candidates=a.candidates,
+                     search_epochs=a.search_epochs, finish_epochs=a.finish_epochs, batch_size=a.batch_size,
+                     latency_budget_ms=a.budget_ms, seed=a.seed, out=a.out or "")
+    report = demo(cfg, space=_space(a.space), progress=not a.no_progress, overwrite=a.force)
+    print(format_report(report))
+    return 0
+
+
+def cmd_search(a: argparse.Namespace) -> int:
+    from qnas.pipeline import default_out
+    from qnas.searching import search
+
+    out = a.out or default_out("search")
+    result = search(data=a.data, data_path=a.data_path, space=_space(a.space), device=a.device, strategy=a.strategy,
+                    n_candidates=a.candidates, epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, out=out,
+                    overwrite=a.force, progress=not a.no_progress)
+    print(f"evaluated {len(result.records)} archs; Pareto front ({len(result.front)}):")
+    for r in result.front:
+        print(f"  {r['latency_ms']:9.4g} ms  {100 * r['val_acc']:6.2f} %  {r['size_kb']:7.1f} KB  {r['describe']}")
+    print(f"run directory: {out}")
+    return 0
+
+
+def cmd_export_onnx(a: argparse.Namespace) -> int:
+    from qnas.data import load_dataset, split
+    from qnas.exporters import create_exporter
+    from qnas.exporters.onnx_qcdq import measure_latency_ms
+    from qnas.model_io import load_model
+
+    loaded = load_model(a.model)
+    out = Path(a.out)
+    if out.exists() and not a.force:
+        raise QnasError(f"{out} already exists; choose another --out or pass --force to overwrite it")
+    res = loaded.arch.resolution
+    exporter = create_exporter("onnx")
+    example = None
+    test = None
+    if a.verify:
+        d = loaded.meta.get("data") or {}
+        if not d:
+            raise QnasError("the checkpoint records no data set to verify against; pass --no-verify")
+        test = split(load_dataset(d["data"], d.get("data_path")), seed=d.get("split_seed", 0)).test.at_resolution(res)
+        example = test.images[:1]
+    if example is None:
+        import torch
+
+        example = torch.zeros(1, loaded.space.config.in_channels, res, res)
+    path = exporter.export(loaded.model, example, out, overwrite=a.force)
+    print(f"wrote {path}")
+    if test is not None:
+        rep = exporter.verify(path, loaded.model, test.images, test.labels)
+        print(json.dumps(rep.to_dict(), indent=2))
+        if rep.agreement < a.min_agreement:
+            raise QnasError(f"exported model agrees with PyTorch on only {100 * rep.agreement:.2f} % of the test split "
+                            f"(< {100 * a.min_agreement:.1f} %); the file was written but is not faithful")
+    print(f"onnxruntime latency: {measure_latency_ms(path, tuple(example.shape)):.4g} ms (1 thread, batch 1, median)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qnas", description="Quantization-aware, hardware-aware NAS: "
+                                "search -> finish -> export -> verify.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="search -> QAT finish -> ONNX export -> verify on the bundled digits (CPU)",
+                       description="Run the whole pipeline on the embedded default and print a report.")
+    _add_data_args(d)
+    d.add_argument("--out", help="run directory (default: runs/demo-TIMESTAMP)")
+    d.add_argument("--candidates", type=int, default=8, help="archs to sample and briefly train (default 8)")
+    d.add_argument("--search-epochs", type=int, default=3, help="training epochs per candidate (default 3)")
+    d.add_argument("--finish-epochs", type=int, default=10, help="QAT epochs for the chosen arch (default 10)")
+    d.add_argument("--budget-ms", type=_positive_float, help="latency budget (default: median of the candidates)")
+    d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("search", help="search a space and write the Pareto front",
+                       description="Sample, train briefly and price archs; write history, front and plot.")
+    _add_data_args(s)
+    s.add_argument("--strategy", default="random", help="search strategy (default: random)")
+    s.add_argument("--candidates", type=int, default=8)
+    s.add_argument("--epochs", type=int, default=3, help="training epochs per candidate")
+    s.add_argument("--out", help="run directory (default: runs/search-TIMESTAMP)")
+    s.set_defaults(func=cmd_search)
+
+    e = sub.add_parser("export", help="export a finished model for a target runtime",
+                       description="Export a qnas checkpoint (model.pt or a run directory).")
+    esub = e.add_subparsers(dest="backend", required=True, metavar="BACKEND")
+    eo = esub.add_parser("onnx", help="ONNX QCDQ (Brevitas), verified in onnxruntime",
+                         description="Export to ONNX QCDQ and check predictions against the PyTorch model.")
+    eo.add_argument("model", metavar="MODEL_OR_RUN", help="model.pt or a run directory containing it")
+    eo.add_argument("--out", required=True, help="path of the .onnx file to write")
+    eo.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    eo.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                    help="compare predictions with PyTorch on the test split (default: on)")
+    eo.add_argument("--min-agreement", type=float, default=0.99, help="fail below this share of identical predictions")
+    eo.set_defaults(func=cmd_export_onnx)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*fast_hadamard_transform.*")
+    try:
+        return int(args.func(args) or 0)
+    except QnasError as e:
+        print(f"qnas: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("qnas: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

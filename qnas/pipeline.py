@@ -1,0 +1,143 @@
+"""The end-to-end slice: search -> finish (QAT) -> export ONNX -> verify -> report."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qnas.arch import Arch
+from qnas.errors import ConfigError
+from qnas.exporters import create_exporter
+from qnas.exporters.onnx_qcdq import measure_latency_ms
+from qnas.latency import create_latency_model
+from qnas.model_io import save_model
+from qnas.quant.build import build_model
+from qnas.quant.checkpoint import load_state
+from qnas.quant.train import TrainConfig, evaluate, train
+from qnas.rundir import RunDir
+from qnas.searching import SearchResult, prepare_data, run_search, space_for
+from qnas.space import SearchSpace
+
+
+@dataclass
+class DemoConfig:
+    """Defaults sized to finish in a few minutes on 2 CPU cores."""
+
+    data: str = "digits"
+    data_path: str | None = None
+    device: str = "cpu-ort"
+    strategy: str = "random"
+    n_candidates: int = 8
+    search_epochs: int = 3
+    finish_epochs: int = 10
+    finish_lr: float = 2e-3
+    batch_size: int = 64
+    latency_budget_ms: float | None = None
+    seed: int = 0
+    out: str = ""
+
+    def validate(self) -> "DemoConfig":
+        for name in ("n_candidates", "search_epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.finish_epochs < 0:
+            raise ConfigError(f"finish_epochs must be >= 0, got {self.finish_epochs}")
+        if self.latency_budget_ms is not None and not self.latency_budget_ms > 0:
+            raise ConfigError(f"latency budget must be a positive number of ms, got {self.latency_budget_ms}")
+        return self
+
+
+def default_out(prefix: str) -> str:
+    return str(Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progress: bool = True,
+         overwrite: bool = False) -> dict[str, Any]:
+    """Run search -> finish -> export -> verify and return the report (also in ``run/report.json``)."""
+    cfg = (cfg or DemoConfig()).validate()
+    cfg.out = cfg.out or default_out("demo")
+    latency = create_latency_model(cfg.device)
+    t_start = time.perf_counter()
+    splits = prepare_data(cfg.data, cfg.data_path, cfg.seed)
+    space = space_for(splits, space)
+    run = RunDir(cfg.out, overwrite=overwrite)
+    run.write_json("config.json", {**asdict(cfg), "space": space.to_dict()})
+
+    # 1. search
+    result: SearchResult = run_search(space, splits, cfg.device, cfg.strategy, cfg.n_candidates, cfg.search_epochs,
+                                      cfg.batch_size, cfg.seed, run, progress)
+    budget = cfg.latency_budget_ms if cfg.latency_budget_ms is not None else result.default_budget()
+    chosen = result.best(budget)
+    arch = Arch.from_dict(chosen["arch"])
+    result.plot(run.file("pareto.png"), budget, chosen)
+    run.write_json("arch.json", arch.to_dict())
+    t_search = time.perf_counter() - t_start
+
+    # 2. finish: continue QAT from the candidate's weights
+    torch.manual_seed(cfg.seed)
+    model = load_state(build_model(space, arch), result.evaluator.states[arch.uid], "search state")
+    train_ds = result.evaluator.data("train", arch.resolution)
+    val_ds = result.evaluator.data("val", arch.resolution)
+    test_ds = splits.test.at_resolution(arch.resolution)
+    t0 = time.perf_counter()
+    hist = train(model, train_ds.loader(cfg.batch_size, True, cfg.seed), val_ds.loader(512, False),
+                 TrainConfig(epochs=cfg.finish_epochs, lr=cfg.finish_lr, seed=cfg.seed, progress=progress,
+                             desc="finish (QAT)"))
+    t_finish = time.perf_counter() - t0
+    model.eval()
+    test_acc = evaluate(model, test_ds.loader(512, False))
+    data_meta = {"data": cfg.data, "data_path": cfg.data_path, "split_seed": cfg.seed,
+                 "mean": list(splits.train.mean), "std": list(splits.train.std)}
+    save_model(run.file("model.pt"), model, space, arch,
+               {"data": data_meta, "test_acc": test_acc, "finish": hist.to_dicts()})
+
+    # 3. export + verify
+    exporter = create_exporter("onnx")
+    onnx_path = exporter.export(model, test_ds.images[:1], run.file("model.onnx"), overwrite=True)
+    parity = exporter.verify(onnx_path, model, test_ds.images, test_ds.labels)
+    measured = measure_latency_ms(onnx_path, (1, space.config.in_channels, arch.resolution, arch.resolution))
+
+    report = {
+        "run_dir": str(run.path),
+        "device": cfg.device,
+        "latency_budget_ms": round(budget, 6),
+        "candidates": len(result.records),
+        "front_size": len(result.front),
+        "arch": arch.describe(),
+        "search_val_acc": chosen["val_acc"],
+        "finish_val_acc": hist.final_val_acc,
+        "test_acc_torch": parity.torch_acc,
+        "test_acc_onnx": parity.export_acc,
+        "identical_predictions": parity.agreement,
+        "max_abs_logit_diff": parity.max_abs_logit_diff,
+        "predicted_latency_ms": round(float(latency.predict(space.plan(arch))), 6),
+        "measured_ort_latency_ms": round(measured, 4),
+        "mmacs": chosen["mmacs"],
+        "size_kb": chosen["size_kb"],
+        "peak_act_kb": chosen["peak_act_kb"],
+        "seconds": {"search": round(t_search, 1), "finish": round(t_finish, 1),
+                    "total": round(time.perf_counter() - t_start, 1)},
+    }
+    run.write_json("report.json", report)
+    return report
+
+
+def format_report(r: dict[str, Any]) -> str:
+    lines = [
+        f"qnas demo: {r['candidates']} candidates on {r['device']}, budget {r['latency_budget_ms']:.4g} ms "
+        f"(front of {r['front_size']})",
+        f"  chosen arch            {r['arch']}",
+        f"  size / MACs / peak act {r['size_kb']:.1f} KB / {r['mmacs']:.2f} M / {r['peak_act_kb']:.1f} KB",
+        f"  test acc (PyTorch)     {100 * r['test_acc_torch']:.2f} %",
+        f"  test acc (ONNX, ORT)   {100 * r['test_acc_onnx']:.2f} %",
+        f"  identical predictions  {100 * r['identical_predictions']:.2f} %  (max |dlogit| {r['max_abs_logit_diff']:.2g})",
+        f"  predicted latency      {r['predicted_latency_ms']:.4g} ms ({r['device']} profile)",
+        f"  measured ORT latency   {r['measured_ort_latency_ms']:.4g} ms (1 thread, batch 1, median)",
+        f"  time                   search {r['seconds']['search']} s, finish {r['seconds']['finish']} s, "
+        f"total {r['seconds']['total']} s",
+        f"  run directory          {r['run_dir']}",
+    ]
+    return "\n".join(lines)
