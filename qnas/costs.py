@@ -55,13 +55,15 @@ def count_costs(plan: NetworkPlan) -> Costs:
 
     peak = 0
     residual_keep = 0  # block input kept alive for the residual add
-    names_in_residual = {l.name for b in plan.blocks if b.residual for l in b.layers}
+    in_residual = {l.name for b in plan.blocks if b.residual for l in b.layers}
+    in_residual |= {b.project.name.rsplit(".", 1)[0] + ".add" for b in plan.blocks if b.residual}
     for i, l in enumerate(layers):
         in_bits = l.a_bits if l.op in ("conv", "dwconv", "pwconv", "fc") else consumer_bits(i)
         live = l.in_elems * in_bits + l.out_elems * consumer_bits(i)
-        if l.name in names_in_residual:
+        if l.name in in_residual:
             if l.name.endswith(".expand"):
-                residual_keep = l.in_elems * l.a_bits
-            live += residual_keep
+                residual_keep = l.in_elems * l.a_bits  # that is this layer's own input: counted once
+            else:
+                live += residual_keep
         peak = max(peak, live)
     return Costs(macs, params, size_bits, peak // 8, bitops)

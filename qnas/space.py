@@ -120,7 +120,7 @@ class SearchSpace:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self.config)
-        d["stages"] = [dict(s) for s in d["stages"]]
+        d["stages"] = [{"channels": s["channels"], "depths": list(s["depths"]), "stride": s["stride"]} for s in d["stages"]]
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
     # ---- genotype operations -----------------------------------------
@@ -303,10 +303,16 @@ class SearchSpace:
     def size(self) -> float:
         """Number of distinct archs (log10), for reports."""
         c = self.config
-        per_block = math.log10(self._op_choices()) + 3 * math.log10(len(c.w_bits)) + 3 * math.log10(len(c.a_bits))
+        per_block = len(self.ops) * len(c.w_bits) ** 3 * len(c.a_bits) ** 3
         total = math.log10(len(c.resolutions) * len(c.widths) * (len(c.stem_head_w_bits) * len(c.stem_head_a_bits)) ** 2)
-        for s in c.stages:
-            total += math.log10(sum(10 ** (d * per_block) for d in s.depths))
+        for si, s in enumerate(c.stages):
+            count = 0
+            for d in s.depths:
+                n = 1
+                for j in range(d):  # a skip is one more choice, bit-free, and never a stage's first block
+                    n *= per_block + (1 if self._skip_allowed(si, j) else 0)
+                count += n
+            total += math.log10(count)
         return total
 
     def __repr__(self) -> str:

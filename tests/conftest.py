@@ -1,0 +1,37 @@
+import warnings
+
+import pytest
+import torch
+
+warnings.filterwarnings("ignore", message=".*fast_hadamard_transform.*")
+
+
+@pytest.fixture(scope="session")
+def digits_splits():
+    from qnas.data import load_digits, split
+
+    return split(load_digits(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_digits_model(digits_splits):
+    """A small mixed-precision model QAT-trained on digits for 3 epochs (shared by export tests)."""
+    from qnas.arch import Arch, Block
+    from qnas.quant.build import build_model
+    from qnas.quant.train import TrainConfig, train
+    from qnas.space import SearchSpace
+
+    space = SearchSpace()
+    arch = Arch(16, 0.75, (
+        (Block(3, 4, (8, 4, 8), (8, 8, 4)),),
+        (Block(5, 3, (4, 2, 4), (8, 4, 8)), Block(3, 3, (2, 8, 8), (4, 8, 8))),
+        (Block(7, 6, (8, 8, 4), (8, 8, 8)),),
+        (Block(3, 4, (4, 4, 8), (8, 4, 4)),),
+    ))
+    space.validate(arch)
+    torch.manual_seed(0)
+    model = build_model(space, arch)
+    train(model, digits_splits.train.at_resolution(16).loader(64, True), None,
+          TrainConfig(epochs=3, progress=False))
+    model.eval()
+    return space, arch, model

@@ -1,0 +1,101 @@
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from qnas.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2
+    lines = [l for l in err.strip().splitlines() if l.strip() and "Warning" not in l and "warn" not in l]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("qnas: error:")
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+@pytest.mark.parametrize("argv", [[], ["demo"], ["search"], ["export"], ["export", "onnx"]])
+def test_help_everywhere(argv):
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--help"])
+    assert e.value.code == 0
+
+
+def test_entry_point_exit_code_and_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "qnas", "demo", "--device", "nope", "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "unknown device 'nope'" in proc.stderr and "edgetpu" in proc.stderr
+    assert not (tmp_path / "r").exists(), "nothing is written on bad input"
+
+
+def test_bad_space_configs(tmp_path, capsys):
+    bad_bits = tmp_path / "bits.yaml"
+    bad_bits.write_text("w_bits: [3, 8]\n")
+    code, _, err = run_cli(capsys, "search", "--space", str(bad_bits), "--out", str(tmp_path / "r1"))
+    assert_one_line_error(code, err, "w_bits", "[2, 4, 8]")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("stages: [\n")
+    code, _, err = run_cli(capsys, "search", "--space", str(broken), "--out", str(tmp_path / "r2"))
+    assert_one_line_error(code, err, "not valid YAML")
+    code, _, err = run_cli(capsys, "search", "--space", str(tmp_path / "missing.yaml"))
+    assert_one_line_error(code, err, "not found")
+
+
+def test_bad_data_and_existing_output(tmp_path, capsys):
+    np.savez(tmp_path / "d.npz", images=np.zeros((40, 8, 8), np.uint8), labels=np.arange(40) % 12, num_classes=10)
+    code, _, err = run_cli(capsys, "search", "--data", "npz", "--data-path", str(tmp_path / "d.npz"),
+                           "--out", str(tmp_path / "r"))
+    assert_one_line_error(code, err, "out of range")
+    code, _, err = run_cli(capsys, "search", "--data", "cifar10", "--data-path", str(tmp_path / "nowhere"))
+    assert_one_line_error(code, err, "not found")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    code, _, err = run_cli(capsys, "demo", "--out", str(busy), "--candidates", "1")
+    assert_one_line_error(code, err, "not empty", "--force")
+    assert (busy / "keep.txt").read_text() == "mine"
+
+
+def test_export_bad_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"garbage")
+    code, _, err = run_cli(capsys, "export", "onnx", str(bad), "--out", str(tmp_path / "m.onnx"))
+    assert_one_line_error(code, err, "checkpoint")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_demo_end_to_end_small(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "demo", "--out", str(run), "--candidates", "2", "--search-epochs", "2",
+                             "--finish-epochs", "2", "--no-progress")
+    assert code == 0, err
+    for name in ("config.json", "history.jsonl", "front.json", "arch.json", "model.pt", "model.onnx",
+                 "pareto.png", "report.json"):
+        assert (run / name).is_file(), name
+    history = [json.loads(l) for l in (run / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 2 and all(0 <= h["val_acc"] <= 1 and h["latency_ms"] > 0 for h in history)
+    report = json.loads((run / "report.json").read_text())
+    assert report["identical_predictions"] >= 0.99
+    assert report["measured_ort_latency_ms"] > 0 and report["predicted_latency_ms"] > 0
+    assert "identical predictions" in out
+    assert (run / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    onnx_out = tmp_path / "again.onnx"
+    code, out, err = run_cli(capsys, "export", "onnx", str(run), "--out", str(onnx_out))
+    assert code == 0, err
+    assert onnx_out.is_file()
+    agreement = float(re.search(r'"agreement": ([0-9.]+)', out).group(1))
+    assert agreement >= 0.99
+    code, _, err = run_cli(capsys, "export", "onnx", str(run), "--out", str(onnx_out))
+    assert_one_line_error(code, err, "already exists")
