@@ -102,6 +102,49 @@ def cmd_export_onnx(a: argparse.Namespace) -> int:
     return 0
 
 
+def _load_arch(text_or_path: str, space_path: str | None):
+    """An arch from a JSON file, a run directory (arch.json / model.pt) or inline JSON."""
+    from qnas.arch import Arch
+    from qnas.model_io import load_model
+    from qnas.space import SearchSpace
+
+    p = Path(text_or_path)
+    if p.is_dir() and (p / "arch.json").is_file():
+        p = p / "arch.json"
+    if p.is_file() and p.suffix == ".pt":
+        loaded = load_model(p)
+        return loaded.space, loaded.arch
+    text = p.read_text() if p.is_file() else text_or_path
+    if not p.is_file() and not text.lstrip().startswith("{"):
+        raise QnasError(f"arch {text_or_path!r} is neither a file, a run directory nor inline JSON")
+    space = SearchSpace.from_yaml(space_path) if space_path else SearchSpace()
+    return space, space.validate(Arch.from_json(text))
+
+
+def cmd_latency_show(a: argparse.Namespace) -> int:
+    from qnas.latency import load_profile
+    from qnas.latency.report import format_profile
+
+    print(format_profile(load_profile(a.profile)))
+    return 0
+
+
+def cmd_latency_predict(a: argparse.Namespace) -> int:
+    from qnas.costs import count_costs
+    from qnas.latency import create_latency_model
+
+    space, arch = _load_arch(a.arch, a.space)
+    model = create_latency_model(a.device)
+    plan = space.plan(arch)
+    if a.breakdown and hasattr(model, "describe"):
+        print(model.describe(plan))
+    costs = count_costs(plan)
+    print(f"{arch.describe()}")
+    print(f"predicted latency on {a.device}: {model.predict(plan):.4g} ms   "
+          f"({costs.mmacs:.3g} M MACs, {costs.size_kb:.1f} KB, peak activations {costs.peak_activation_bytes / 1024:.1f} KB)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qnas", description="Quantization-aware, hardware-aware NAS: "
                                 "search -> finish -> export -> verify.")
@@ -138,6 +181,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="compare predictions with PyTorch on the test split (default: on)")
     eo.add_argument("--min-agreement", type=float, default=0.99, help="fail below this share of identical predictions")
     eo.set_defaults(func=cmd_export_onnx)
+
+    lat = sub.add_parser("latency", help="device profiles and latency predictors",
+                         description="Inspect device profiles and predict, measure and evaluate latency.")
+    lsub = lat.add_subparsers(dest="latency_command", required=True, metavar="ACTION")
+    ls = lsub.add_parser("show", help="print a device profile with its sources",
+                         description="Print what a device profile says the target executes, and where each fact comes from.")
+    ls.add_argument("profile", help="profile name (e.g. edgetpu) or path of a profile JSON")
+    ls.set_defaults(func=cmd_latency_show)
+    lp = lsub.add_parser("predict", help="predict the latency of an arch on a target",
+                         description="Predict the batch-1 latency of ARCH (arch JSON file, run directory, "
+                                     "model.pt or inline JSON).")
+    lp.add_argument("arch", metavar="ARCH")
+    lp.add_argument("--device", default="cpu-ort", help="target profile (default cpu-ort)")
+    lp.add_argument("--space", metavar="YAML", help="search-space config the arch belongs to")
+    lp.add_argument("--breakdown", action="store_true", help="print the per-layer breakdown")
+    lp.set_defaults(func=cmd_latency_predict)
     return p
 
 
