@@ -75,7 +75,7 @@ class OnnxQcdqExporter(Exporter):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 export_onnx_qcdq(model, args=example_input[:1], export_path=str(tmp), opset_version=self.opset,
-                                 dynamo=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                 dynamo=False, keep_initializers_as_inputs=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
         try:
             return atomic_write(out, write, overwrite=overwrite)

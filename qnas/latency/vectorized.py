@@ -1,0 +1,544 @@
+"""Fast and differentiable sum-of-table latency over a whole search space.
+
+Any per-layer cost ``layer_ms(LayerSpec) -> ms`` (``LatencyTable.lookup``, or
+the ``layer_ms`` of any :class:`~qnas.latency.base.LatencyModel`) is
+evaluated once for every layer shape the space can produce, and stored in
+small arrays indexed by the genes of :meth:`SearchSpace.encode`:
+
+* stem ``[RW, n_stem_w, n_stem_a]``, head ``[RW, n_head_w, n_head_a]``,
+  pool ``[RW, n_u]`` (``RW`` = resolution x width, ``u`` = a bit width in the
+  union of block and stem/head activation widths);
+* per block position ``p`` (stages' positions in gene order) and conv
+  ``c`` in (expand, depthwise, project): ``[RW, n_ops, n_w, n_a]``;
+* per block position the residual add ``[RW, n_u]``: its bits are those of
+  the layer that consumes its output (``inherit_weightless_bits``), i.e. the
+  expand conv of the next active, non-skipped block, or the head.
+
+The geometry behind those arrays is the space's own: it is read from
+``space.plan`` of one max-depth arch per (resolution, width). It is exact
+because in a :class:`SearchSpace` a block's input channels depend only on
+the width and its stage/position (a stage's first block is never skipped and
+always active), and its spatial size only on the resolution and the strides
+of the stage-first blocks.
+
+:class:`VectorizedTablePredictor` then prices a batch of gene vectors with
+numpy fancy indexing (``predict_encoded``), and the expected latency of a
+factorised distribution over archs as a torch expression
+(:meth:`VectorizedTablePredictor.expected_latency`, see
+:class:`ArchDistribution`), both equal to ``TableLatencyModel.predict`` of
+the planned arch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from qnas.errors import ArchError, LatencyTableError
+from qnas.quant.plan import LayerSpec
+
+if TYPE_CHECKING:
+    import torch
+
+    from qnas.arch import Arch
+    from qnas.space import SearchSpace
+
+CONVS = ("expand", "dw", "project")
+_HEADER_GENES = 6  # resolution, width, stem w, stem a, head w, head a
+_GENES_PER_BLOCK = 7  # op, 3 x w_bits, 3 x a_bits
+
+
+@dataclass(frozen=True)
+class _Position:
+    """One block position at one (resolution, width)."""
+
+    stage: int
+    index: int
+    cin: int
+    cout: int
+    hw: int
+    ho: int
+    stride: int
+    residual: bool
+
+
+class SpaceGeometry:
+    """Layer shapes of every slot of a search space, and the gene layout.
+
+    ``slots()`` yields ``(slot, index, LayerSpec)`` for every layer an arch of
+    the space can contain (with add/pool bits already inherited from their
+    consumer); the arrays of :class:`VectorizedTablePredictor` and
+    :func:`qnas.latency.table.space_layer_keys` are both built from it."""
+
+    def __init__(self, space: "SearchSpace"):
+        from qnas.arch import Arch, Block
+
+        self.space = space
+        c = self.config = space.config
+        self.ops = tuple(space.ops)
+        self.n_ops = len(self.ops)
+        self.skip_col = c.allow_skip  # the op gene has an extra "skip" value
+        self.R, self.W = len(c.resolutions), len(c.widths)
+        self.RW = self.R * self.W
+        self.n_w, self.n_a = len(c.w_bits), len(c.a_bits)
+        self.n_sw, self.n_sa = len(c.stem_head_w_bits), len(c.stem_head_a_bits)
+        self.union_a = tuple(sorted(set(c.a_bits) | set(c.stem_head_a_bits)))
+        self.n_u = len(self.union_a)
+        self.block_a_u = np.array([self.union_a.index(a) for a in c.a_bits], dtype=np.intp)
+        self.head_a_u = np.array([self.union_a.index(a) for a in c.stem_head_a_bits], dtype=np.intp)
+        self.max_depths = [max(s.depths) for s in c.stages]
+        self.n_stages = len(c.stages)
+        # (stage, index) of every block position in gene order, and its genes' offset
+        self.positions: list[tuple[int, int]] = []
+        self.depth_gene: list[int] = []
+        self.block_gene: list[int] = []
+        g = _HEADER_GENES
+        for si, s in enumerate(c.stages):
+            self.depth_gene.append(g)
+            g += 1
+            for j in range(max(s.depths)):
+                self.positions.append((si, j))
+                self.block_gene.append(g)
+                g += _GENES_PER_BLOCK
+        self.n_genes = g
+        self.n_pos = len(self.positions)
+        if self.n_genes != len(space.bounds()):  # the gene layout changed under us
+            raise ArchError(f"SpaceGeometry expects {self.n_genes} genes, the space encodes {len(space.bounds())}; "
+                            "update qnas.latency.vectorized to the new gene layout")
+
+        # Geometry per (resolution, width), read from the space's own plan of a max-depth arch.
+        k0, e0 = self.ops[0]
+        w0, a0 = c.w_bits[0], c.a_bits[0]
+        sh = (c.stem_head_w_bits[0], c.stem_head_a_bits[0])
+        self.stem: list[LayerSpec] = []  # per rw, bits to be replaced
+        self.head: list[LayerSpec] = []
+        self.final_hw: list[int] = []
+        self.pos_geo: list[list[_Position]] = []  # [rw][p]
+        for r in c.resolutions:
+            for w in c.widths:
+                stages = tuple(tuple(Block(k0, e0, (w0,) * 3, (a0,) * 3) for _ in range(d)) for d in self.max_depths)
+                plan = space.plan(Arch(r, w, stages, sh, sh))
+                if len(plan.blocks) != self.n_pos:
+                    raise ArchError("SpaceGeometry: the max-depth plan has an unexpected number of blocks")
+                geo = []
+                for (si, j), b in zip(self.positions, plan.blocks):
+                    geo.append(_Position(si, j, b.expand.cin, b.project.cout, b.expand.hw_in,
+                                         b.depthwise.hw_out, b.depthwise.stride, b.residual))
+                self.pos_geo.append(geo)
+                self.stem.append(plan.stem)
+                self.head.append(plan.head)
+                last = plan.blocks[-1].project if plan.blocks else plan.stem
+                self.final_hw.append(last.hw_out)
+
+    # ---- which genes mean what ----------------------------------------------
+    def skip_allowed(self, stage: int, index: int) -> bool:
+        return self.space._skip_allowed(stage, index)
+
+    def add_consumers(self, stage: int, index: int) -> tuple[bool, bool]:
+        """(a block can consume, the head can consume) the output of the add at this position."""
+        depths = self.config.stages[stage].depths
+        last = stage == self.n_stages - 1
+        block = (not last) or any(d > index + 1 for d in depths)
+        head = last and any(d == index + 1 or (d > index + 1 and self.config.allow_skip) for d in depths)
+        return block, head
+
+    def add_union_bits(self, stage: int, index: int) -> list[int]:
+        """Indices into ``union_a`` the add at this position can carry."""
+        block, head = self.add_consumers(stage, index)
+        u: set[int] = set()
+        if block:
+            u |= set(self.block_a_u.tolist())
+        if head:
+            u |= set(self.head_a_u.tolist())
+        return sorted(u)
+
+    # ---- layer constructors ----------------------------------------------------
+    def conv_layer(self, conv: str, pos: _Position, op: int, w_bits: int, a_bits: int) -> LayerSpec:
+        k, e = self.ops[op]
+        name = f"s{pos.stage}.b{pos.index}"
+        mid = pos.cin * e
+        if conv == "expand":
+            return LayerSpec(f"{name}.expand", "pwconv", pos.cin, mid, pos.hw, pos.hw, 1, 1, 1, w_bits, a_bits)
+        if conv == "dw":
+            return LayerSpec(f"{name}.dw", "dwconv", mid, mid, pos.hw, pos.ho, k, pos.stride, mid, w_bits, a_bits)
+        return LayerSpec(f"{name}.project", "pwconv", mid, pos.cout, pos.ho, pos.ho, 1, 1, 1, w_bits, a_bits)
+
+    @staticmethod
+    def add_layer(pos: _Position, bits: int) -> LayerSpec:
+        return LayerSpec(f"s{pos.stage}.b{pos.index}.add", "add", pos.cout, pos.cout, pos.ho, pos.ho,
+                         w_bits=bits, a_bits=bits)
+
+    def pool_layer(self, rw: int, bits: int) -> LayerSpec:
+        c = self.head[rw].cin
+        return LayerSpec("pool", "pool", c, c, self.final_hw[rw], 1, w_bits=bits, a_bits=bits)
+
+    def slots(self) -> Iterator[tuple[str, tuple[int, ...], LayerSpec]]:
+        """Every (array name, index, layer) the space needs, in a fixed order."""
+        from dataclasses import replace
+
+        c = self.config
+        for rw in range(self.RW):
+            for i, wb in enumerate(c.stem_head_w_bits):
+                for j, ab in enumerate(c.stem_head_a_bits):
+                    yield "stem", (rw, i, j), replace(self.stem[rw], w_bits=wb, a_bits=ab)
+            for p, pos in enumerate(self.pos_geo[rw]):
+                for o in range(self.n_ops):
+                    for i, wb in enumerate(c.w_bits):
+                        for j, ab in enumerate(c.a_bits):
+                            for conv in CONVS:
+                                yield conv, (p, rw, o, i, j), self.conv_layer(conv, pos, o, wb, ab)
+                if pos.residual:
+                    for u in self.add_union_bits(pos.stage, pos.index):
+                        yield "add", (p, rw, u), self.add_layer(pos, self.union_a[u])
+            for u in self.head_a_u.tolist():
+                yield "pool", (rw, u), self.pool_layer(rw, self.union_a[u])
+            for i, wb in enumerate(c.stem_head_w_bits):
+                for j, ab in enumerate(c.stem_head_a_bits):
+                    yield "head", (rw, i, j), replace(self.head[rw], w_bits=wb, a_bits=ab)
+
+    def array_shapes(self) -> dict[str, tuple[int, ...]]:
+        blk = (self.n_pos, self.RW, self.n_ops, self.n_w, self.n_a)
+        return {"stem": (self.RW, self.n_sw, self.n_sa), "head": (self.RW, self.n_sw, self.n_sa),
+                "pool": (self.RW, self.n_u), "add": (self.n_pos, self.RW, self.n_u),
+                "expand": blk, "dw": blk, "project": blk}
+
+
+def _call_layer_ms(layer_ms: Callable[[LayerSpec], float], layer: LayerSpec) -> float:
+    try:
+        v = float(layer_ms(layer))
+    except LatencyTableError:
+        raise
+    except KeyError:
+        raise LatencyTableError(
+            f"no latency for layer {layer.name!r} key {layer.key()}; measure it with `qnas latency measure` "
+            "or import a latency table that covers this search space") from None
+    if not np.isfinite(v) or v < 0:
+        raise LatencyTableError(f"latency of layer {layer.name!r} key {layer.key()} is {v}; "
+                                "latencies must be finite and >= 0, fix or re-measure the table")
+    return v
+
+
+class VectorizedTablePredictor:
+    """Sum-of-table latency for gene vectors of ``space``, vectorised over archs.
+
+    >>> pred = VectorizedTablePredictor(space, table.lookup)
+    >>> ms = pred.predict_encoded(np.array([space.encode(a) for a in archs]))
+
+    ``layer_ms`` is called once per distinct layer key the space can produce
+    (see :func:`qnas.latency.table.space_layer_keys`); a missing table entry
+    raises :class:`LatencyTableError` naming the key, at construction."""
+
+    def __init__(self, space: "SearchSpace", layer_ms: Callable[[LayerSpec], float]):
+        self.space = space
+        self.geo = g = SpaceGeometry(space)
+        shapes = g.array_shapes()
+        self.arrays: dict[str, np.ndarray] = {k: np.zeros(s, dtype=np.float64) for k, s in shapes.items()}
+        cache: dict[tuple, float] = {}
+        for name, idx, layer in g.slots():
+            key = layer.key()
+            if key not in cache:
+                cache[key] = _call_layer_ms(layer_ms, layer)
+            self.arrays[name][idx] = cache[key]
+        self.n_keys = len(cache)
+        self._flat = {k: np.ascontiguousarray(v).ravel() for k, v in self.arrays.items()}
+        self._bounds = np.asarray(space.bounds(), dtype=np.int64)
+        c = space.config
+        self._depth_values = [np.asarray(s.depths, dtype=np.int64) for s in c.stages]
+        self._torch_cache: dict[Any, dict[str, Any]] = {}
+
+    @classmethod
+    def from_table(cls, space: "SearchSpace", table: Any) -> "VectorizedTablePredictor":
+        return cls(space, table.lookup)
+
+    # ---- numpy -------------------------------------------------------------------
+    def predict_encoded(self, X: np.ndarray) -> np.ndarray:
+        """Latency in ms of each row of ``X`` (``[N, n_genes]``, rows = ``space.encode(arch)``)."""
+        g = self.geo
+        X = np.asarray(X)
+        if X.ndim == 1:
+            X = X[None, :]
+        if X.ndim != 2 or X.shape[1] != g.n_genes:
+            raise ArchError(f"gene matrix has shape {X.shape}, this space needs [N, {g.n_genes}]")
+        X = X.astype(np.int64, copy=False)
+        if X.size and ((X < 0).any() or (X > self._bounds).any()):
+            bad = np.argwhere((X < 0) | (X > self._bounds))[0]
+            raise ArchError(f"gene {bad[1]} of row {bad[0]} is {X[bad[0], bad[1]]}, allowed 0..{self._bounds[bad[1]]}")
+        f = self._flat
+        n_w, n_a, n_ops, n_u, RW = g.n_w, g.n_a, g.n_ops, g.n_u, g.RW
+        rw = X[:, 0] * g.W + X[:, 1]
+        total = f["stem"][(rw * g.n_sw + X[:, 2]) * g.n_sa + X[:, 3]]
+        total = total + f["head"][(rw * g.n_sw + X[:, 4]) * g.n_sa + X[:, 5]]
+        carry = g.head_a_u[X[:, 5]]  # union index of the a bits of the next consumer
+        total = total + f["pool"][rw * n_u + carry]
+        block_a_u = g.block_a_u
+        fe, fd, fp, fa = f["expand"], f["dw"], f["project"], f["add"]
+        for p in range(g.n_pos - 1, -1, -1):
+            si, j = g.positions[p]
+            b = g.block_gene[p]
+            depth = self._depth_values[si][X[:, g.depth_gene[si]]]
+            active = depth > j
+            op = X[:, b]
+            if g.skip_col:
+                is_skip = op == n_ops
+                live = active & ~is_skip if g.skip_allowed(si, j) else active
+                op = np.where(is_skip, 0, op)  # decode: a skip where none is allowed is ops[0]
+            else:
+                live = active
+            base = ((p * RW + rw) * n_ops + op) * n_w
+            cost = (fe[(base + X[:, b + 1]) * n_a + X[:, b + 4]]
+                    + fd[(base + X[:, b + 2]) * n_a + X[:, b + 5]]
+                    + fp[(base + X[:, b + 3]) * n_a + X[:, b + 6]]
+                    + fa[(p * RW + rw) * n_u + carry])
+            total = total + np.where(live, cost, 0.0)
+            carry = np.where(live, block_a_u[X[:, b + 4]], carry)
+        return total
+
+    def predict_archs(self, archs: Iterable["Arch"]) -> np.ndarray:
+        """``predict_encoded`` of ``space.encode`` of each arch."""
+        rows = [self.space.encode(a) for a in archs]
+        if not rows:
+            return np.zeros(0)
+        return self.predict_encoded(np.asarray(rows, dtype=np.int64))
+
+    def predict(self, arch: "Arch") -> float:
+        return float(self.predict_archs([arch])[0])
+
+    # ---- torch -------------------------------------------------------------------
+    def _tables(self, dtype: Any, device: Any) -> dict[str, Any]:
+        import torch
+
+        key = (dtype, str(device))
+        if key not in self._torch_cache:
+            g = self.geo
+            t = {k: torch.as_tensor(v, dtype=dtype, device=device) for k, v in self.arrays.items()}
+            # one-hot maps from block / head activation choices to the union of a bit widths
+            t["block_u"] = torch.zeros(g.n_a, g.n_u, dtype=dtype, device=device)
+            t["block_u"][torch.arange(g.n_a), torch.as_tensor(g.block_a_u)] = 1
+            t["head_u"] = torch.zeros(g.n_sa, g.n_u, dtype=dtype, device=device)
+            t["head_u"][torch.arange(g.n_sa), torch.as_tensor(g.head_a_u)] = 1
+            self._torch_cache[key] = t
+        return self._torch_cache[key]
+
+    def expected_latency(self, dist: "ArchDistribution") -> "torch.Tensor":
+        """E[latency] (ms) of an arch drawn from the factorised ``dist``, as a differentiable scalar.
+
+        Every gene is independent under ``dist``, so the expectation is exact:
+        each layer's table entry weighted by the probability of its choices, a
+        block weighted by P(depth > position) and P(not skipped), a residual
+        add by the distribution of the bits of whichever block (or the head)
+        consumes it. With one-hot ``dist`` it equals the deterministic latency."""
+        import torch
+
+        g = self.geo
+        dist.check(self.space)
+        T = self._tables(dist.resolution.dtype, dist.resolution.device)
+        p_rw = (dist.resolution[:, None] * dist.width[None, :]).reshape(g.RW)
+        total = torch.einsum("r,i,j,rij->", p_rw, dist.stem_w, dist.stem_a, T["stem"])
+        total = total + torch.einsum("r,i,j,rij->", p_rw, dist.head_w, dist.head_a, T["head"])
+        head_u = dist.head_a @ T["head_u"]
+        total = total + torch.einsum("r,u,ru->", p_rw, head_u, T["pool"])
+        p = 0
+        for si, s in enumerate(self.space.config.stages):
+            D = g.max_depths[si]
+            depth_vals = torch.as_tensor(s.depths, device=p_rw.device)
+            ops = dist.op[si]
+            if g.skip_col:
+                allowed = torch.as_tensor([g.skip_allowed(si, j) for j in range(D)], device=p_rw.device)
+                p_skip = torch.where(allowed, ops[:, g.n_ops], torch.zeros_like(ops[:, g.n_ops]))
+                # a skip gene where no skip is allowed decodes to ops[0]
+                fold = torch.where(allowed, torch.zeros_like(p_skip), ops[:, g.n_ops])
+                q_ops = torch.cat([ops[:, :1] + fold[:, None], ops[:, 1:g.n_ops]], dim=1)
+            else:
+                p_skip = torch.zeros_like(ops[:, 0])
+                q_ops = ops
+            p_depth = [dist.depth[si][depth_vals == d].sum() for d in range(D + 1)]  # P(depth == d)
+            a_u = [dist.a_bits[si][j, 0] @ T["block_u"] for j in range(D)]
+            if si + 1 < g.n_stages:
+                nxt = dist.a_bits[si + 1][0, 0] @ T["block_u"]
+            else:
+                nxt = head_u
+            for j in range(D):
+                pa = dist.depth[si][depth_vals > j].sum()  # P(block j active)
+                wj, aj = dist.w_bits[si][j], dist.a_bits[si][j]
+                conv = 0
+                for ci, name in enumerate(CONVS):
+                    conv = conv + torch.einsum("o,i,j,roij->r", q_ops[j], wj[ci], aj[ci], T[name][p + j])
+                total = total + pa * (p_rw @ conv)
+                # residual add: consumer = first live block after j in this stage, else the next stage / head
+                if not self.arrays["add"][p + j].any():  # never residual
+                    continue
+                p_ns = 1 - p_skip[j]
+                e_add = 0
+                for d in range(j + 1, D + 1):
+                    if not bool((depth_vals == d).any()):
+                        continue
+                    q = 0
+                    through = 1  # P(every position strictly between j and j' is skipped)
+                    for jp in range(j + 1, d):
+                        q = q + through * (1 - p_skip[jp]) * a_u[jp]
+                        through = through * p_skip[jp]
+                    q = q + through * nxt
+                    e_add = e_add + p_depth[d] * q
+                total = total + p_ns * torch.einsum("r,u,ru->", p_rw, e_add, T["add"][p + j])
+            p += D
+        return total
+
+    def __repr__(self) -> str:
+        return f"VectorizedTablePredictor({self.n_keys} layer keys, {self.geo.n_genes} genes)"
+
+
+@dataclass
+class ArchDistribution:
+    """A factorised (every gene independent) distribution over the archs of a space.
+
+    Each field holds probabilities (rows summing to 1) over one gene's choices,
+    in :class:`SearchSpace` choice order:
+
+    * ``resolution`` ``[n_resolutions]``, ``width`` ``[n_widths]``
+    * ``stem_w``/``head_w`` ``[len(stem_head_w_bits)]``, ``stem_a``/``head_a`` ``[len(stem_head_a_bits)]``
+    * ``depth[s]`` ``[len(stages[s].depths)]``
+    * ``op[s]`` ``[max_depth_s, n_ops (+1 skip if allow_skip)]`` over ``space.ops``
+      (kernel, expand) pairs then skip; as in ``decode``, the skip column of a
+      position where no skip is allowed (a stage's first block) means ``ops[0]``
+    * ``w_bits[s]`` ``[max_depth_s, 3, len(w_bits)]`` for (expand, depthwise, project)
+    * ``a_bits[s]`` ``[max_depth_s, 3, len(a_bits)]``
+
+    Build one from logits with :meth:`softmax`, or exactly one arch with :meth:`one_hot`.
+    """
+
+    resolution: "torch.Tensor"
+    width: "torch.Tensor"
+    stem_w: "torch.Tensor"
+    stem_a: "torch.Tensor"
+    head_w: "torch.Tensor"
+    head_a: "torch.Tensor"
+    depth: list
+    op: list
+    w_bits: list
+    a_bits: list
+
+    # ---- constructors ----------------------------------------------------------
+    @staticmethod
+    def shapes(space: "SearchSpace") -> dict[str, Any]:
+        c = space.config
+        n_op = len(space.ops) + (1 if c.allow_skip else 0)
+        return {
+            "resolution": (len(c.resolutions),), "width": (len(c.widths),),
+            "stem_w": (len(c.stem_head_w_bits),), "stem_a": (len(c.stem_head_a_bits),),
+            "head_w": (len(c.stem_head_w_bits),), "head_a": (len(c.stem_head_a_bits),),
+            "depth": [(len(s.depths),) for s in c.stages],
+            "op": [(max(s.depths), n_op) for s in c.stages],
+            "w_bits": [(max(s.depths), 3, len(c.w_bits)) for s in c.stages],
+            "a_bits": [(max(s.depths), 3, len(c.a_bits)) for s in c.stages],
+        }
+
+    @classmethod
+    def _build(cls, space: "SearchSpace", make: Callable[[tuple[int, ...]], "torch.Tensor"]) -> "ArchDistribution":
+        kw = {}
+        for name, shp in cls.shapes(space).items():
+            kw[name] = [make(s) for s in shp] if isinstance(shp, list) else make(shp)
+        return cls(**kw)
+
+    @classmethod
+    def uniform(cls, space: "SearchSpace", dtype: Any = None, requires_grad: bool = False) -> "ArchDistribution":
+        """Uniform probabilities over every gene (leaf tensors)."""
+        import torch
+
+        dtype = dtype or torch.float64
+        return cls._build(space, lambda s: torch.full(s, 1.0 / s[-1], dtype=dtype, requires_grad=requires_grad))
+
+    @classmethod
+    def zeros_logits(cls, space: "SearchSpace", dtype: Any = None, requires_grad: bool = True) -> "ArchDistribution":
+        """Zero logits (leaf tensors) of the right shapes, e.g. as trainable parameters."""
+        import torch
+
+        dtype = dtype or torch.float64
+        return cls._build(space, lambda s: torch.zeros(s, dtype=dtype, requires_grad=requires_grad))
+
+    @classmethod
+    def one_hot(cls, space: "SearchSpace", arch: "Arch | Sequence[int]", dtype: Any = None) -> "ArchDistribution":
+        """The point mass on one arch (or on one gene vector)."""
+        import torch
+
+        from qnas.arch import Arch
+
+        dtype = dtype or torch.float64
+        vec = space.encode(arch) if isinstance(arch, Arch) else [int(v) for v in arch]
+        geo_bounds = space.bounds()
+        if len(vec) != len(geo_bounds):
+            raise ArchError(f"gene vector has length {len(vec)}, this space needs {len(geo_bounds)}")
+
+        def oh(idx: int, n: int) -> "torch.Tensor":
+            t = torch.zeros(n, dtype=dtype)
+            t[idx] = 1
+            return t
+
+        sh = cls.shapes(space)
+        it = iter(vec)
+        head = [oh(next(it), sh[k][0]) for k in ("resolution", "width", "stem_w", "stem_a", "head_w", "head_a")]
+        depth, op, wb, ab = [], [], [], []
+        for si in range(len(space.config.stages)):
+            depth.append(oh(next(it), sh["depth"][si][0]))
+            D, n_op = sh["op"][si]
+            n_w, n_a = sh["w_bits"][si][2], sh["a_bits"][si][2]
+            ops, ws, as_ = [], [], []
+            for _ in range(D):
+                ops.append(oh(next(it), n_op))
+                ws.append(torch.stack([oh(next(it), n_w) for _ in range(3)]))
+                as_.append(torch.stack([oh(next(it), n_a) for _ in range(3)]))
+            op.append(torch.stack(ops))
+            wb.append(torch.stack(ws))
+            ab.append(torch.stack(as_))
+        return cls(*head, depth, op, wb, ab)
+
+    # ---- transforms -------------------------------------------------------------
+    def map(self, fn: Callable[["torch.Tensor"], "torch.Tensor"]) -> "ArchDistribution":
+        kw = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            kw[f.name] = [fn(t) for t in v] if isinstance(v, list) else fn(v)
+        return type(self)(**kw)
+
+    def softmax(self) -> "ArchDistribution":
+        """Treat every field as logits; softmax over the last axis."""
+        return self.map(lambda t: t.softmax(-1))
+
+    def tensors(self) -> list["torch.Tensor"]:
+        out = []
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out.extend(v if isinstance(v, list) else [v])
+        return out
+
+    def check(self, space: "SearchSpace") -> None:
+        """Raise :class:`ArchError` if a field's shape does not match ``space``."""
+        for name, shp in self.shapes(space).items():
+            v = getattr(self, name)
+            if isinstance(shp, list):
+                if not isinstance(v, (list, tuple)) or len(v) != len(shp):
+                    raise ArchError(f"ArchDistribution.{name} must be a list of {len(shp)} tensors (one per stage)")
+                pairs = [(f"{name}[{i}]", t, s) for i, (t, s) in enumerate(zip(v, shp))]
+            else:
+                pairs = [(name, v, shp)]
+            for n, t, s in pairs:
+                if tuple(t.shape) != tuple(s):
+                    raise ArchError(f"ArchDistribution.{n} has shape {tuple(t.shape)}, this space needs {tuple(s)}")
+
+    def sample_genes(self, n: int, rng: Any = None) -> np.ndarray:
+        """``n`` gene vectors drawn from this distribution (``[n, n_genes]``, for Monte-Carlo checks)."""
+        g = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+
+        def draw(p: "torch.Tensor") -> np.ndarray:
+            p = p.detach().cpu().double().numpy()
+            cdf = np.cumsum(p / p.sum())
+            return np.minimum(np.searchsorted(cdf, g.random(n), side="right"), len(p) - 1)
+
+        cols = [draw(getattr(self, k)) for k in ("resolution", "width", "stem_w", "stem_a", "head_w", "head_a")]
+        for si in range(len(self.depth)):
+            cols.append(draw(self.depth[si]))
+            for j in range(self.op[si].shape[0]):
+                cols.append(draw(self.op[si][j]))
+                cols.extend(draw(self.w_bits[si][j, c]) for c in range(3))
+                cols.extend(draw(self.a_bits[si][j, c]) for c in range(3))
+        return np.stack(cols, axis=1).astype(np.int64)
