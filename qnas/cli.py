@@ -28,12 +28,25 @@ def _positive_float(v: str) -> float:
     return f
 
 
+LATENCY_KINDS = ["analytic", "table", "measured", "hybrid"]
+
+
+def _add_latency_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--latency", default="analytic", choices=LATENCY_KINDS,
+                   help="latency predictor: the device profile's roofline (default), a per-layer table measured on "
+                        "the device (--latency-table), measured here on demand (cpu-ort only), or hybrid "
+                        "(table/analytic + learned correction, --latency-hybrid)")
+    p.add_argument("--latency-table", metavar="PATH", help="per-layer latency table (JSON/CSV)")
+    p.add_argument("--latency-hybrid", metavar="PATH", help="fitted hybrid correction (JSON) for --latency hybrid")
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="digits", choices=["digits", "imagefolder", "cifar10", "npz"],
                    help="data set kind (default: the bundled digits)")
     p.add_argument("--data-path", help="path for imagefolder / cifar10 / npz data")
     p.add_argument("--space", metavar="YAML", help="search-space config (default: the embedded digits space)")
-    p.add_argument("--device", default="cpu-ort", help="target latency profile (see qnas/latency/profiles)")
+    p.add_argument("--device", default="cpu-ort", help="target latency profile (`qnas latency show NAME`)")
+    _add_latency_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--force", action="store_true", help="overwrite a non-empty output directory")
@@ -43,7 +56,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 def cmd_demo(a: argparse.Namespace) -> int:
     from qnas.pipeline import DemoConfig, demo, format_report
 
-    cfg = DemoConfig(data=a.data, data_path=a.data_path, device=a.device, n_candidates=a.candidates,
+    cfg = DemoConfig(data=a.data, data_path=a.data_path, device=a.device, latency_kind=a.latency,
+                     latency_table=a.latency_table, latency_hybrid=a.latency_hybrid, n_candidates=a.candidates,
                      search_epochs=a.search_epochs, finish_epochs=a.finish_epochs, batch_size=a.batch_size,
                      latency_budget_ms=a.budget_ms, seed=a.seed, out=a.out or "")
     report = demo(cfg, space=_space(a.space), progress=not a.no_progress, overwrite=a.force)
@@ -58,7 +72,8 @@ def cmd_search(a: argparse.Namespace) -> int:
     out = a.out or default_out("search")
     result = search(data=a.data, data_path=a.data_path, space=_space(a.space), device=a.device, strategy=a.strategy,
                     n_candidates=a.candidates, epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, out=out,
-                    overwrite=a.force, progress=not a.no_progress)
+                    overwrite=a.force, progress=not a.no_progress, latency_kind=a.latency,
+                    latency_table=a.latency_table, latency_hybrid=a.latency_hybrid)
     print(f"evaluated {len(result.records)} archs; Pareto front ({len(result.front)}):")
     for r in result.front:
         print(f"  {r['latency_ms']:9.4g} ms  {100 * r['val_acc']:6.2f} %  {r['size_kb']:7.1f} KB  {r['describe']}")
@@ -108,17 +123,18 @@ def _load_arch(text_or_path: str, space_path: str | None):
     from qnas.model_io import load_model
     from qnas.space import SearchSpace
 
+    space = SearchSpace.from_yaml(space_path) if space_path else SearchSpace()
+    if text_or_path.lstrip().startswith("{"):
+        return space, space.validate(Arch.from_json(text_or_path))
     p = Path(text_or_path)
     if p.is_dir() and (p / "arch.json").is_file():
         p = p / "arch.json"
     if p.is_file() and p.suffix == ".pt":
         loaded = load_model(p)
         return loaded.space, loaded.arch
-    text = p.read_text() if p.is_file() else text_or_path
-    if not p.is_file() and not text.lstrip().startswith("{"):
+    if not p.is_file():
         raise QnasError(f"arch {text_or_path!r} is neither a file, a run directory nor inline JSON")
-    space = SearchSpace.from_yaml(space_path) if space_path else SearchSpace()
-    return space, space.validate(Arch.from_json(text))
+    return space, space.validate(Arch.from_json(p.read_text()))
 
 
 def cmd_latency_show(a: argparse.Namespace) -> int:
@@ -131,17 +147,103 @@ def cmd_latency_show(a: argparse.Namespace) -> int:
 
 def cmd_latency_predict(a: argparse.Namespace) -> int:
     from qnas.costs import count_costs
-    from qnas.latency import create_latency_model
+    from qnas.searching import make_latency_model
 
     space, arch = _load_arch(a.arch, a.space)
-    model = create_latency_model(a.device)
+    model = make_latency_model(a.device, a.latency, a.latency_table, a.latency_hybrid, space)
     plan = space.plan(arch)
     if a.breakdown and hasattr(model, "describe"):
         print(model.describe(plan))
     costs = count_costs(plan)
     print(f"{arch.describe()}")
-    print(f"predicted latency on {a.device}: {model.predict(plan):.4g} ms   "
+    print(f"predicted latency on {a.device} ({a.latency}): {model.predict(plan):.4g} ms   "
           f"({costs.mmacs:.3g} M MACs, {costs.size_kb:.1f} KB, peak activations {costs.peak_activation_bytes / 1024:.1f} KB)")
+    return 0
+
+
+def cmd_latency_measure(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from qnas.latency.layer_measure import measure_layers
+    from qnas.latency.measured import check_measurable
+    from qnas.latency.table import space_layer_keys
+    from qnas.space import SearchSpace
+
+    check_measurable(a.device)
+    out = Path(a.out)
+    if out.suffix.lower() not in (".json", ".csv"):
+        raise QnasError(f"--out must end in .json or .csv, got {out.name}")
+    if out.exists() and not a.force:
+        raise QnasError(f"{out} already exists; choose another --out or pass --force to overwrite it")
+    space = SearchSpace.from_yaml(a.space) if a.space else SearchSpace()
+    archs = None
+    if a.archs:
+        rng = np.random.default_rng(a.seed)
+        archs = [space.sample(rng) for _ in range(a.archs)]
+    layers = space_layer_keys(space, archs)
+    print(f"measuring {len(layers)} distinct layers in onnxruntime ({a.threads} thread(s), "
+          f"warm-up {a.warmup}, median of {a.repeats})")
+    table = measure_layers(layers, threads=a.threads, warmup=a.warmup, repeats=a.repeats,
+                           progress=not a.no_progress, device=a.device)
+    table.save(out, overwrite=a.force)
+    print(f"wrote {out} ({len(table)} entries)")
+    return 0
+
+
+def cmd_latency_eval(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from qnas.latency import AnalyticLatencyModel, load_profile
+    from qnas.latency.hybrid import HybridLatencyModel
+    from qnas.latency.measured import check_measurable
+    from qnas.latency.metrics import fidelity
+    from qnas.latency.model_measure import measure_archs
+    from qnas.latency.table import TableLatencyModel
+    from qnas.space import SearchSpace
+
+    check_measurable(a.device)
+    if a.n < 2:
+        raise QnasError(f"--n must be at least 2 archs to rank, got {a.n}")
+    if a.save_hybrid and a.n_fit < 10:
+        raise QnasError("--save-hybrid needs --n-fit of at least 10 archs to fit the correction")
+    if a.save_hybrid and Path(a.save_hybrid).exists() and not a.force:
+        raise QnasError(f"{a.save_hybrid} already exists; choose another path or pass --force")
+    space = SearchSpace.from_yaml(a.space) if a.space else SearchSpace()
+    rng = np.random.default_rng(a.seed)
+    archs: list = []
+    seen: set = set()
+    while len(archs) < a.n + (a.n_fit if a.save_hybrid else 0):
+        arch = space.sample(rng)
+        if arch not in seen:
+            seen.add(arch)
+            archs.append(arch)
+    print(f"measuring {len(archs)} exported models in onnxruntime (1 thread, batch 1) ...")
+    measured = np.asarray(measure_archs(space, archs, threads=1, progress=not a.no_progress, passes=a.passes))
+    fit_archs, fit_ms = archs[a.n:], measured[a.n:]
+    eval_archs, eval_ms = archs[:a.n], measured[:a.n]
+    plans = [space.plan(x) for x in eval_archs]
+    models: dict = {"analytic": AnalyticLatencyModel(load_profile(a.device))}
+    if a.latency_table:
+        models["table"] = TableLatencyModel.from_file(a.latency_table)
+    base = models.get("table", models["analytic"])
+    if a.latency_hybrid:
+        models["hybrid"] = HybridLatencyModel.load(a.latency_hybrid, base, space)
+    if a.save_hybrid:
+        fitted = HybridLatencyModel(base, space).fit(fit_archs, fit_ms)
+        fitted.save(a.save_hybrid)
+        models[f"hybrid (fitted on {len(fit_archs)})"] = fitted
+        print(f"wrote {a.save_hybrid}")
+    print(f"{'predictor':<26} {'Kendall tau':>11} {'MAPE':>8} {'within 10%':>11}   (on {a.n} archs)")
+    results = {}
+    for name, m in models.items():
+        f = fidelity([m.predict(p) for p in plans], eval_ms)
+        results[name] = f
+        print(f"{name:<26} {f['kendall_tau']:11.3f} {100 * f['mape']:7.1f}% {100 * f['within_10pct']:10.1f}%")
+    if a.out:
+        from qnas.quant.checkpoint import atomic_write
+
+        text = json.dumps({"n": a.n, "seed": a.seed, "results": results}, indent=2)
+        atomic_write(a.out, lambda p: p.write_text(text), overwrite=a.force)
     return 0
 
 
@@ -196,7 +298,40 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--device", default="cpu-ort", help="target profile (default cpu-ort)")
     lp.add_argument("--space", metavar="YAML", help="search-space config the arch belongs to")
     lp.add_argument("--breakdown", action="store_true", help="print the per-layer breakdown")
+    _add_latency_args(lp)
     lp.set_defaults(func=cmd_latency_predict)
+    lm = lsub.add_parser("measure", help="build a per-layer latency table by timing layers here",
+                         description="Time every distinct layer of the search space (or of --archs sampled archs) "
+                                     "in onnxruntime on this machine, in the float/QDQ form its bits dictate.")
+    lm.add_argument("--device", default="cpu-ort", help="only cpu-ort (this machine) can be measured here")
+    lm.add_argument("--out", required=True, help="table file to write (.json or .csv)")
+    lm.add_argument("--space", metavar="YAML", help="search-space config (default: the embedded digits space)")
+    lm.add_argument("--archs", type=int, default=0, help="measure only the layers of N sampled archs (default: all)")
+    lm.add_argument("--seed", type=int, default=0)
+    lm.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    lm.add_argument("--warmup", type=int, default=5)
+    lm.add_argument("--repeats", type=int, default=20)
+    lm.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    lm.add_argument("--no-progress", action="store_true")
+    lm.set_defaults(func=cmd_latency_measure)
+    le = lsub.add_parser("eval", help="measure fresh archs here and report each predictor's fidelity",
+                         description="Export and time --n archs sampled with --seed in onnxruntime on this machine, "
+                                     "and report Kendall tau, MAPE and the share within +-10%% for the analytic "
+                                     "model, a table (--latency-table) and a hybrid (--latency-hybrid); "
+                                     "--save-hybrid fits a hybrid on --n-fit other archs first.")
+    le.add_argument("--device", default="cpu-ort", help="only cpu-ort (this machine) can be measured here")
+    le.add_argument("--n", type=int, default=30, help="archs to evaluate on (default 30)")
+    le.add_argument("--n-fit", type=int, default=60, help="archs to fit --save-hybrid on (default 60)")
+    le.add_argument("--save-hybrid", metavar="PATH", help="fit a hybrid correction and write it here (JSON)")
+    le.add_argument("--latency-table", metavar="PATH", help="per-layer table to evaluate (and use as hybrid base)")
+    le.add_argument("--latency-hybrid", metavar="PATH", help="fitted hybrid correction to evaluate")
+    le.add_argument("--space", metavar="YAML")
+    le.add_argument("--seed", type=int, default=1, help="arch sampling seed (default 1)")
+    le.add_argument("--passes", type=int, default=3, help="timing passes per model; the fastest is kept")
+    le.add_argument("--out", help="write the figures as JSON")
+    le.add_argument("--force", action="store_true")
+    le.add_argument("--no-progress", action="store_true")
+    le.set_defaults(func=cmd_latency_eval)
     return p
 
 

@@ -12,13 +12,12 @@ from qnas.arch import Arch
 from qnas.errors import ConfigError
 from qnas.exporters import create_exporter
 from qnas.exporters.onnx_qcdq import measure_latency_ms
-from qnas.latency import create_latency_model
 from qnas.model_io import save_model
 from qnas.quant.build import build_model
 from qnas.quant.checkpoint import load_state
 from qnas.quant.train import TrainConfig, evaluate, train
 from qnas.rundir import RunDir
-from qnas.searching import SearchResult, prepare_data, run_search, space_for
+from qnas.searching import SearchResult, make_latency_model, prepare_data, run_search, space_for
 from qnas.space import SearchSpace
 
 
@@ -29,6 +28,9 @@ class DemoConfig:
     data: str = "digits"
     data_path: str | None = None
     device: str = "cpu-ort"
+    latency_kind: str = "analytic"
+    latency_table: str | None = None
+    latency_hybrid: str | None = None
     strategy: str = "random"
     n_candidates: int = 8
     search_epochs: int = 3
@@ -59,16 +61,18 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
     """Run search -> finish -> export -> verify and return the report (also in ``run/report.json``)."""
     cfg = (cfg or DemoConfig()).validate()
     cfg.out = cfg.out or default_out("demo")
-    latency = create_latency_model(cfg.device)
+    latency = make_latency_model(cfg.device, cfg.latency_kind, cfg.latency_table, cfg.latency_hybrid)
     t_start = time.perf_counter()
     splits = prepare_data(cfg.data, cfg.data_path, cfg.seed)
     space = space_for(splits, space)
     run = RunDir(cfg.out, overwrite=overwrite)
+    if cfg.latency_kind == "measured":
+        latency.cache = run.file("latency_table.json")
     run.write_json("config.json", {**asdict(cfg), "space": space.to_dict()})
 
     # 1. search
     result: SearchResult = run_search(space, splits, cfg.device, cfg.strategy, cfg.n_candidates, cfg.search_epochs,
-                                      cfg.batch_size, cfg.seed, run, progress)
+                                      cfg.batch_size, cfg.seed, run, progress, latency)
     budget = cfg.latency_budget_ms if cfg.latency_budget_ms is not None else result.default_budget()
     chosen = result.best(budget)
     arch = Arch.from_dict(chosen["arch"])
@@ -103,6 +107,7 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
     report = {
         "run_dir": str(run.path),
         "device": cfg.device,
+        "latency_kind": cfg.latency_kind,
         "latency_budget_ms": round(budget, 6),
         "candidates": len(result.records),
         "front_size": len(result.front),
@@ -134,7 +139,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"  test acc (PyTorch)     {100 * r['test_acc_torch']:.2f} %",
         f"  test acc (ONNX, ORT)   {100 * r['test_acc_onnx']:.2f} %",
         f"  identical predictions  {100 * r['identical_predictions']:.2f} %  (max |dlogit| {r['max_abs_logit_diff']:.2g})",
-        f"  predicted latency      {r['predicted_latency_ms']:.4g} ms ({r['device']} profile)",
+        f"  predicted latency      {r['predicted_latency_ms']:.4g} ms ({r['device']}, {r.get('latency_kind', 'analytic')} model)",
         f"  measured ORT latency   {r['measured_ort_latency_ms']:.4g} ms (1 thread, batch 1, median)",
         f"  time                   search {r['seconds']['search']} s, finish {r['seconds']['finish']} s, "
         f"total {r['seconds']['total']} s",

@@ -154,6 +154,14 @@ class SearchResult:
                            title=f"accuracy vs predicted latency on {self.device}")
 
 
+def make_latency_model(device: str, kind: str = "analytic", table: str | None = None, hybrid: str | None = None,
+                       space: SearchSpace | None = None) -> LatencyModel:
+    """The predictor a search prices candidates with: ``analytic`` (the device profile's roofline),
+    ``table`` (a per-layer table measured on the device), ``measured`` (time layers on this machine, cpu-ort only),
+    ``hybrid`` (table or analytic plus a learned whole-model correction, ``hybrid`` = its JSON file)."""
+    return create_latency_model(device, kind=kind, table=table, hybrid=hybrid, space=space)
+
+
 def prepare_data(data: str, data_path: str | None, seed: int) -> Splits:
     return split(load_dataset(data, data_path), seed=seed)
 
@@ -180,11 +188,14 @@ def run_search(
     seed: int = 0,
     run: RunDir | None = None,
     progress: bool = True,
+    latency: LatencyModel | None = None,
 ) -> SearchResult:
-    """Evaluate ``n_candidates`` archs proposed by ``strategy`` and record them."""
+    """Evaluate ``n_candidates`` archs proposed by ``strategy`` and record them.
+
+    ``latency`` prices candidates (default: the analytic model of ``device``)."""
     if n_candidates < 1:
         raise ConfigError(f"n_candidates must be >= 1, got {n_candidates}")
-    latency = create_latency_model(device)
+    latency = latency or create_latency_model(device)
     strat = create_strategy(strategy, space, seed)
     evaluator = TrainingEvaluator(space, splits, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress)
     records: list[dict[str, Any]] = []
@@ -225,21 +236,29 @@ def search(
     out: str | Path | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    latency_kind: str = "analytic",
+    latency_table: str | None = None,
+    latency_hybrid: str | None = None,
 ) -> SearchResult:
     """Search ``space`` on a data set for the target ``device``.
 
     >>> result = qnas.search(n_candidates=4, epochs=1)           # doctest: +SKIP
     >>> result.best(latency_ms=0.5)["arch"]                      # doctest: +SKIP
     """
-    create_latency_model(device)  # fail fast on an unknown device, before loading data
+    latency = make_latency_model(device, latency_kind, latency_table, latency_hybrid)  # fail fast, before loading data
     splits = prepare_data(data, data_path, seed)
     space = space_for(splits, space)
     run = RunDir(out, overwrite=overwrite) if out is not None else None
+    if run and latency_kind == "measured":
+        latency.cache = run.file("latency_table.json")
     if run:
         run.write_json("config.json", {"data": data, "data_path": data_path, "device": device, "strategy": strategy,
                                        "n_candidates": n_candidates, "epochs": epochs, "batch_size": batch_size,
-                                       "seed": seed, "space": space.to_dict()})
-    result = run_search(space, splits, device, strategy, n_candidates, epochs, batch_size, seed, run, progress)
+                                       "seed": seed, "latency_kind": latency_kind, "latency_table": latency_table,
+                                       "latency_hybrid": latency_hybrid,
+                                       "space": space.to_dict()})
+    result = run_search(space, splits, device, strategy, n_candidates, epochs, batch_size, seed, run, progress,
+                        latency)
     if run:
         result.plot(run.file("pareto.png"))
     return result

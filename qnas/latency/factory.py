@@ -27,10 +27,42 @@ def create_latency_model(device: "str | DeviceProfile", kind: str = "analytic", 
     return _REGISTRY[kind](load_profile(device), **kwargs)
 
 
+def _table_model(profile: DeviceProfile, table: "str | None" = None, **_: object) -> LatencyModel:
+    from qnas.latency.table import TableLatencyModel
+
+    if not table:
+        raise ConfigError(f"the 'table' latency model needs a table measured on {profile.name}; pass --latency-table "
+                          "PATH (build one with `qnas latency measure`)")
+    return TableLatencyModel.from_file(table)
+
+
+def _measured_model(profile: DeviceProfile, table: "str | None" = None, cache: "str | None" = None,
+                    threads: int = 1, progress: bool = False, **_: object) -> LatencyModel:
+    from qnas.latency.measured import MeasuredLatencyModel, check_measurable
+
+    check_measurable(profile.name)
+    return MeasuredLatencyModel(table, cache=cache, threads=threads, progress=progress)
+
+
+def _hybrid_model(profile: DeviceProfile, table: "str | None" = None, hybrid: "str | None" = None,
+                  space: object = None, **_: object) -> LatencyModel:
+    from qnas.latency.analytic import AnalyticLatencyModel
+    from qnas.latency.hybrid import HybridLatencyModel
+
+    if not hybrid:
+        raise ConfigError("the 'hybrid' latency model needs a fitted correction; pass --latency-hybrid PATH "
+                          "(fit one with `qnas latency eval --save-hybrid PATH`)")
+    base = _table_model(profile, table) if table else AnalyticLatencyModel(profile)
+    return HybridLatencyModel.load(hybrid, base, space)
+
+
 def _register_builtins() -> None:
     from qnas.latency.analytic import AnalyticLatencyModel
 
-    register_latency_model("analytic", AnalyticLatencyModel)
+    register_latency_model("analytic", lambda profile, **_: AnalyticLatencyModel(profile))
+    register_latency_model("table", _table_model)
+    register_latency_model("measured", _measured_model)
+    register_latency_model("hybrid", _hybrid_model)
 
 
 _register_builtins()
