@@ -67,16 +67,26 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def cmd_search(a: argparse.Namespace) -> int:
     from qnas.pipeline import default_out
-    from qnas.searching import search
+    from qnas.searching import resume_search, search
 
-    out = a.out or default_out("search")
-    result = search(data=a.data, data_path=a.data_path, space=_space(a.space), device=a.device, strategy=a.strategy,
-                    n_candidates=a.candidates, epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, out=out,
-                    overwrite=a.force, progress=not a.no_progress, latency_kind=a.latency,
-                    latency_table=a.latency_table, latency_hybrid=a.latency_hybrid)
+    if a.resume:
+        result = resume_search(a.resume, progress=not a.no_progress)
+        out = a.resume
+    else:
+        out = a.out or default_out("search")
+        options = json.loads(a.strategy_options) if a.strategy_options else {}
+        if not isinstance(options, dict):
+            raise QnasError("--strategy-options must be a JSON object, e.g. '{\"pop_size\": 16}'")
+        result = search(data=a.data, data_path=a.data_path, space=_space(a.space), device=a.device,
+                        strategy=a.strategy, n_candidates=a.candidates, epochs=a.epochs, batch_size=a.batch_size,
+                        seed=a.seed, out=out, overwrite=a.force, progress=not a.no_progress, latency_kind=a.latency,
+                        latency_table=a.latency_table, latency_hybrid=a.latency_hybrid, executor=a.executor,
+                        latency_budget_ms=a.budget_ms, size_budget_kb=a.size_kb, memory_budget_kb=a.memory_kb,
+                        batch=a.batch, strategy_options=options)
     print(f"evaluated {len(result.records)} archs; Pareto front ({len(result.front)}):")
     for r in result.front:
-        print(f"  {r['latency_ms']:9.4g} ms  {100 * r['val_acc']:6.2f} %  {r['size_kb']:7.1f} KB  {r['describe']}")
+        mark = "" if result.budget.ok(r) else "  (over budget)"
+        print(f"  {r['latency_ms']:9.4g} ms  {100 * r['val_acc']:6.2f} %  {r['size_kb']:7.1f} KB  {r['describe']}{mark}")
     print(f"run directory: {out}")
     return 0
 
@@ -265,10 +275,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("search", help="search a space and write the Pareto front",
                        description="Sample, train briefly and price archs; write history, front and plot.")
     _add_data_args(s)
-    s.add_argument("--strategy", default="random", help="search strategy (default: random)")
-    s.add_argument("--candidates", type=int, default=8)
+    s.add_argument("--strategy", default="random", help="random, nsga2, nsga3, ofa, differentiable (default: random)")
+    s.add_argument("--strategy-options", metavar="JSON", help="strategy options as a JSON object")
+    s.add_argument("--candidates", type=int, default=8, help="archs to evaluate (default 8)")
+    s.add_argument("--batch", type=int, default=4, help="archs asked and evaluated together (default 4)")
     s.add_argument("--epochs", type=int, default=3, help="training epochs per candidate")
+    s.add_argument("--budget-ms", type=_positive_float, help="hard latency budget")
+    s.add_argument("--size-kb", type=_positive_float, help="hard model-size budget")
+    s.add_argument("--memory-kb", type=_positive_float, help="hard peak-activation-memory budget")
+    s.add_argument("--executor", default="local", choices=["local", "ray"], help="where evaluations run")
     s.add_argument("--out", help="run directory (default: runs/search-TIMESTAMP)")
+    s.add_argument("--resume", metavar="RUN", help="continue a killed search in RUN (other options are read from it)")
     s.set_defaults(func=cmd_search)
 
     e = sub.add_parser("export", help="export a finished model for a target runtime",

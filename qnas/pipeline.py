@@ -17,7 +17,7 @@ from qnas.quant.build import build_model
 from qnas.quant.checkpoint import load_state
 from qnas.quant.train import TrainConfig, evaluate, train
 from qnas.rundir import RunDir
-from qnas.searching import SearchResult, make_latency_model, prepare_data, run_search, space_for
+from qnas.searching import SearchConfig, SearchResult, make_latency_model, prepare_data, run_search, space_for
 from qnas.space import SearchSpace
 
 
@@ -68,11 +68,16 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
     run = RunDir(cfg.out, overwrite=overwrite)
     if cfg.latency_kind == "measured":
         latency.cache = run.file("latency_table.json")
-    run.write_json("config.json", {**asdict(cfg), "space": space.to_dict()})
+    run.write_json("demo.json", {**asdict(cfg), "space": space.to_dict()})
 
     # 1. search
-    result: SearchResult = run_search(space, splits, cfg.device, cfg.strategy, cfg.n_candidates, cfg.search_epochs,
-                                      cfg.batch_size, cfg.seed, run, progress, latency)
+    search_cfg = SearchConfig(data=cfg.data, data_path=cfg.data_path, device=cfg.device, latency_kind=cfg.latency_kind,
+                              latency_table=cfg.latency_table, latency_hybrid=cfg.latency_hybrid,
+                              strategy=cfg.strategy, n_candidates=cfg.n_candidates, epochs=cfg.search_epochs,
+                              batch_size=cfg.batch_size, seed=cfg.seed, latency_budget_ms=cfg.latency_budget_ms,
+                              space=space.to_dict())
+    run.write_json("config.json", search_cfg.to_dict())  # `qnas search --resume RUN` continues the search part
+    result: SearchResult = run_search(search_cfg, space, splits, run, progress, latency)
     budget = cfg.latency_budget_ms if cfg.latency_budget_ms is not None else result.default_budget()
     chosen = result.best(budget)
     arch = Arch.from_dict(chosen["arch"])
@@ -82,9 +87,12 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
 
     # 2. finish: continue QAT from the candidate's weights
     torch.manual_seed(cfg.seed)
-    model = load_state(build_model(space, arch), result.evaluator.states[arch.uid], "search state")
-    train_ds = result.evaluator.data("train", arch.resolution)
-    val_ds = result.evaluator.data("val", arch.resolution)
+    model = build_model(space, arch)
+    state = result.evaluator.state(arch) if hasattr(result.evaluator, "state") else None
+    if state is not None:
+        load_state(model, state, "search state")
+    train_ds = splits.train.at_resolution(arch.resolution)
+    val_ds = splits.val.at_resolution(arch.resolution)
     test_ds = splits.test.at_resolution(arch.resolution)
     t0 = time.perf_counter()
     hist = train(model, train_ds.loader(cfg.batch_size, True, cfg.seed), val_ds.loader(512, False),

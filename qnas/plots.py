@@ -38,3 +38,39 @@ def plot_pareto(records: Sequence[dict[str, Any]], front: Sequence[dict[str, Any
         return atomic_write(out, lambda p: fig.savefig(p, format="png"))
     finally:
         plt.close(fig)
+
+
+def plot_progress(records: Sequence[dict[str, Any]], out: str | Path, batch: int = 4,
+                  budget_ms: float | None = None) -> Path:
+    """Validation accuracy and predicted latency of each evaluation, by generation (batch of asks)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gen = [r["index"] // max(1, batch) for r in records]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.6, 3.8), dpi=110)
+    ax1.scatter(gen, [100 * r["val_acc"] for r in records], s=14, c="#1f77b4", alpha=0.7)
+    best, run_best = float("-inf"), []
+    for r in records:
+        if budget_ms is None or r["latency_ms"] <= budget_ms:
+            best = max(best, 100 * r["val_acc"])
+        run_best.append(best if best > float("-inf") else float("nan"))
+    ax1.plot(gen, run_best, color="#ff7f0e", lw=1.5, label="best so far" + (" (in budget)" if budget_ms else ""))
+    ax1.set_xlabel("generation")
+    ax1.set_ylabel("validation accuracy (%)")
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=8, loc="lower right")
+    ax2.scatter(gen, [r["latency_ms"] for r in records], s=14, c="#2ca02c", alpha=0.7)
+    if budget_ms is not None:
+        ax2.axhline(budget_ms, color="#d62728", ls="--", lw=1.2, label=f"budget {budget_ms:.3g} ms")
+        ax2.legend(fontsize=8)
+    ax2.set_xlabel("generation")
+    ax2.set_ylabel("predicted latency (ms)")
+    ax2.grid(alpha=0.3)
+    fig.suptitle("search progress")
+    fig.tight_layout()
+    try:
+        return atomic_write(out, lambda p: fig.savefig(p, format="png"))
+    finally:
+        plt.close(fig)

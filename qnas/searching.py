@@ -1,102 +1,90 @@
-"""Search: strategies propose archs (ask/tell), an evaluator scores them,
-the latency model of the target prices them, and the run directory records it."""
+"""Search: a strategy proposes archs (ask/tell), an accuracy source scores
+them, the target's latency model prices them, and the run directory records
+every evaluation as it happens, so a killed search resumes where it stopped."""
 from __future__ import annotations
 
 import statistics
-import time
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable
 
-import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from qnas.arch import Arch
 from qnas.costs import count_costs
-from qnas.data import ImageDataset, Splits, load_dataset, split
+from qnas.data import Splits, load_dataset, split
 from qnas.errors import ConfigError
+from qnas.evaluators import TrainingEvaluator
+from qnas.executors import create_executor
 from qnas.latency import LatencyModel, create_latency_model
 from qnas.pareto import pareto_front
-from qnas.quant.build import build_model
-from qnas.quant.train import TrainConfig, evaluate, train
 from qnas.rundir import RunDir
 from qnas.space import SearchSpace, SpaceConfig
+from qnas.strategies import Budget, create_strategy
+
+ACCURACY_SOURCES = ("train",)
 
 
-# ---- strategies -----------------------------------------------------------
-class Strategy(ABC):
-    """Proposes archs (``ask``) and learns from their scores (``tell``)."""
+@dataclass
+class SearchConfig:
+    """Everything that defines a search; saved as the run's ``config.json`` and read back by ``--resume``."""
 
-    def __init__(self, space: SearchSpace, seed: int = 0):
-        self.space = space
-        self.rng = np.random.default_rng(seed)
+    data: str = "digits"
+    data_path: str | None = None
+    device: str = "cpu-ort"
+    latency_kind: str = "analytic"
+    latency_table: str | None = None
+    latency_hybrid: str | None = None
+    strategy: str = "random"
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+    accuracy: str = "train"
+    n_candidates: int = 8
+    batch: int = 4
+    epochs: int = 3
+    batch_size: int = 64
+    seed: int = 0
+    latency_budget_ms: float | None = None
+    size_budget_kb: float | None = None
+    memory_budget_kb: float | None = None
+    executor: str = "local"
+    threads: int | None = None
+    space: dict[str, Any] | None = None
 
-    @abstractmethod
-    def ask(self, n: int) -> list[Arch]: ...
+    def validate(self) -> "SearchConfig":
+        for name in ("n_candidates", "batch", "epochs", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("latency_budget_ms", "size_budget_kb", "memory_budget_kb"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and v > 0):
+                raise ConfigError(f"{name} must be a positive number, got {v!r}")
+        if self.accuracy not in ACCURACY_SOURCES:
+            raise ConfigError(f"unknown accuracy source {self.accuracy!r}; choose one of {list(ACCURACY_SOURCES)}")
+        return self
 
-    def tell(self, records: Sequence[dict[str, Any]]) -> None:  # noqa: B027 - optional hook
-        pass
+    @property
+    def budget(self) -> Budget:
+        return Budget(self.latency_budget_ms, self.size_budget_kb, self.memory_budget_kb)
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
-class RandomSearch(Strategy):
-    """Uniform random samples without repeats: the baseline every strategy must beat."""
-
-    def __init__(self, space: SearchSpace, seed: int = 0):
-        super().__init__(space, seed)
-        self.seen: set[Arch] = set()
-
-    def ask(self, n: int) -> list[Arch]:
-        out: list[Arch] = []
-        for _ in range(n * 100):
-            if len(out) == n:
-                break
-            a = self.space.sample(self.rng)
-            if a not in self.seen:
-                self.seen.add(a)
-                out.append(a)
-        return out
-
-
-STRATEGIES: dict[str, type[Strategy]] = {"random": RandomSearch}
-
-
-def create_strategy(name: str, space: SearchSpace, seed: int = 0) -> Strategy:
-    if name not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
-    return STRATEGIES[name](space, seed)
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SearchConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown search config key(s) {unknown}; valid keys: {sorted(known)}")
+        return cls(**d).validate()
 
 
-# ---- evaluation -----------------------------------------------------------
-class TrainingEvaluator:
-    """Scores an arch by briefly training it (QAT) and measuring validation accuracy.
-
-    Keeps each trained state so a chosen candidate can be finished from it."""
-
-    def __init__(self, space: SearchSpace, splits: Splits, epochs: int = 3, batch_size: int = 64,
-                 lr: float = 3e-3, seed: int = 0, progress: bool = True):
-        self.space, self.splits = space, splits
-        self.epochs, self.batch_size, self.lr, self.seed, self.progress = epochs, batch_size, lr, seed, progress
-        self.states: dict[str, dict[str, torch.Tensor]] = {}
-        self._resized: dict[tuple[str, int], ImageDataset] = {}
-
-    def data(self, part: str, resolution: int) -> ImageDataset:
-        key = (part, resolution)
-        if key not in self._resized:
-            self._resized[key] = getattr(self.splits, part).at_resolution(resolution)
-        return self._resized[key]
-
-    def __call__(self, arch: Arch) -> dict[str, Any]:
-        torch.manual_seed(self.seed)
-        model = build_model(self.space, arch)
-        t0 = time.perf_counter()
-        train(model, self.data("train", arch.resolution).loader(self.batch_size, True, self.seed), None,
-              TrainConfig(epochs=self.epochs, lr=self.lr, seed=self.seed, progress=self.progress,
-                          desc=f"train {arch.uid}"))
-        acc = evaluate(model, self.data("val", arch.resolution).loader(512, False))
-        self.states[arch.uid] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return {"val_acc": acc, "train_seconds": round(time.perf_counter() - t0, 3)}
+def make_latency_model(device: str, kind: str = "analytic", table: str | None = None, hybrid: str | None = None,
+                       space: SearchSpace | None = None) -> LatencyModel:
+    """The predictor a search prices candidates with: ``analytic`` (the device profile's roofline),
+    ``table`` (a per-layer table measured on the device), ``measured`` (time layers on this machine, cpu-ort only),
+    ``hybrid`` (table or analytic plus a learned whole-model correction, ``hybrid`` = its JSON file)."""
+    return create_latency_model(device, kind=kind, table=table, hybrid=hybrid, space=space)
 
 
 def score_record(space: SearchSpace, arch: Arch, latency: LatencyModel, accuracy: dict[str, Any], index: int) -> dict[str, Any]:
@@ -126,17 +114,23 @@ class SearchResult:
     device: str
     run_dir: Path | None = None
     evaluator: Any = field(default=None, repr=False)
+    budget: Budget = field(default_factory=Budget)
 
     @property
     def front(self) -> list[dict[str, Any]]:
         return pareto_front(self.records)
 
+    def feasible(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if self.budget.ok(r)]
+
     def best(self, latency_ms: float | None = None) -> dict[str, Any]:
-        """The most accurate record whose predicted latency is within ``latency_ms`` (all if None)."""
-        ok = [r for r in self.records if latency_ms is None or r["latency_ms"] <= latency_ms]
+        """The most accurate record within ``latency_ms`` (default: the search's budget) and the other budgets."""
+        limit = latency_ms if latency_ms is not None else self.budget.latency_ms
+        budget = Budget(limit, self.budget.size_kb, self.budget.peak_act_kb)
+        ok = [r for r in self.records if budget.ok(r)]
         if not ok:
             fastest = min(r["latency_ms"] for r in self.records)
-            raise ConfigError(f"no evaluated arch meets the {latency_ms:g} ms budget (fastest: {fastest:.4g} ms); "
+            raise ConfigError(f"no evaluated arch meets the budget ({limit} ms; fastest: {fastest:.4g} ms); "
                               "raise the budget or evaluate more candidates")
         return max(ok, key=lambda r: (r["val_acc"], -r["latency_ms"]))
 
@@ -144,24 +138,34 @@ class SearchResult:
         return Arch.from_dict(record["arch"])
 
     def default_budget(self) -> float:
-        """The median predicted latency of the evaluated archs: a budget that binds."""
+        """The search's latency budget, else the median predicted latency of the evaluated archs (one that binds)."""
+        if self.budget.latency_ms is not None:
+            return self.budget.latency_ms
         return float(statistics.median(r["latency_ms"] for r in self.records))
 
-    def plot(self, out: str | Path, budget_ms: float | None = None, chosen: dict[str, Any] | None = None) -> Path:
+    def plot(self, out: str | Path | None = None, budget_ms: float | None = None,
+             chosen: dict[str, Any] | None = None) -> Path:
+        """Pareto plot PNG (default: ``RUN/pareto.png``) with the budget line and the chosen arch."""
         from qnas.plots import plot_pareto
 
-        return plot_pareto(self.records, self.front, out, budget_ms, chosen,
-                           title=f"accuracy vs predicted latency on {self.device}")
+        if out is None:
+            if self.run_dir is None:
+                raise ConfigError("this search has no run directory; pass the PNG path to plot()")
+            out = self.run_dir / "pareto.png"
+        return plot_pareto(self.records, self.front, out, budget_ms if budget_ms is not None else self.budget.latency_ms,
+                           chosen, title=f"accuracy vs predicted latency on {self.device}")
+
+    def plot_progress(self, out: str | Path | None = None, batch: int = 4) -> Path:
+        """Accuracy and latency per generation (batch of asks), PNG."""
+        from qnas.plots import plot_progress
+
+        out = out or (self.run_dir / "progress.png" if self.run_dir else None)
+        if out is None:
+            raise ConfigError("this search has no run directory; pass the PNG path to plot_progress()")
+        return plot_progress(self.records, out, batch, self.budget.latency_ms)
 
 
-def make_latency_model(device: str, kind: str = "analytic", table: str | None = None, hybrid: str | None = None,
-                       space: SearchSpace | None = None) -> LatencyModel:
-    """The predictor a search prices candidates with: ``analytic`` (the device profile's roofline),
-    ``table`` (a per-layer table measured on the device), ``measured`` (time layers on this machine, cpu-ort only),
-    ``hybrid`` (table or analytic plus a learned whole-model correction, ``hybrid`` = its JSON file)."""
-    return create_latency_model(device, kind=kind, table=table, hybrid=hybrid, space=space)
-
-
+# ---- the loop ---------------------------------------------------------------
 def prepare_data(data: str, data_path: str | None, seed: int) -> Splits:
     return split(load_dataset(data, data_path), seed=seed)
 
@@ -177,49 +181,59 @@ def space_for(splits: Splits, space: SearchSpace | None) -> SearchSpace:
     return space
 
 
+def make_evaluator(cfg: SearchConfig, space: SearchSpace, splits: Splits, run: RunDir | None,
+                   progress: bool) -> Callable[[Arch], dict[str, Any]]:
+    state_dir = run.file("candidates") if run else None
+    return TrainingEvaluator(space, splits, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+                             progress=progress and cfg.executor == "local", threads=cfg.threads, state_dir=state_dir)
+
+
 def run_search(
+    cfg: SearchConfig,
     space: SearchSpace,
     splits: Splits,
-    device: str = "cpu-ort",
-    strategy: str = "random",
-    n_candidates: int = 8,
-    epochs: int = 3,
-    batch_size: int = 64,
-    seed: int = 0,
     run: RunDir | None = None,
     progress: bool = True,
     latency: LatencyModel | None = None,
+    evaluator: Callable[[Arch], dict[str, Any]] | None = None,
 ) -> SearchResult:
-    """Evaluate ``n_candidates`` archs proposed by ``strategy`` and record them.
-
-    ``latency`` prices candidates (default: the analytic model of ``device``)."""
-    if n_candidates < 1:
-        raise ConfigError(f"n_candidates must be >= 1, got {n_candidates}")
-    latency = latency or create_latency_model(device)
-    strat = create_strategy(strategy, space, seed)
-    evaluator = TrainingEvaluator(space, splits, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress)
+    """Ask the strategy for ``cfg.n_candidates`` archs in batches of ``cfg.batch``, evaluate them
+    (reusing the run's history on resume), price them, and tell the strategy."""
+    cfg.validate()
+    latency = latency or make_latency_model(cfg.device, cfg.latency_kind, cfg.latency_table, cfg.latency_hybrid, space)
+    strat = create_strategy(cfg.strategy, space, seed=cfg.seed, budget=cfg.budget, **cfg.strategy_options)
+    evaluator = evaluator or make_evaluator(cfg, space, splits, run, progress)
+    done = {(h["index"], h["uid"]): h for h in (run.read_history() if run else [])}
+    executor = create_executor(cfg.executor)
     records: list[dict[str, Any]] = []
-    bar = tqdm(total=n_candidates, desc=f"search ({strategy})", disable=not progress, unit="arch")
+    bar = tqdm(total=cfg.n_candidates, desc=f"search ({cfg.strategy})", disable=not progress, unit="arch")
     try:
-        while len(records) < n_candidates:
-            batch = strat.ask(min(4, n_candidates - len(records)))
+        while len(records) < cfg.n_candidates:
+            batch = strat.ask(min(cfg.batch, cfg.n_candidates - len(records)))
             if not batch:
-                break  # the space is exhausted
+                break  # the strategy (or the space) is exhausted
+            start = len(records)
+            todo = [a for i, a in enumerate(batch) if (start + i, a.uid) not in done]
+            fresh = iter(executor.map(evaluator, todo))
             new = []
-            for arch in batch:
-                rec = score_record(space, arch, latency, evaluator(arch), len(records))
-                records.append(rec)
-                new.append(rec)
-                if run:
+            for i, arch in enumerate(batch):
+                old = done.get((start + i, arch.uid))
+                rec = old if old is not None else score_record(space, arch, latency, next(fresh), start + i)
+                if old is None and run:
                     run.append_history(rec)
+                new.append(rec)
                 bar.update(1)
                 bar.set_postfix(acc=f"{rec['val_acc']:.3f}", ms=f"{rec['latency_ms']:.3g}")
-            strat.tell(new)
+            records.extend(new)
+            strat.tell(batch, new)
     finally:
         bar.close()
-    result = SearchResult(space, records, device, run.path if run else None, evaluator)
+        executor.close()
+    result = SearchResult(space, records, cfg.device, run.path if run else None, evaluator, cfg.budget)
     if run:
         run.write_json("front.json", result.front)
+        result.plot()
+        result.plot_progress(batch=cfg.batch)
     return result
 
 
@@ -239,26 +253,50 @@ def search(
     latency_kind: str = "analytic",
     latency_table: str | None = None,
     latency_hybrid: str | None = None,
+    **options: Any,
 ) -> SearchResult:
     """Search ``space`` on a data set for the target ``device``.
 
-    >>> result = qnas.search(n_candidates=4, epochs=1)           # doctest: +SKIP
-    >>> result.best(latency_ms=0.5)["arch"]                      # doctest: +SKIP
+    Further keyword options are :class:`SearchConfig` fields (``latency_budget_ms``,
+    ``executor="ray"``, ``strategy_options={...}``, ``batch`` ...).
+
+    >>> result = qnas.search(strategy="nsga2", n_candidates=16, epochs=1)   # doctest: +SKIP
+    >>> result.best(latency_ms=0.5)["arch"]                                  # doctest: +SKIP
     """
-    latency = make_latency_model(device, latency_kind, latency_table, latency_hybrid)  # fail fast, before loading data
-    splits = prepare_data(data, data_path, seed)
+    cfg = SearchConfig(data=data, data_path=data_path, device=device, strategy=strategy, n_candidates=n_candidates,
+                       epochs=epochs, batch_size=batch_size, seed=seed, latency_kind=latency_kind,
+                       latency_table=latency_table, latency_hybrid=latency_hybrid, **options).validate()
+    return _run(cfg, space, out, overwrite=overwrite, resume=False, progress=progress)
+
+
+def resume_search(run_dir: str | Path, progress: bool = True) -> SearchResult:
+    """Continue a search that was killed: same config, finished evaluations are not repeated."""
+    import json
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise ConfigError(f"{run_dir} has no config.json; pass the directory of a qnas search run")
+    try:
+        d = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError:
+        raise ConfigError(f"{cfg_path} is not valid JSON; the run cannot be resumed") from None
+    cfg = SearchConfig.from_dict(d)
+    return _run(cfg, SearchSpace.from_dict(cfg.space) if cfg.space else None, run_dir, overwrite=False,
+                resume=True, progress=progress)
+
+
+def _run(cfg: SearchConfig, space: SearchSpace | None, out: str | Path | None, overwrite: bool, resume: bool,
+         progress: bool) -> SearchResult:
+    latency = make_latency_model(cfg.device, cfg.latency_kind, cfg.latency_table, cfg.latency_hybrid, space)
+    create_strategy(cfg.strategy, space or SearchSpace(), seed=cfg.seed, budget=cfg.budget,
+                    **cfg.strategy_options)  # fail fast on a bad strategy, before loading data
+    splits = prepare_data(cfg.data, cfg.data_path, cfg.seed)
     space = space_for(splits, space)
-    run = RunDir(out, overwrite=overwrite) if out is not None else None
-    if run and latency_kind == "measured":
+    cfg.space = space.to_dict()
+    run = RunDir(out, overwrite=overwrite, resume=resume) if out is not None else None
+    if run and cfg.latency_kind == "measured":
         latency.cache = run.file("latency_table.json")
-    if run:
-        run.write_json("config.json", {"data": data, "data_path": data_path, "device": device, "strategy": strategy,
-                                       "n_candidates": n_candidates, "epochs": epochs, "batch_size": batch_size,
-                                       "seed": seed, "latency_kind": latency_kind, "latency_table": latency_table,
-                                       "latency_hybrid": latency_hybrid,
-                                       "space": space.to_dict()})
-    result = run_search(space, splits, device, strategy, n_candidates, epochs, batch_size, seed, run, progress,
-                        latency)
-    if run:
-        result.plot(run.file("pareto.png"))
-    return result
+    if run and not resume:
+        run.write_json("config.json", cfg.to_dict())
+    return run_search(cfg, space, splits, run, progress, latency)

@@ -1,0 +1,92 @@
+"""Accuracy sources: callables ``evaluator(arch) -> {"val_acc": ..., ...}``.
+
+Here: brief stand-alone QAT training (the slow, honest one). The supernet
+(:mod:`qnas.supernet`), the accuracy predictor (:mod:`qnas.predictors`) and
+zero-cost proxies (:mod:`qnas.zero_cost`) provide the others.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from qnas.arch import Arch
+from qnas.data import ImageDataset, Splits
+from qnas.quant.build import build_model
+from qnas.quant.checkpoint import load_checkpoint, save_checkpoint
+from qnas.quant.train import TrainConfig, evaluate, train
+from qnas.space import SearchSpace
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` intra-op threads (None: leave as is); results depend on it at float rounding."""
+    if not n:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+class ResizedSplits:
+    """The splits of a data set at each resolution an arch asks for, resized once."""
+
+    def __init__(self, splits: Splits):
+        self.splits = splits
+        self._cache: dict[tuple[str, int], ImageDataset] = {}
+
+    def __call__(self, part: str, resolution: int) -> ImageDataset:
+        key = (part, resolution)
+        if key not in self._cache:
+            self._cache[key] = getattr(self.splits, part).at_resolution(resolution)
+        return self._cache[key]
+
+    def __getstate__(self) -> dict:  # ship only the raw splits to remote workers
+        return {"splits": self.splits, "_cache": {}}
+
+
+class TrainingEvaluator:
+    """Scores an arch by briefly training it (QAT) and measuring validation accuracy.
+
+    Deterministic for a seed and thread count. With ``state_dir`` each trained
+    state is saved as ``state_dir/UID.pt`` so a chosen candidate can be
+    finished from it later, also after a resume or from a remote worker."""
+
+    def __init__(self, space: SearchSpace, splits: Splits, epochs: int = 3, batch_size: int = 64,
+                 lr: float = 3e-3, seed: int = 0, progress: bool = True, threads: int | None = None,
+                 state_dir: str | Path | None = None):
+        self.space = space
+        self.data = ResizedSplits(splits)
+        self.epochs, self.batch_size, self.lr, self.seed = epochs, batch_size, lr, seed
+        self.progress, self.threads = progress, threads
+        self.state_dir = Path(state_dir) if state_dir else None
+        self.states: dict[str, dict[str, torch.Tensor]] = {}
+
+    def __call__(self, arch: Arch) -> dict[str, Any]:
+        with torch_threads(self.threads):
+            torch.manual_seed(self.seed)
+            model = build_model(self.space, arch)
+            t0 = time.perf_counter()
+            train(model, self.data("train", arch.resolution).loader(self.batch_size, True, self.seed), None,
+                  TrainConfig(epochs=self.epochs, lr=self.lr, seed=self.seed, progress=self.progress,
+                              desc=f"train {arch.uid}"))
+            acc = evaluate(model, self.data("val", arch.resolution).loader(512, False))
+        self.states[arch.uid] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if self.state_dir is not None:
+            save_checkpoint(self.state_dir / f"{arch.uid}.pt", model, {"arch": arch.to_dict(), "val_acc": acc})
+        return {"val_acc": acc, "train_seconds": round(time.perf_counter() - t0, 3)}
+
+    def state(self, arch: Arch) -> dict[str, torch.Tensor] | None:
+        """The trained state of ``arch`` if this evaluator (or an earlier run into ``state_dir``) made one."""
+        if arch.uid in self.states:
+            return self.states[arch.uid]
+        if self.state_dir is not None and (self.state_dir / f"{arch.uid}.pt").is_file():
+            return load_checkpoint(self.state_dir / f"{arch.uid}.pt")[0]
+        return None

@@ -1,0 +1,116 @@
+"""The strategy contract: propose archs (``ask``), learn from their scores (``tell``).
+
+A strategy never trains or prices anything itself: the search loop
+evaluates what it asks for (accuracy source + latency model injected there)
+and tells it the archs with their records. Records are JSON-able dicts with
+at least ``val_acc`` (higher is better), ``latency_ms``, ``size_kb`` and
+``peak_act_kb`` (lower is better).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from qnas.arch import Arch
+from qnas.errors import ConfigError
+from qnas.space import SearchSpace
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Hard constraints a returned arch must meet (None = unconstrained)."""
+
+    latency_ms: float | None = None
+    size_kb: float | None = None
+    peak_act_kb: float | None = None
+
+    def violation(self, record: dict[str, Any]) -> float:
+        """Sum of relative overshoots (0 when every constraint holds)."""
+        v = 0.0
+        for key in ("latency_ms", "size_kb", "peak_act_kb"):
+            limit = getattr(self, key)
+            if limit is not None and record[key] > limit:
+                v += (record[key] - limit) / limit
+        return v
+
+    def ok(self, record: dict[str, Any]) -> bool:
+        return self.violation(record) == 0.0
+
+
+class Strategy(ABC):
+    """Proposes archs and learns from their scores. Deterministic for a seed."""
+
+    name = ""
+
+    def __init__(self, space: SearchSpace, seed: int = 0, budget: Budget | None = None, **options: Any):
+        self.space = space
+        self.seed = seed
+        self.budget = budget or Budget()
+        self.rng = np.random.default_rng(seed)
+        if options:
+            raise ConfigError(f"strategy {self.name!r} takes no option(s) {sorted(options)}")
+
+    @abstractmethod
+    def ask(self, n: int) -> list[Arch]:
+        """Up to ``n`` new archs to evaluate (fewer, or none, when the strategy is done)."""
+
+    def tell(self, archs: Sequence[Arch], records: Sequence[dict[str, Any]]) -> None:  # noqa: B027 - optional hook
+        """Scores (``records[i]`` for ``archs[i]``) of archs this strategy asked for, in the order asked."""
+
+
+class RandomSearch(Strategy):
+    """Uniform random samples without repeats: the baseline every strategy must beat."""
+
+    name = "random"
+
+    def __init__(self, space: SearchSpace, seed: int = 0, budget: Budget | None = None, **options: Any):
+        super().__init__(space, seed, budget, **options)
+        self.seen: set[Arch] = set()
+
+    def ask(self, n: int) -> list[Arch]:
+        out: list[Arch] = []
+        for _ in range(n * 100):
+            if len(out) == n:
+                break
+            a = self.space.sample(self.rng)
+            if a not in self.seen:
+                self.seen.add(a)
+                out.append(a)
+        return out
+
+
+_REGISTRY: dict[str, Callable[..., Strategy]] = {"random": RandomSearch}
+
+
+def register_strategy(name: str, factory: Callable[..., Strategy]) -> None:
+    _REGISTRY[name] = factory
+
+
+def strategy_names() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def create_strategy(name: str, space: SearchSpace, seed: int = 0, budget: Budget | None = None,
+                    **options: Any) -> Strategy:
+    """Factory: ``create_strategy("nsga2", space, seed=0, budget=Budget(latency_ms=1.0))``."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown strategy {name!r}; choose one of {sorted(_REGISTRY)}")
+    return _REGISTRY[name](space, seed=seed, budget=budget, **options)
+
+
+def _load_builtin() -> None:
+    # Strategy modules register themselves; importing them lazily keeps pymoo optional at import time.
+    import importlib
+
+    for mod in ("qnas.strategies.evolution",):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("qnas"):
+                continue  # not written yet
+            raise
