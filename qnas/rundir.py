@@ -22,6 +22,17 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         if overwrite and not resume:
             (self.path / "history.jsonl").unlink(missing_ok=True)
+        if resume:
+            self._drop_torn_history()
+
+    def _drop_torn_history(self) -> None:
+        """A run killed mid-write leaves a torn last line: keep only the complete records."""
+        p = self.file("history.jsonl")
+        if p.exists():
+            good = self.read_history()
+            text = "".join(json.dumps(r) + "\n" for r in good)
+            if text != p.read_text():
+                atomic_write(p, lambda tmp: tmp.write_text(text))
 
     def file(self, name: str) -> Path:
         return self.path / name

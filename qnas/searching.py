@@ -20,7 +20,7 @@ from qnas.latency import LatencyModel, create_latency_model
 from qnas.pareto import pareto_front
 from qnas.rundir import RunDir
 from qnas.space import SearchSpace, SpaceConfig
-from qnas.strategies import Budget, create_strategy
+from qnas.strategies import Budget, StrategyContext, create_strategy
 
 ACCURACY_SOURCES = ("train",)
 
@@ -201,8 +201,10 @@ def run_search(
     (reusing the run's history on resume), price them, and tell the strategy."""
     cfg.validate()
     latency = latency or make_latency_model(cfg.device, cfg.latency_kind, cfg.latency_table, cfg.latency_hybrid, space)
-    strat = create_strategy(cfg.strategy, space, seed=cfg.seed, budget=cfg.budget, **cfg.strategy_options)
     evaluator = evaluator or make_evaluator(cfg, space, splits, run, progress)
+    context = StrategyContext(splits=splits, latency=latency, accuracy=evaluator, progress=progress)
+    strat = create_strategy(cfg.strategy, space, seed=cfg.seed, budget=cfg.budget, context=context,
+                            **cfg.strategy_options)
     done = {(h["index"], h["uid"]): h for h in (run.read_history() if run else [])}
     executor = create_executor(cfg.executor)
     records: list[dict[str, Any]] = []

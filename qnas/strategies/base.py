@@ -40,15 +40,29 @@ class Budget:
         return self.violation(record) == 0.0
 
 
+@dataclass
+class StrategyContext:
+    """What the search loop can lend a strategy that needs more than scores:
+    the data splits (differentiable search trains on them), the target's latency
+    model, and the accuracy source (OFA's evolution queries it internally)."""
+
+    splits: Any = None
+    latency: Any = None
+    accuracy: Callable[[Arch], dict[str, Any]] | None = None
+    progress: bool = False
+
+
 class Strategy(ABC):
     """Proposes archs and learns from their scores. Deterministic for a seed."""
 
     name = ""
 
-    def __init__(self, space: SearchSpace, seed: int = 0, budget: Budget | None = None, **options: Any):
+    def __init__(self, space: SearchSpace, seed: int = 0, budget: Budget | None = None,
+                 context: StrategyContext | None = None, **options: Any):
         self.space = space
         self.seed = seed
         self.budget = budget or Budget()
+        self.context = context or StrategyContext()
         self.rng = np.random.default_rng(seed)
         if options:
             raise ConfigError(f"strategy {self.name!r} takes no option(s) {sorted(options)}")
@@ -66,8 +80,9 @@ class RandomSearch(Strategy):
 
     name = "random"
 
-    def __init__(self, space: SearchSpace, seed: int = 0, budget: Budget | None = None, **options: Any):
-        super().__init__(space, seed, budget, **options)
+    def __init__(self, space: SearchSpace, seed: int = 0, budget: Budget | None = None,
+                 context: StrategyContext | None = None, **options: Any):
+        super().__init__(space, seed, budget, context, **options)
         self.seen: set[Arch] = set()
 
     def ask(self, n: int) -> list[Arch]:
@@ -95,19 +110,30 @@ def strategy_names() -> list[str]:
 
 
 def create_strategy(name: str, space: SearchSpace, seed: int = 0, budget: Budget | None = None,
-                    **options: Any) -> Strategy:
-    """Factory: ``create_strategy("nsga2", space, seed=0, budget=Budget(latency_ms=1.0))``."""
+                    context: StrategyContext | None = None, **options: Any) -> Strategy:
+    """Factory: ``create_strategy("nsga2", space, seed=0, budget=Budget(latency_ms=1.0))``.
+
+    ``context`` is passed only to strategies that accept it (a ``context`` parameter)."""
+    import inspect
+
     _load_builtin()
     if name not in _REGISTRY:
         raise ConfigError(f"unknown strategy {name!r}; choose one of {sorted(_REGISTRY)}")
-    return _REGISTRY[name](space, seed=seed, budget=budget, **options)
+    factory = _REGISTRY[name]
+    try:
+        accepts_context = "context" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        accepts_context = False
+    if accepts_context:
+        options["context"] = context
+    return factory(space, seed=seed, budget=budget, **options)
 
 
 def _load_builtin() -> None:
     # Strategy modules register themselves; importing them lazily keeps pymoo optional at import time.
     import importlib
 
-    for mod in ("qnas.strategies.evolution",):
+    for mod in ("qnas.strategies.evolution", "qnas.strategies.differentiable"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:
