@@ -171,9 +171,42 @@ def _session(model: "onnx.ModelProto", threads: int) -> Any:
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
+def _identity_onnx(shape: tuple[int, ...]) -> "onnx.ModelProto":
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, list(shape))
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, list(shape))
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "identity", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 7
+    return model
+
+
+def _median_run_ms(sess: Any, feeds: dict, warmup: int, repeats: int) -> float:
+    run = sess.run
+    for _ in range(warmup):
+        run(None, feeds)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        run(None, feeds)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def run_overhead_ms(shape: tuple[int, ...], threads: int = 1, warmup: int = 5, repeats: int = 20) -> float:
+    """What one ``InferenceSession.run`` costs around the op itself (binding the input, fetching the
+    output), timed on an Identity graph of that input shape."""
+    sess = _session(_identity_onnx(shape), threads)
+    feeds = {"input": np.zeros(shape, np.float32)}
+    return _median_run_ms(sess, feeds, warmup, repeats)
+
+
 def time_layer(layer: LayerSpec, threads: int = 1, warmup: int = 5, repeats: int = 20,
                bn_params_as_inputs: bool = False) -> float:
-    """Median batch-1 onnxruntime latency (ms) of one layer's model."""
+    """Median batch-1 onnxruntime latency (ms) of one layer's model (including the per-run cost;
+    :func:`measure_layers` subtracts that)."""
     try:
         sess = _session(layer_onnx(layer, bn_params_as_inputs), threads)
     except LatencyTableError:
@@ -184,15 +217,7 @@ def time_layer(layer: LayerSpec, threads: int = 1, warmup: int = 5, repeats: int
     rng = np.random.default_rng(0)
     feeds = {i.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32)
              for i in sess.get_inputs() if i.name in ("input", "residual")}
-    run = sess.run
-    for _ in range(warmup):
-        run(None, feeds)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        run(None, feeds)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+    return _median_run_ms(sess, feeds, warmup, repeats)
 
 
 def cpu_name() -> str:
@@ -209,11 +234,15 @@ def cpu_name() -> str:
 
 def measure_layers(layers: Iterable[LayerSpec], threads: int = 1, warmup: int = 5, repeats: int = 20,
                    progress: bool = True, device: str | None = None, notes: str = "",
-                   bn_params_as_inputs: bool = False) -> "LatencyTable":
+                   bn_params_as_inputs: bool = False, subtract_run_overhead: bool = True) -> "LatencyTable":
     """Time each distinct layer key of ``layers`` in onnxruntime; returns a :class:`LatencyTable`.
 
     Add/pool layers are timed as given: pass them with the bits the table
-    should carry (``space_layer_keys`` already does)."""
+    should carry (``space_layer_keys`` already does). A one-layer graph pays
+    a whole ``run()`` (input binding, output fetch) that a layer inside a
+    network does not; with ``subtract_run_overhead`` that cost, timed on an
+    Identity graph of the layer's input shape, is subtracted (floor 1 µs),
+    so that a table sum approaches the whole model's latency."""
     import onnxruntime as ort
     from tqdm import tqdm
 
@@ -226,13 +255,21 @@ def measure_layers(layers: Iterable[LayerSpec], threads: int = 1, warmup: int = 
     for l in layers:
         unique.setdefault(l.key(), l)
     entries: dict[tuple, float] = {}
+    overheads: dict[tuple, float] = {}
     for key, layer in tqdm(unique.items(), total=len(unique), desc="measuring layers", unit="layer",
                            disable=not progress, leave=False):
-        entries[key] = time_layer(layer, threads, warmup, repeats, bn_params_as_inputs)
+        ms = time_layer(layer, threads, warmup, repeats, bn_params_as_inputs)
+        if subtract_run_overhead:
+            shape = (1, layer.cin, layer.hw_in, layer.hw_in) if layer.op != "fc" else (1, layer.cin)
+            if shape not in overheads:
+                overheads[shape] = run_overhead_ms(shape, threads, warmup, repeats)
+            ms = max(ms - overheads[shape], 1e-3)
+        entries[key] = ms
     meta = default_meta(
         device=device or cpu_name(), runtime=f"onnxruntime {ort.__version__} CPUExecutionProvider", threads=threads,
         notes=(f"batch 1, median of {repeats} runs after {warmup} warm-up, per-layer QCDQ graphs (opset {OPSET})"
-               + (", BN params as inputs" if bn_params_as_inputs else "") + (f"; {notes}" if notes else "")))
+               + (", BN params as inputs" if bn_params_as_inputs else "")
+               + (", per-run overhead subtracted" if subtract_run_overhead else "") + (f"; {notes}" if notes else "")))
     return LatencyTable(entries, meta=meta)
 
 
