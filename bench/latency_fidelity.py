@@ -55,6 +55,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=10, help="warm-up runs per timing round")
     p.add_argument("--repeats", type=int, default=30, help="timed runs per round (median)")
     p.add_argument("--rounds", type=int, default=1, help="back-to-back timing rounds per arch and pass")
+    p.add_argument("--table-passes", type=int, default=3,
+                   help="sweeps over the per-layer table; each layer keeps its fastest median")
     p.add_argument("--passes", type=int, default=8,
                    help="timing passes over all exported models; each arch keeps its smallest median")
     p.add_argument("--chunk", type=int, default=90,
@@ -145,7 +147,7 @@ def load_layer_table(args: argparse.Namespace, space: Any, archs: list) -> Any:
     print(f"  {len(layers)} distinct layer keys, {len(missing)} to measure")
     if missing:
         measured = measure_layers(missing, threads=args.threads, progress=not args.no_progress,
-                                  notes="bench/latency_fidelity.py")
+                                  notes="bench/latency_fidelity.py", passes=args.table_passes)
         table = measured if table is None else table.merge(measured)
         table.save(args.table_cache, overwrite=True)
         print(f"  saved {len(table)} entries to {args.table_cache}")

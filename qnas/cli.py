@@ -194,7 +194,7 @@ def cmd_latency_measure(a: argparse.Namespace) -> int:
     print(f"measuring {len(layers)} distinct layers in onnxruntime ({a.threads} thread(s), "
           f"warm-up {a.warmup}, median of {a.repeats})")
     table = measure_layers(layers, threads=a.threads, warmup=a.warmup, repeats=a.repeats,
-                           progress=not a.no_progress, device=a.device)
+                           progress=not a.no_progress, device=a.device, passes=a.passes)
     table.save(out, overwrite=a.force)
     print(f"wrote {out} ({len(table)} entries)")
     return 0
@@ -328,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     lm.add_argument("--warmup", type=int, default=5)
     lm.add_argument("--repeats", type=int, default=20)
+    lm.add_argument("--passes", type=int, default=1, help="sweeps over all layers; each keeps its fastest median")
     lm.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     lm.add_argument("--no-progress", action="store_true")
     lm.set_defaults(func=cmd_latency_measure)

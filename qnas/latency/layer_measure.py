@@ -25,6 +25,7 @@ layer's quantizer is charged to the layer that produced it.
 """
 from __future__ import annotations
 
+import math
 import platform
 import statistics
 import time
@@ -234,7 +235,8 @@ def cpu_name() -> str:
 
 def measure_layers(layers: Iterable[LayerSpec], threads: int = 1, warmup: int = 5, repeats: int = 20,
                    progress: bool = True, device: str | None = None, notes: str = "",
-                   bn_params_as_inputs: bool = False, subtract_run_overhead: bool = True) -> "LatencyTable":
+                   bn_params_as_inputs: bool = False, subtract_run_overhead: bool = True,
+                   passes: int = 1) -> "LatencyTable":
     """Time each distinct layer key of ``layers`` in onnxruntime; returns a :class:`LatencyTable`.
 
     Add/pool layers are timed as given: pass them with the bits the table
@@ -242,21 +244,24 @@ def measure_layers(layers: Iterable[LayerSpec], threads: int = 1, warmup: int = 
     a whole ``run()`` (input binding, output fetch) that a layer inside a
     network does not; with ``subtract_run_overhead`` that cost, timed on an
     Identity graph of the layer's input shape, is subtracted (floor 1 µs),
-    so that a table sum approaches the whole model's latency."""
+    so that a table sum approaches the whole model's latency. With ``passes`` > 1 the
+    whole sweep is repeated and each key keeps its fastest median: on a shared
+    machine interference only adds time, and comes in bursts longer than one layer."""
     import onnxruntime as ort
     from tqdm import tqdm
 
     from qnas.latency.table import LatencyTable, default_meta
 
-    if threads < 1 or warmup < 0 or repeats < 1:
+    if threads < 1 or warmup < 0 or repeats < 1 or passes < 1:
         raise LatencyTableError(f"threads={threads}, warmup={warmup}, repeats={repeats}: need threads >= 1, "
-                                "warmup >= 0 and repeats >= 1")
+                                "warmup >= 0 and repeats >= 1 (and passes >= 1)")
     unique: dict[tuple, LayerSpec] = {}
     for l in layers:
         unique.setdefault(l.key(), l)
     entries: dict[tuple, float] = {}
     overheads: dict[tuple, float] = {}
-    for key, layer in tqdm(unique.items(), total=len(unique), desc="measuring layers", unit="layer",
+    sweep = [item for _ in range(passes) for item in unique.items()]
+    for key, layer in tqdm(sweep, total=len(sweep), desc="measuring layers", unit="layer",
                            disable=not progress, leave=False):
         ms = time_layer(layer, threads, warmup, repeats, bn_params_as_inputs)
         if subtract_run_overhead:
@@ -264,10 +269,10 @@ def measure_layers(layers: Iterable[LayerSpec], threads: int = 1, warmup: int = 
             if shape not in overheads:
                 overheads[shape] = run_overhead_ms(shape, threads, warmup, repeats)
             ms = max(ms - overheads[shape], 1e-3)
-        entries[key] = ms
+        entries[key] = min(ms, entries.get(key, math.inf))
     meta = default_meta(
         device=device or cpu_name(), runtime=f"onnxruntime {ort.__version__} CPUExecutionProvider", threads=threads,
-        notes=(f"batch 1, median of {repeats} runs after {warmup} warm-up, per-layer QCDQ graphs (opset {OPSET})"
+        notes=(f"batch 1, fastest of {passes} pass(es) of a median of {repeats} runs after {warmup} warm-up, per-layer QCDQ graphs (opset {OPSET})"
                + (", BN params as inputs" if bn_params_as_inputs else "")
                + (", per-run overhead subtracted" if subtract_run_overhead else "") + (f"; {notes}" if notes else "")))
     return LatencyTable(entries, meta=meta)
