@@ -25,6 +25,8 @@ _API = {
     "build_model": "qnas.quant.build",
     "count_costs": "qnas.costs",
     "search": "qnas.searching",
+    "resume_search": "qnas.searching",
+    "SearchConfig": "qnas.searching",
     "SearchResult": "qnas.searching",
     "demo": "qnas.pipeline",
     "DemoConfig": "qnas.pipeline",
