@@ -101,7 +101,7 @@ def test_strategies_without_pymoo():
         "try:\n"
         "    create_strategy('nsga2', s)\n"
         "except ConfigError as e:\n"
-        "    assert 'qnas[search]' in str(e), e\n"
+        "    assert 'pip install pymoo' in str(e), e\n"
         "else:\n"
         "    raise AssertionError('nsga2 without pymoo')\n"
     )

@@ -41,7 +41,7 @@ archs (which also replays a killed search).
     >>> archs = strat.ask(16); strat.tell(archs, [evaluate(a) for a in archs])
 
 Importing this module registers ``"nsga2"``, ``"nsga3"`` and (from
-:mod:`qnas.strategies.ofa`) ``"ofa"``. pymoo (the ``qnas[search]`` extra) is
+:mod:`qnas.strategies.ofa`) ``"ofa"``. pymoo (a core dependency, imported lazily) is
 imported only when an NSGA strategy is created (:func:`pymoo_parts`), so
 ``random`` and ``ofa`` work without it.
 """
@@ -81,7 +81,7 @@ def canonical(space: SearchSpace, X: np.ndarray) -> np.ndarray:
                       dtype=int).reshape(len(X), -1)
 
 
-# ---- the pymoo problem and operators (pymoo is the optional extra qnas[search]) ----------
+# ---- the pymoo problem and operators (pymoo is imported lazily) ----------
 @functools.cache
 def pymoo_parts() -> SimpleNamespace:
     """pymoo's classes and qnas' adapters to them, imported on first use.
@@ -107,7 +107,7 @@ def pymoo_parts() -> SimpleNamespace:
         from pymoo.util.ref_dirs import get_reference_directions
     except ModuleNotFoundError as e:
         if (e.name or "").split(".")[0] in ("pymoo", "moocore"):
-            raise ConfigError("the nsga2/nsga3 strategies need pymoo; install it with: pip install 'qnas[search]'") from None
+            raise ConfigError("the nsga2/nsga3 strategies need pymoo; reinstall qnas (pip install qnas) or pip install pymoo") from None
         raise
 
     class ArchProblem(Problem):
