@@ -238,16 +238,16 @@ class AccuracyPredictor:
         """Write the fitted predictor: ``.json`` (weights as lists) or ``.pt`` (plain tensors, no pickle)."""
         if self.model is None:
             raise QnasError("cannot save an unfitted accuracy predictor; call fit first")
+        from qnas.quant.checkpoint import atomic_write
+
         p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         if p.suffix == ".pt":
-            torch.save({"meta": json.dumps(self._meta()), "state": state}, p)
-        else:
-            d = self._meta()
-            d["state"] = {k: {"shape": list(v.shape), "data": v.double().ravel().tolist()} for k, v in state.items()}
-            p.write_text(json.dumps(d))
-        return p
+            return atomic_write(p, lambda tmp: torch.save({"meta": json.dumps(self._meta()), "state": state}, tmp))
+        d = self._meta()
+        d["state"] = {k: {"shape": list(v.shape), "data": v.double().ravel().tolist()} for k, v in state.items()}
+        text = json.dumps(d)
+        return atomic_write(p, lambda tmp: tmp.write_text(text))
 
     @classmethod
     def load(cls, path: str | Path, space: SearchSpace | None = None) -> "AccuracyPredictor":
