@@ -82,7 +82,8 @@ def cmd_search(a: argparse.Namespace) -> int:
                         seed=a.seed, out=out, overwrite=a.force, progress=not a.no_progress, latency_kind=a.latency,
                         latency_table=a.latency_table, latency_hybrid=a.latency_hybrid, executor=a.executor,
                         latency_budget_ms=a.budget_ms, size_budget_kb=a.size_kb, memory_budget_kb=a.memory_kb,
-                        batch=a.batch, strategy_options=options)
+                        batch=a.batch, strategy_options=options, accuracy=a.accuracy,
+                        accuracy_path=a.accuracy_path, proxy=a.proxy, supernet_epochs=a.supernet_epochs)
     print(f"evaluated {len(result.records)} archs; Pareto front ({len(result.front)}):")
     for r in result.front:
         mark = "" if result.budget.ok(r) else "  (over budget)"
@@ -257,6 +258,26 @@ def cmd_latency_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_supernet_train(a: argparse.Namespace) -> int:
+    from qnas.searching import prepare_data, space_for
+    from qnas.supernet import Supernet, SupernetTrainConfig, progressive_phases, train_supernet
+
+    out = Path(a.out)
+    if (out / "supernet.pt").exists() and not (a.resume or a.force):
+        raise QnasError(f"{out / 'supernet.pt'} exists; pass --resume to continue it or --force to start over")
+    splits = prepare_data(a.data, a.data_path, a.seed)
+    space = space_for(splits, _space(a.space))
+    supernet = Supernet(space)
+    history = train_supernet(supernet, splits, SupernetTrainConfig(
+        phases=progressive_phases(a.epochs), batch_size=a.batch_size, seed=a.seed, checkpoint_dir=str(out),
+        resume=a.resume, progress=not a.no_progress))
+    for h in history:
+        print(f"epoch {h['epoch']:3d} [{h['phase']}] loss {h['loss']:.3f}  largest {h.get('val_acc_largest', float('nan')):.3f}"
+              f"  smallest {h.get('val_acc_smallest', float('nan')):.3f}  ({h['seconds']:.0f} s)")
+    print(f"wrote {out / 'supernet.pt'}; search it with: qnas search --accuracy supernet --accuracy-path {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qnas", description="Quantization-aware, hardware-aware NAS: "
                                 "search -> finish -> export -> verify.")
@@ -284,6 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size-kb", type=_positive_float, help="hard model-size budget")
     s.add_argument("--memory-kb", type=_positive_float, help="hard peak-activation-memory budget")
     s.add_argument("--executor", default="local", choices=["local", "ray"], help="where evaluations run")
+    s.add_argument("--accuracy", default="train", choices=["train", "supernet", "predictor", "zero-cost"],
+                   help="accuracy source: brief QAT per arch (default), supernet-inherited weights + BN "
+                        "re-calibration, an accuracy predictor, or a zero-cost proxy")
+    s.add_argument("--accuracy-path", metavar="PATH",
+                   help="trained supernet (supernet.pt or its directory) or accuracy predictor file; without it "
+                        "--accuracy supernet trains a supernet in the run directory")
+    s.add_argument("--proxy", default="naswot", choices=["naswot", "synflow"], help="zero-cost proxy")
+    s.add_argument("--supernet-epochs", type=int, default=2, help="epochs per progressive-shrinking phase")
     s.add_argument("--out", help="run directory (default: runs/search-TIMESTAMP)")
     s.add_argument("--resume", metavar="RUN", help="continue a killed search in RUN (other options are read from it)")
     s.set_defaults(func=cmd_search)
@@ -300,6 +329,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="compare predictions with PyTorch on the test split (default: on)")
     eo.add_argument("--min-agreement", type=float, default=0.99, help="fail below this share of identical predictions")
     eo.set_defaults(func=cmd_export_onnx)
+
+    sn = sub.add_parser("supernet", help="train the weight-sharing supernet",
+                        description="Train the supernet (sandwich rule, progressive shrinking, in-place distillation).")
+    snsub = sn.add_subparsers(dest="supernet_command", required=True, metavar="ACTION")
+    snt = snsub.add_parser("train", help="train (or --resume) a supernet into --out",
+                           description="Train a supernet over the search space; checkpoints every epoch.")
+    snt.add_argument("--data", default="digits", choices=["digits", "imagefolder", "cifar10", "npz"])
+    snt.add_argument("--data-path")
+    snt.add_argument("--space", metavar="YAML")
+    snt.add_argument("--out", required=True, help="directory for supernet.pt")
+    snt.add_argument("--epochs", type=int, default=2, help="epochs per phase (kernel, depth, width, bits)")
+    snt.add_argument("--batch-size", type=int, default=64)
+    snt.add_argument("--seed", type=int, default=0)
+    snt.add_argument("--resume", action="store_true", help="continue from --out/supernet.pt")
+    snt.add_argument("--force", action="store_true", help="start over even if --out/supernet.pt exists")
+    snt.add_argument("--no-progress", action="store_true")
+    snt.set_defaults(func=cmd_supernet_train)
 
     lat = sub.add_parser("latency", help="device profiles and latency predictors",
                          description="Inspect device profiles and predict, measure and evaluate latency.")

@@ -19,6 +19,7 @@ from qnas.quant.build import build_model
 from qnas.quant.checkpoint import load_checkpoint, save_checkpoint
 from qnas.quant.train import TrainConfig, evaluate, train
 from qnas.space import SearchSpace
+from qnas.supernet.evaluate import recalibrate_bn
 
 
 @contextlib.contextmanager
@@ -61,11 +62,11 @@ class TrainingEvaluator:
 
     def __init__(self, space: SearchSpace, splits: Splits, epochs: int = 3, batch_size: int = 64,
                  lr: float = 3e-3, seed: int = 0, progress: bool = True, threads: int | None = None,
-                 state_dir: str | Path | None = None):
+                 state_dir: str | Path | None = None, bn_batches: int = 10):
         self.space = space
         self.data = ResizedSplits(splits)
         self.epochs, self.batch_size, self.lr, self.seed = epochs, batch_size, lr, seed
-        self.progress, self.threads = progress, threads
+        self.progress, self.threads, self.bn_batches = progress, threads, bn_batches
         self.state_dir = Path(state_dir) if state_dir else None
         self.states: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -77,6 +78,9 @@ class TrainingEvaluator:
             train(model, self.data("train", arch.resolution).loader(self.batch_size, True, self.seed), None,
                   TrainConfig(epochs=self.epochs, lr=self.lr, seed=self.seed, progress=self.progress,
                               desc=f"train {arch.uid}"))
+            # brief training leaves BN running statistics stale: re-estimate them first
+            recalibrate_bn(model, self.data("train", arch.resolution).loader(self.batch_size, True, self.seed),
+                           batches=self.bn_batches)
             acc = evaluate(model, self.data("val", arch.resolution).loader(512, False))
         self.states[arch.uid] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if self.state_dir is not None:

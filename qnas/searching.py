@@ -22,7 +22,7 @@ from qnas.rundir import RunDir
 from qnas.space import SearchSpace, SpaceConfig
 from qnas.strategies import Budget, StrategyContext, create_strategy
 
-ACCURACY_SOURCES = ("train",)
+ACCURACY_SOURCES = ("train", "supernet", "predictor", "zero-cost")
 
 
 @dataclass
@@ -38,6 +38,9 @@ class SearchConfig:
     strategy: str = "random"
     strategy_options: dict[str, Any] = field(default_factory=dict)
     accuracy: str = "train"
+    accuracy_path: str | None = None  # supernet checkpoint (accuracy=supernet) or predictor file (accuracy=predictor)
+    proxy: str = "naswot"  # zero-cost proxy (accuracy=zero-cost)
+    supernet_epochs: int = 2  # per progressive-shrinking phase, when the run trains its own supernet
     n_candidates: int = 8
     batch: int = 4
     epochs: int = 3
@@ -61,6 +64,9 @@ class SearchConfig:
                 raise ConfigError(f"{name} must be a positive number, got {v!r}")
         if self.accuracy not in ACCURACY_SOURCES:
             raise ConfigError(f"unknown accuracy source {self.accuracy!r}; choose one of {list(ACCURACY_SOURCES)}")
+        if self.accuracy == "predictor" and not self.accuracy_path:
+            raise ConfigError("accuracy=predictor needs accuracy_path (--accuracy-path), a predictor saved by "
+                              "qnas.predictors.AccuracyPredictor.save")
         return self
 
     @property
@@ -183,9 +189,73 @@ def space_for(splits: Splits, space: SearchSpace | None) -> SearchSpace:
 
 def make_evaluator(cfg: SearchConfig, space: SearchSpace, splits: Splits, run: RunDir | None,
                    progress: bool) -> Callable[[Arch], dict[str, Any]]:
+    """The accuracy source ``cfg.accuracy`` names: brief QAT training, the supernet's inherited
+    weights (+ BN re-calibration), an accuracy predictor, or a zero-cost proxy."""
+    if cfg.accuracy == "supernet":
+        from qnas.supernet import SupernetEvaluator
+
+        supernet = obtain_supernet(cfg, space, splits, run, progress)
+        return SupernetEvaluator(supernet, splits, batch_size=cfg.batch_size, seed=cfg.seed, threads=cfg.threads)
+    if cfg.accuracy == "predictor":
+        from qnas.predictors import AccuracyPredictor, PredictorEvaluator
+
+        return PredictorEvaluator(AccuracyPredictor.load(cfg.accuracy_path, space))
+    if cfg.accuracy == "zero-cost":
+        from qnas.zero_cost import ZeroCostEvaluator
+
+        return ZeroCostEvaluator(space, splits.train, proxy=cfg.proxy, seed=cfg.seed)
     state_dir = run.file("candidates") if run else None
     return TrainingEvaluator(space, splits, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
                              progress=progress and cfg.executor == "local", threads=cfg.threads, state_dir=state_dir)
+
+
+def obtain_supernet(cfg: SearchConfig, space: SearchSpace, splits: Splits, run: RunDir | None, progress: bool):
+    """The supernet at ``cfg.accuracy_path``, else one trained in (or resumed from) ``RUN/supernet``."""
+    from qnas.supernet import Supernet, SupernetTrainConfig, load_supernet, progressive_phases, train_supernet
+
+    if cfg.accuracy_path:
+        supernet = load_supernet(cfg.accuracy_path)
+        if supernet.space.to_dict() != space.to_dict():
+            raise ConfigError(f"the supernet at {cfg.accuracy_path} was trained on another search space")
+        return supernet
+    ckpt_dir = run.file("supernet") if run else None
+    supernet = Supernet(space)
+    train_supernet(supernet, splits, SupernetTrainConfig(
+        phases=progressive_phases(cfg.supernet_epochs), batch_size=cfg.batch_size, seed=cfg.seed,
+        checkpoint_dir=str(ckpt_dir) if ckpt_dir else None,
+        resume=bool(ckpt_dir and (ckpt_dir / "supernet.pt").is_file()), progress=progress))
+    return supernet
+
+
+def strategy_options(cfg: SearchConfig, space: SearchSpace, evaluator: Callable[[Arch], dict[str, Any]],
+                     latency: LatencyModel, run: RunDir | None) -> dict[str, Any]:
+    """``cfg.strategy_options`` with what strategies get from the run: OFA's accuracy predictor
+    (loaded from ``predictor``, or fitted on ``predictor_samples`` archs scored by the accuracy
+    source and kept in ``RUN/accuracy_predictor.json``) and latency model."""
+    opts = dict(cfg.strategy_options)
+    if cfg.strategy != "ofa" or "accuracy" in opts:
+        return opts
+    from qnas.predictors import AccuracyPredictor
+
+    path = opts.pop("predictor", None)
+    n_fit = int(opts.pop("predictor_samples", 64))
+    saved = run.file("accuracy_predictor.json") if run else None
+    if path:
+        predictor = AccuracyPredictor.load(path, space)
+    elif saved is not None and saved.is_file():
+        predictor = AccuracyPredictor.load(saved, space)
+    else:
+        import numpy as np
+
+        rng = np.random.default_rng(cfg.seed + 1)
+        archs = list(dict.fromkeys(space.sample(rng) for _ in range(n_fit)))
+        accs = [evaluator(a)["val_acc"] for a in tqdm(archs, desc="fit accuracy predictor", leave=False)]
+        predictor = AccuracyPredictor(space, seed=cfg.seed).fit(archs, accs)
+        if saved is not None:
+            predictor.save(saved)
+    opts["accuracy"] = predictor
+    opts.setdefault("latency", latency.vectorized(space) if hasattr(latency, "vectorized") else latency)
+    return opts
 
 
 def run_search(
@@ -204,7 +274,7 @@ def run_search(
     evaluator = evaluator or make_evaluator(cfg, space, splits, run, progress)
     context = StrategyContext(splits=splits, latency=latency, accuracy=evaluator, progress=progress)
     strat = create_strategy(cfg.strategy, space, seed=cfg.seed, budget=cfg.budget, context=context,
-                            **cfg.strategy_options)
+                            **strategy_options(cfg, space, evaluator, latency, run))
     done = {(h["index"], h["uid"]): h for h in (run.read_history() if run else [])}
     executor = create_executor(cfg.executor)
     records: list[dict[str, Any]] = []
@@ -291,8 +361,9 @@ def resume_search(run_dir: str | Path, progress: bool = True) -> SearchResult:
 def _run(cfg: SearchConfig, space: SearchSpace | None, out: str | Path | None, overwrite: bool, resume: bool,
          progress: bool) -> SearchResult:
     latency = make_latency_model(cfg.device, cfg.latency_kind, cfg.latency_table, cfg.latency_hybrid, space)
-    create_strategy(cfg.strategy, space or SearchSpace(), seed=cfg.seed, budget=cfg.budget,
-                    **cfg.strategy_options)  # fail fast on a bad strategy, before loading data
+    if cfg.strategy != "ofa":  # fail fast on a bad strategy, before loading data (OFA needs its predictor first)
+        create_strategy(cfg.strategy, space or SearchSpace(), seed=cfg.seed, budget=cfg.budget,
+                        **cfg.strategy_options)
     splits = prepare_data(cfg.data, cfg.data_path, cfg.seed)
     space = space_for(splits, space)
     cfg.space = space.to_dict()

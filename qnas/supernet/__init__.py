@@ -1,1 +1,18 @@
-"""Weight-sharing supernet with elastic kernel/expand/depth/width/resolution and switchable bit widths."""
+"""Weight-sharing supernet with elastic kernel/expand/depth/width/resolution and switchable bit widths.
+
+* :class:`Supernet` -- ``set_active(arch)``, ``extract(arch)`` -> the standalone Brevitas ``QuantNet``;
+* :func:`train_supernet` / :class:`SupernetTrainConfig` / :class:`Phase` -- sandwich rule,
+  progressive shrinking, in-place distillation, resumable checkpoints;
+* :func:`recalibrate_bn` / :class:`SupernetEvaluator` -- inherited accuracy (the accuracy-source interface).
+"""
+from qnas.supernet.evaluate import SupernetEvaluator, preserved_bn_state, recalibrate_bn
+from qnas.supernet.sampling import DIMENSIONS, Phase, full_space_largest, progressive_phases
+from qnas.supernet.supernet import Supernet
+from qnas.supernet.io import load_supernet
+from qnas.supernet.train import SupernetTrainConfig, distill_loss, make_optimizer, sandwich_step, train_supernet
+
+__all__ = [
+    "Supernet", "load_supernet", "SupernetTrainConfig", "Phase", "DIMENSIONS", "progressive_phases", "full_space_largest",
+    "train_supernet", "sandwich_step", "make_optimizer", "distill_loss",
+    "recalibrate_bn", "preserved_bn_state", "SupernetEvaluator",
+]

@@ -1,0 +1,1003 @@
+"""Differentiable architecture + precision search (ProxylessNAS / FBNet / GDAS style).
+
+A super-network holds, at every block position of the space, one MBConv path
+per op (kernel x expand) and, at every conv of a path, learned fake-quantizers
+for every weight and activation bit width of the space. Architecture logits
+(:class:`ArchLogits`) give a categorical distribution per gene group, the same
+structure as :class:`~qnas.latency.vectorized.ArchDistribution`:
+
+* per stage, the depth; per block position, the op (plus skip when the space
+  allows it); per conv (expand, depthwise, project), the weight bits and the
+  activation bits; the stem/head bits;
+* resolution and width are fixed (``resolution``/``width`` options; by default
+  the largest, or with a latency budget the largest pair whose fastest arch
+  leaves room under the budget).
+
+One training step is a weight step on a train batch and an arch step on a
+validation batch. Both sample an arch with Gumbel noise:
+
+* op and depth: straight-through hard Gumbel-softmax (binarized paths, GDAS /
+  ProxylessNAS): only the sampled path is computed, its output multiplied by
+  the hard gate (value 1) whose gradient reaches the logits; a block beyond a
+  stage's minimum depth is mixed with its input by the depth gate;
+* bits: a conv's effective weight is the Gumbel-softmax-weighted mixture of its
+  fake-quantized versions (one conv per path), its input activation likewise
+  (``hard_bits=True`` makes these straight-through hard as well).
+
+The arch loss is ``CE + latency_weight * log(E[latency])`` or, with a latency
+budget ``B``, ``CE + lambda * relu(E[latency] / B' - 1)``, where ``E[latency]``
+is the exact expectation of the sum-of-table latency under the softmax
+distribution (:meth:`VectorizedTablePredictor.expected_latency` over
+``context.latency.layer_ms``), ``lambda`` grows (and the target ``B'`` shrinks)
+while the derived arch (argmax of every group) is priced over budget by
+``context.latency.predict``. An arch that still misses the budget after
+training is repaired greedily (the gene change that saves the most table
+latency per unit of lost log-probability, until the latency model accepts it).
+
+Weights: Adam with a cosine schedule; architecture: Adam. The first
+``warmup_epochs`` train the weights only, on uniformly sampled paths.
+
+>>> strat = create_strategy("differentiable", space, seed=0, budget=Budget(latency_ms=0.4),
+...                         context=StrategyContext(splits=splits, latency=model))   # doctest: +SKIP
+>>> archs = strat.ask(4)          # the derived arch, then samples of the final distribution  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qnas.arch import Arch
+from qnas.errors import ConfigError
+from qnas.space import SearchSpace
+from qnas.strategies.base import Budget, Strategy, StrategyContext, register_strategy
+
+__all__ = ["DifferentiableOptions", "DifferentiableStrategy", "DifferentiableSearch", "ArchLogits", "SuperNet"]
+
+_HEADER = 6  # resolution, width, stem w, stem a, head w, head a
+_PER_BLOCK = 7  # op, 3 x w, 3 x a
+_MASKED = -1e4  # logit of a choice that is not allowed (a skip at a stage's first block)
+
+
+# ---------------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class DifferentiableOptions:
+    """Hyper-parameters of :class:`DifferentiableStrategy` (its keyword options).
+
+    ``latency_weight`` is the ``lambda`` of the loss (``"lambda"`` is accepted as
+    an alias); its default is 0.1 for ``CE + lambda * log(E[lat])`` and 0.5 as
+    the starting value of the hard-budget penalty."""
+
+    epochs: int = 4
+    warmup_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 3e-3
+    arch_lr: float = 0.05
+    tau_start: float = 1.0
+    tau_end: float = 0.2
+    latency_weight: float | None = None
+    lambda_growth: float = 1.1
+    lambda_max: float = 1e3
+    hard_bits: bool = False
+    penalty: str = "relu"
+    resolution: int | None = None
+    width: float | None = None
+    steps_per_epoch: int | None = None
+    threads: int | None = None
+
+    def validate(self, space: SearchSpace) -> "DifferentiableOptions":
+        def pos_int(name: str, lo: int = 1) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(f"differentiable option {name} must be an integer >= {lo}, got {v!r}")
+
+        def pos_num(name: str) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"differentiable option {name} must be a positive number, got {v!r}")
+
+        pos_int("epochs")
+        pos_int("warmup_epochs", lo=0)
+        pos_int("batch_size")
+        for name in ("lr", "arch_lr", "tau_start", "tau_end", "lambda_max"):
+            pos_num(name)
+        if self.latency_weight is not None:
+            v = self.latency_weight
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"differentiable option latency_weight (lambda) must be a number >= 0, got {v!r}")
+        if isinstance(self.lambda_growth, bool) or not isinstance(self.lambda_growth, (int, float)) \
+                or not self.lambda_growth >= 1:
+            raise ConfigError(f"differentiable option lambda_growth must be a number >= 1, got {self.lambda_growth!r}")
+        if self.warmup_epochs >= self.epochs:
+            raise ConfigError(f"differentiable option warmup_epochs ({self.warmup_epochs}) must be below epochs "
+                              f"({self.epochs}), or no architecture step is taken")
+        if self.penalty not in ("relu", "abs"):
+            raise ConfigError(f"differentiable option penalty must be 'relu' or 'abs', got {self.penalty!r}")
+        if not isinstance(self.hard_bits, bool):
+            raise ConfigError(f"differentiable option hard_bits must be true or false, got {self.hard_bits!r}")
+        if self.steps_per_epoch is not None:
+            pos_int("steps_per_epoch")
+        if self.threads is not None:
+            pos_int("threads")
+        c = space.config
+        if self.resolution is not None and self.resolution not in c.resolutions:
+            raise ConfigError(f"differentiable option resolution={self.resolution!r} is not in the space; "
+                              f"choose one of {list(c.resolutions)}")
+        if self.width is not None and (isinstance(self.width, bool) or not isinstance(self.width, (int, float))
+                                       or not any(math.isclose(self.width, w) for w in c.widths)):
+            raise ConfigError(f"differentiable option width={self.width!r} is not in the space; "
+                              f"choose one of {list(c.widths)}")
+        return self
+
+
+# ---------------------------------------------------------------------------- gumbel
+def gumbel_softmax(logits: torch.Tensor, tau: float, generator: torch.Generator | None,
+                   hard: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gumbel-softmax sample over the last axis: (weights, argmax index).
+
+    ``hard``: one-hot in the forward pass, the soft sample's gradient in the
+    backward pass (straight-through)."""
+    u = torch.rand(logits.shape, generator=generator, dtype=logits.dtype).clamp_(1e-10, 1 - 1e-7)
+    y = ((logits - torch.log(-torch.log(u))) / tau).softmax(-1)
+    idx = y.argmax(-1)
+    if not hard:
+        return y, idx
+    one_hot = F.one_hot(idx, logits.shape[-1]).to(y.dtype)
+    return one_hot - y.detach() + y, idx
+
+
+def _one_hot(idx: int, n: int) -> torch.Tensor:
+    t = torch.zeros(n)
+    t[idx] = 1
+    return t
+
+
+# ---------------------------------------------------------------------------- architecture parameters
+@dataclass
+class PathSample:
+    """One sampled (or fixed) arch as gates for the super-network.
+
+    ``depth_idx[s]``/``op_idx[s][j]`` are the chosen indices, the ``*_gate``
+    tensors their (straight-through) one-hot gates; ``w``/``a`` hold per stage
+    ``[max_depth, 3, n_bits]`` mixture weights, ``stem_w`` ... the stem/head ones."""
+
+    depth_idx: list[int]
+    depth_gate: list[torch.Tensor]
+    op_idx: list[list[int]]
+    op_gate: list[torch.Tensor]
+    w: list[torch.Tensor]
+    a: list[torch.Tensor]
+    stem_w: torch.Tensor
+    stem_a: torch.Tensor
+    head_w: torch.Tensor
+    head_a: torch.Tensor
+
+
+class ArchLogits(nn.Module):
+    """Trainable logits of every searchable gene group, in :class:`ArchDistribution` layout.
+
+    Resolution and width are fixed (one-hot) at the given choice indices."""
+
+    def __init__(self, space: SearchSpace, res_idx: int, width_idx: int):
+        super().__init__()
+        c = space.config
+        self.space, self.res_idx, self.width_idx = space, res_idx, width_idx
+        self.n_ops = len(space.ops)
+        n_op = self.n_ops + (1 if c.allow_skip else 0)
+        self.stem_w = nn.Parameter(torch.zeros(len(c.stem_head_w_bits)))
+        self.stem_a = nn.Parameter(torch.zeros(len(c.stem_head_a_bits)))
+        self.head_w = nn.Parameter(torch.zeros(len(c.stem_head_w_bits)))
+        self.head_a = nn.Parameter(torch.zeros(len(c.stem_head_a_bits)))
+        self.depth = nn.ParameterList([nn.Parameter(torch.zeros(len(s.depths))) for s in c.stages])
+        self.op = nn.ParameterList([nn.Parameter(torch.zeros(max(s.depths), n_op)) for s in c.stages])
+        self.w_bits = nn.ParameterList([nn.Parameter(torch.zeros(max(s.depths), 3, len(c.w_bits))) for s in c.stages])
+        self.a_bits = nn.ParameterList([nn.Parameter(torch.zeros(max(s.depths), 3, len(c.a_bits))) for s in c.stages])
+        for si, s in enumerate(c.stages):
+            mask = torch.zeros(max(s.depths), n_op)
+            if c.allow_skip:
+                for j in range(max(s.depths)):
+                    if not space._skip_allowed(si, j):
+                        mask[j, self.n_ops] = _MASKED
+            self.register_buffer(f"op_mask{si}", mask)
+
+    def groups(self) -> dict[str, list[nn.Parameter]]:
+        """Logit tensors by group name (for tests and reports)."""
+        return {"stem_w": [self.stem_w], "stem_a": [self.stem_a], "head_w": [self.head_w], "head_a": [self.head_a],
+                "depth": list(self.depth), "op": list(self.op), "w_bits": list(self.w_bits), "a_bits": list(self.a_bits)}
+
+    def op_logits(self, si: int) -> torch.Tensor:
+        return self.op[si] + getattr(self, f"op_mask{si}")
+
+    def distribution(self, dtype: torch.dtype = torch.float64) -> Any:
+        """The softmax :class:`ArchDistribution` (differentiable in the logits)."""
+        from qnas.latency.vectorized import ArchDistribution
+
+        c = self.space.config
+        sm = lambda t: t.to(dtype).softmax(-1)  # noqa: E731
+        return ArchDistribution(
+            _one_hot(self.res_idx, len(c.resolutions)).to(dtype), _one_hot(self.width_idx, len(c.widths)).to(dtype),
+            sm(self.stem_w), sm(self.stem_a), sm(self.head_w), sm(self.head_a),
+            [sm(t) for t in self.depth], [sm(self.op_logits(si)) for si in range(len(c.stages))],
+            [sm(t) for t in self.w_bits], [sm(t) for t in self.a_bits])
+
+    def sample(self, tau: float, generator: torch.Generator | None, hard_bits: bool = False,
+               uniform: bool = False) -> PathSample:
+        """A Gumbel sample; gradients reach the logits unless ``uniform`` (zero logits, weights-only warm-up)."""
+        def lg(t: torch.Tensor) -> torch.Tensor:
+            return torch.zeros_like(t) if uniform else t
+
+        c = self.space.config
+        depth_idx, depth_gate, op_idx, op_gate, ws, as_ = [], [], [], [], [], []
+        for si in range(len(c.stages)):
+            g, i = gumbel_softmax(lg(self.depth[si]), tau, generator, hard=True)
+            depth_idx.append(int(i))
+            depth_gate.append(g)
+            logits = lg(self.op[si]) + getattr(self, f"op_mask{si}")
+            g, i = gumbel_softmax(logits, tau, generator, hard=True)
+            op_idx.append([int(v) for v in i])
+            op_gate.append(g)
+            ws.append(gumbel_softmax(lg(self.w_bits[si]), tau, generator, hard=hard_bits)[0])
+            as_.append(gumbel_softmax(lg(self.a_bits[si]), tau, generator, hard=hard_bits)[0])
+        heads = [gumbel_softmax(lg(t), tau, generator, hard=hard_bits)[0]
+                 for t in (self.stem_w, self.stem_a, self.head_w, self.head_a)]
+        return PathSample(depth_idx, depth_gate, op_idx, op_gate, ws, as_, *heads)
+
+    @torch.no_grad()
+    def genes(self) -> list[int]:
+        """The derived arch: argmax of every group, as a gene vector (not canonicalised)."""
+        c = self.space.config
+        v = [self.res_idx, self.width_idx, int(self.stem_w.argmax()), int(self.stem_a.argmax()),
+             int(self.head_w.argmax()), int(self.head_a.argmax())]
+        for si, s in enumerate(c.stages):
+            v.append(int(self.depth[si].argmax()))
+            ops = self.op_logits(si).argmax(-1)
+            wb, ab = self.w_bits[si].argmax(-1), self.a_bits[si].argmax(-1)
+            for j in range(max(s.depths)):
+                v.append(int(ops[j]))
+                v.extend(int(x) for x in wb[j])
+                v.extend(int(x) for x in ab[j])
+        return v
+
+    @torch.no_grad()
+    def gene_log_probs(self) -> list[np.ndarray]:
+        """Per gene of the vector, the log-probabilities of its choices (resolution/width: 0 at the fixed choice)."""
+        c = self.space.config
+
+        def lp(t: torch.Tensor) -> np.ndarray:
+            return np.maximum(t.double().log_softmax(-1).numpy(), -50.0)
+
+        fixed = lambda i, n: np.where(np.arange(n) == i, 0.0, -50.0)  # noqa: E731
+        out = [fixed(self.res_idx, len(c.resolutions)), fixed(self.width_idx, len(c.widths)),
+               lp(self.stem_w), lp(self.stem_a), lp(self.head_w), lp(self.head_a)]
+        for si, s in enumerate(c.stages):
+            out.append(lp(self.depth[si]))
+            ops, wb, ab = lp(self.op_logits(si)), lp(self.w_bits[si]), lp(self.a_bits[si])
+            for j in range(max(s.depths)):
+                out.append(ops[j])
+                out.extend(wb[j])
+                out.extend(ab[j])
+        return out
+
+    def path_from_genes(self, vec: Sequence[int]) -> PathSample:
+        """The fixed (one-hot, no gradient) gates of one gene vector."""
+        c = self.space.config
+        it = iter(int(x) for x in vec)
+        for _ in range(2):
+            next(it)
+        heads = [_one_hot(next(it), n) for n in (len(c.stem_head_w_bits), len(c.stem_head_a_bits),
+                                                 len(c.stem_head_w_bits), len(c.stem_head_a_bits))]
+        n_op = self.op[0].shape[1]
+        depth_idx, depth_gate, op_idx, op_gate, ws, as_ = [], [], [], [], [], []
+        for s in c.stages:
+            d = next(it)
+            depth_idx.append(d)
+            depth_gate.append(_one_hot(d, len(s.depths)))
+            oi, og, w, a = [], [], [], []
+            for _ in range(max(s.depths)):
+                o = next(it)
+                oi.append(o)
+                og.append(_one_hot(o, n_op))
+                w.append(torch.stack([_one_hot(next(it), len(c.w_bits)) for _ in range(3)]))
+                a.append(torch.stack([_one_hot(next(it), len(c.a_bits)) for _ in range(3)]))
+            op_idx.append(oi)
+            op_gate.append(torch.stack(og))
+            ws.append(torch.stack(w))
+            as_.append(torch.stack(a))
+        return PathSample(depth_idx, depth_gate, op_idx, op_gate, ws, as_, *heads)
+
+
+# ---------------------------------------------------------------------------- super-network
+class MixedActQuant(nn.Module):
+    """Signed per-tensor activation fake-quantizer per bit width (Brevitas' recipe); the output is
+    the gate-weighted sum of the quantized versions. ``relu`` applies ReLU first."""
+
+    def __init__(self, bits: Sequence[int], relu: bool = False):
+        super().__init__()
+        self.bits, self.relu = tuple(bits), relu
+        self.scale = nn.Parameter(torch.ones(len(self.bits)))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    def forward(self, x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        from qnas.supernet.quantize import SCALING_MIN_VAL, abs_percentile, fake_quant
+
+        if self.relu:
+            x = torch.relu(x)
+        if self.training and not bool(self.initialized):
+            with torch.no_grad():
+                self.scale.fill_(float(abs_percentile(x).clamp_min(SCALING_MIN_VAL)))
+                self.initialized.fill_(True)
+        out = 0
+        for i, b in enumerate(self.bits):
+            out = out + gates[i] * fake_quant(x, self.scale[i], b, narrow=False)
+        return out
+
+
+class MixedQuantConv(nn.Module):
+    """Conv (or linear) whose effective weight is the gate-weighted sum of its per-bit-width fake-quantized
+    versions (signed, narrow range, per output channel, threshold initialised from max |w|)."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, groups: int, bits: Sequence[int], linear: bool = False):
+        super().__init__()
+        from qnas.supernet.quantize import WeightQuantizers
+
+        self.stride, self.groups, self.k, self.linear = stride, groups, k, linear
+        self.bits = tuple(bits)
+        if linear:
+            ref = nn.Linear(cin, cout)
+            self.weight = nn.Parameter(ref.weight.detach().clone())
+            self.bias = nn.Parameter(ref.bias.detach().clone())
+        else:
+            self.weight = nn.Parameter(torch.empty(cout, cin // groups, k, k))
+            nn.init.kaiming_normal_(self.weight, mode="fan_out")
+            self.bias = None
+        self.quant = WeightQuantizers(cout, (f"w{b}" for b in self.bits))
+        for b in self.bits:
+            self.quant.init_from(f"w{b}", self.weight)
+
+    def effective_weight(self, gates: torch.Tensor) -> torch.Tensor:
+        w = 0
+        for i, b in enumerate(self.bits):
+            w = w + gates[i] * self.quant(self.weight, f"w{b}", b)
+        return w
+
+    def forward(self, x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        w = self.effective_weight(gates)
+        if self.linear:
+            return F.linear(x, w, self.bias)
+        return F.conv2d(x, w, None, self.stride, self.k // 2, 1, self.groups)
+
+
+def _sliced_bn(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``bn`` on the first ``x.shape[1]`` channels (running statistics updated in place, as nn.BatchNorm2d)."""
+    k = x.shape[1]
+    factor = 0.0
+    if bn.training:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    return F.batch_norm(x, bn.running_mean[:k], bn.running_var[:k], bn.weight[:k], bn.bias[:k],
+                        bn.training, factor, bn.eps)
+
+
+class MixedBlock(nn.Module):
+    """All MBConv candidates of one block position, as one weight-shared single path (Single-Path NAS /
+    once-for-all style): op (k, e) uses the first ``cin * e`` expand channels and the centre ``k x k`` of the
+    depthwise kernel, with its own batch norms and per-channel weight thresholds. Only the sampled op runs.
+
+    A path is quant -> expand 1x1 -> BN -> ReLU+quant -> depthwise kxk -> BN -> ReLU+quant -> project 1x1
+    -> BN (the deployed :class:`qnas.quant.build.MBConv`), each conv with its gate-mixed bit widths."""
+
+    def __init__(self, space: SearchSpace, cin: int, cout: int, stride: int, residual: bool):
+        super().__init__()
+        from qnas.supernet.quantize import WeightQuantizers
+
+        c = space.config
+        self.ops, self.residual, self.stride = tuple(space.ops), residual, stride
+        self.w_bits = tuple(c.w_bits)
+        self.kmax, emax = max(c.kernels), max(c.expands)
+        mid = cin * emax
+        self.cin = cin
+        self.expand_w = nn.Parameter(torch.empty(mid, cin, 1, 1))
+        self.dw_w = nn.Parameter(torch.empty(mid, 1, self.kmax, self.kmax))
+        self.project_w = nn.Parameter(torch.empty(cout, mid, 1, 1))
+        for w in (self.expand_w, self.dw_w, self.project_w):
+            nn.init.kaiming_normal_(w, mode="fan_out")
+        self.expand_q = WeightQuantizers(mid, (f"e{e}_w{b}" for e in c.expands for b in self.w_bits))
+        self.dw_q = WeightQuantizers(mid, (f"k{k}_w{b}" for k in c.kernels for b in self.w_bits))
+        self.project_q = WeightQuantizers(cout, (f"e{e}_w{b}" for e in c.expands for b in self.w_bits))
+        for b in self.w_bits:
+            for e in c.expands:
+                self.expand_q.init_from(f"e{e}_w{b}", self.expand_w[: cin * e])
+                self.project_q.init_from(f"e{e}_w{b}", self.project_w[:, : cin * e])
+            for k in c.kernels:
+                self.dw_q.init_from(f"k{k}_w{b}", self.kernel(k, mid))
+        # batch norms shared by the ops, sliced to the first channels (once-for-all)
+        self.bn1, self.bn2, self.bn3 = nn.BatchNorm2d(mid), nn.BatchNorm2d(mid), nn.BatchNorm2d(cout)
+        self.in_quant = MixedActQuant(c.a_bits)
+        self.act1 = MixedActQuant(c.a_bits, relu=True)
+        self.act2 = MixedActQuant(c.a_bits, relu=True)
+
+    def kernel(self, k: int, channels: int) -> torch.Tensor:
+        o = (self.kmax - k) // 2
+        return self.dw_w[:channels, :, o:o + k, o:o + k]
+
+    @staticmethod
+    def _mix(q: Any, w: torch.Tensor, key: str, bits: Sequence[int], gates: torch.Tensor) -> torch.Tensor:
+        out = 0
+        for i, b in enumerate(bits):
+            out = out + gates[i] * q(w, f"{key}_w{b}", b)
+        return out
+
+    def path(self, x: torch.Tensor, op: int, w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        k, e = self.ops[op]
+        mid = self.cin * e
+        we = self._mix(self.expand_q, self.expand_w[:mid], f"e{e}", self.w_bits, w[0])
+        h = _sliced_bn(self.bn1, F.conv2d(self.in_quant(x, a[0]), we))
+        wd = self._mix(self.dw_q, self.kernel(k, mid), f"k{k}", self.w_bits, w[1])
+        h = _sliced_bn(self.bn2, F.conv2d(self.act1(h, a[1]), wd, None, self.stride, k // 2, 1, mid))
+        wp = self._mix(self.project_q, self.project_w[:, :mid], f"e{e}", self.w_bits, w[2])
+        return self.bn3(F.conv2d(self.act2(h, a[2]), wp))
+
+    def forward(self, x: torch.Tensor, op: int, gate: torch.Tensor, w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        if op >= len(self.ops):  # skip (identity)
+            return gate * x
+        h = self.path(x, op, w, a)
+        return gate * (x + h if self.residual else h)
+
+
+class SuperNet(nn.Module):
+    """Mixed-op, mixed-precision super-network of a space at one (resolution, width)."""
+
+    def __init__(self, space: SearchSpace, resolution: int, width: float):
+        super().__init__()
+        from qnas.arch import Block
+
+        c = space.config
+        self.space = space
+        k0, e0 = space.ops[0]
+        depths = [max(s.depths) for s in c.stages]
+        self.min_depths = [min(s.depths) for s in c.stages]
+        self.depth_values = [tuple(s.depths) for s in c.stages]
+        stages = tuple(tuple(Block(k0, e0, (c.w_bits[0],) * 3, (c.a_bits[0],) * 3) for _ in range(d)) for d in depths)
+        sh = (c.stem_head_w_bits[0], c.stem_head_a_bits[0])
+        plan = space.plan(Arch(resolution, width, stages, sh, sh))
+        self.stem_quant = MixedActQuant(c.stem_head_a_bits)
+        st = plan.stem
+        self.stem = MixedQuantConv(st.cin, st.cout, st.k, st.stride, 1, c.stem_head_w_bits)
+        self.stem_bn = nn.BatchNorm2d(st.cout)
+        blocks = iter(plan.blocks)
+        self.stages = nn.ModuleList()
+        for d in depths:
+            row = nn.ModuleList()
+            for _ in range(d):
+                b = next(blocks)
+                row.append(MixedBlock(space, b.expand.cin, b.project.cout, b.depthwise.stride, b.residual))
+            self.stages.append(row)
+        self.head_quant = MixedActQuant(c.stem_head_a_bits)
+        self.head = MixedQuantConv(plan.head.cin, plan.head.cout, 1, 1, 1, c.stem_head_w_bits, linear=True)
+
+    def forward(self, x: torch.Tensor, s: PathSample) -> torch.Tensor:
+        x = torch.relu(self.stem_bn(self.stem(self.stem_quant(x, s.stem_a), s.stem_w)))
+        for si, row in enumerate(self.stages):
+            depth = self.depth_values[si][s.depth_idx[si]]
+            for j in range(depth):
+                o = s.op_idx[si][j]
+                out = row[j](x, o, s.op_gate[si][j, o], s.w[si][j], s.a[si][j])
+                if j >= self.min_depths[si]:  # depth gate: P(depth > j) path vs. the identity
+                    g = sum(s.depth_gate[si][k] for k, d in enumerate(self.depth_values[si]) if d > j)
+                    out = g * out + (1 - g) * x
+                x = out
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.head(self.head_quant(x, s.head_a), s.head_w)
+
+
+# ---------------------------------------------------------------------------- the search engine
+def _cosine(step: int, total: int, base: float) -> float:
+    return 0.5 * base * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    train_loss: float
+    val_loss: float | None
+    val_acc: float | None  # accuracy of the sampled paths on the arch steps' validation batches
+    expected_ms: float
+    derived_ms: float
+    latency_weight: float
+    tau: float
+    seconds: float
+
+
+class DifferentiableSearch:
+    """The super-network, its architecture logits and the alternating training loop.
+
+    ``predictor`` is a :class:`~qnas.latency.vectorized.VectorizedTablePredictor` of ``space``
+    (for ``E[latency]``), ``latency`` a function ``arch -> ms`` that decides the budget
+    (``LatencyModel.predict`` of the arch's plan)."""
+
+    def __init__(self, space: SearchSpace, predictor: Any, latency: Callable[[Arch], float],
+                 budget: Budget | None = None, options: DifferentiableOptions | None = None, seed: int = 0):
+        self.space, self.predictor, self.latency = space, predictor, latency
+        self.budget = budget or Budget()
+        self.opt = (options or DifferentiableOptions()).validate(space)
+        self.seed = seed
+        c = space.config
+        self.resolution, self.width = self._choose_resolution_width()
+        res_idx = c.resolutions.index(self.resolution)
+        width_idx = next(i for i, w in enumerate(c.widths) if math.isclose(w, self.width))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.net = SuperNet(space, self.resolution, self.width)
+        self.arch = ArchLogits(space, res_idx, width_idx)
+        self.gen = torch.Generator().manual_seed(seed)
+        hard = self.budget.latency_ms is not None
+        default_w = 0.5 if hard else 0.1
+        self.lam = float(self.opt.latency_weight if self.opt.latency_weight is not None else default_w)
+        self.target_ms = self.budget.latency_ms  # the budget on the table's scale (see _control)
+        self.offset_ms = 0.0
+        self.w_opt = torch.optim.Adam(self.net.parameters(), lr=self.opt.lr)
+        self.a_opt = torch.optim.Adam(self.arch.parameters(), lr=self.opt.arch_lr, betas=(0.5, 0.999))
+        self.history: list[EpochLog] = []
+        self.summary: dict[str, Any] = {}
+        self._step = 0
+
+    # ---- genes and costs -----------------------------------------------------------
+    def canonical(self, vec: Sequence[int]) -> list[int]:
+        return self.space.encode(self.space.decode(vec))
+
+    def table_ms(self, vecs: np.ndarray) -> np.ndarray:
+        return self.predictor.predict_encoded(np.asarray(vecs, dtype=np.int64))
+
+    def violation(self, arch: Arch) -> float:
+        """Budget violation of an arch (latency from the latency model, size/peak counted)."""
+        b = self.budget
+        rec = {"latency_ms": self.latency(arch) if b.latency_ms is not None else 0.0, "size_kb": 0.0, "peak_act_kb": 0.0}
+        if b.size_kb is not None or b.peak_act_kb is not None:
+            from qnas.costs import count_costs
+
+            cst = count_costs(self.space.plan(arch))
+            rec["size_kb"], rec["peak_act_kb"] = cst.size_kb, cst.peak_activation_bytes / 1024
+        return b.violation(rec)
+
+    def _est_violation(self, vecs: list[list[int]], offset: float) -> np.ndarray:
+        """Budget violation estimated from the table (+ offset); size/peak counted exactly."""
+        b = self.budget
+        v = np.zeros(len(vecs))
+        if b.latency_ms is not None:
+            lat = self.table_ms(np.asarray(vecs)) + offset
+            v += np.maximum(lat - b.latency_ms, 0) / b.latency_ms
+        if b.size_kb is not None or b.peak_act_kb is not None:
+            from qnas.costs import count_costs
+
+            for i, vec in enumerate(vecs):
+                cst = count_costs(self.space.plan(self.space.decode(vec)))
+                for lim, val in ((b.size_kb, cst.size_kb), (b.peak_act_kb, cst.peak_activation_bytes / 1024)):
+                    if lim is not None and val > lim:
+                        v[i] += (val - lim) / lim
+        return v
+
+    def _active(self, vec: Sequence[int]) -> list[bool]:
+        """Which genes of a vector matter (those of blocks beyond their stage's depth do not)."""
+        c = self.space.config
+        out = [True] * _HEADER
+        for s in c.stages:
+            depth = s.depths[vec[len(out)]]
+            out.append(True)
+            for j in range(max(s.depths)):
+                out.extend([j < depth] * _PER_BLOCK)
+        return out
+
+    def _neighbours(self, vec: list[int], genes: Sequence[int]) -> list[list[int]]:
+        bounds = self.space.bounds()
+        seen = {tuple(vec)}
+        out = []
+        for i in genes:
+            for x in range(bounds[i] + 1):
+                if x == vec[i]:
+                    continue
+                n = list(vec)
+                n[i] = x
+                n = self.canonical(n)
+                if tuple(n) not in seen:
+                    seen.add(tuple(n))
+                    out.append(n)
+        return out
+
+    def repair(self, vec: Sequence[int], log_probs: list[np.ndarray] | None = None,
+               fixed_rw: bool = True, max_iter: int = 500) -> list[int] | None:
+        """Greedy repair: apply the single gene change with the largest estimated violation drop per unit of
+        lost log-probability (table latency drop when no change lowers the estimate) until the arch meets the
+        budget. Resolution/width change only when ``fixed_rw`` is off. None when it gets stuck."""
+        cur = self.canonical(vec)
+        genes = range(2 if fixed_rw else 0, len(cur))
+        for _ in range(max_iter):
+            arch = self.space.decode(cur)
+            if self.violation(arch) == 0:
+                return cur
+            offset = (self.latency(arch) - float(self.table_ms(np.asarray([cur]))[0])
+                      if self.budget.latency_ms is not None else 0.0)
+            nbrs = self._neighbours(cur, genes)
+            if not nbrs:
+                return None
+            v_cur = self._est_violation([cur], offset)[0]
+            v_new = self._est_violation(nbrs, offset)
+            t_cur = float(self.table_ms(np.asarray([cur]))[0])
+            t_new = self.table_ms(np.asarray(nbrs))
+            gain = v_cur - v_new
+            if not (gain > 1e-12).any():  # the estimate says "fine" but the model disagrees: cut table latency
+                gain = (t_cur - t_new) / max(t_cur, 1e-12)
+                if not (gain > 1e-12).any():
+                    return None
+            if log_probs is not None:
+                act_cur = self._active(cur)
+                cost = np.array([sum(min(max(log_probs[i][cur[i]] - log_probs[i][n[i]], 0.0), 50.0)
+                                     for i in range(len(cur)) if n[i] != cur[i] and act_cur[i] and act_new[i])
+                                 for n, act_new in ((n, self._active(n)) for n in nbrs)]) + 0.05
+            else:
+                cost = np.ones(len(nbrs))
+            score = np.where(gain > 1e-12, gain / cost, -np.inf)
+            cur = nbrs[int(np.argmax(score))]
+        return None
+
+    def fastest(self, resolution: int | None = None, width: float | None = None) -> list[int]:
+        """A (locally) fastest gene vector by coordinate descent on the table, optionally at one (resolution, width)."""
+        c = self.space.config
+        best: list[int] | None = None
+        best_ms = math.inf
+        starts = []
+        for wb in c.w_bits:
+            for ab in c.a_bits:
+                for r in ([resolution] if resolution is not None else c.resolutions):
+                    a = self.space.uniform(wb, ab, largest=False, resolution=r)
+                    if width is not None:
+                        a = Arch(a.resolution, width, a.stages, a.stem_bits, a.head_bits)
+                    starts.append(self.space.encode(a))
+        genes = range(2, len(starts[0])) if resolution is not None else range(len(starts[0]))
+        for start in starts:
+            cur, ms = start, float(self.table_ms(np.asarray([start]))[0])
+            while True:
+                nbrs = self._neighbours(cur, genes)
+                if not nbrs:
+                    break
+                t = self.table_ms(np.asarray(nbrs))
+                i = int(np.argmin(t))
+                if t[i] >= ms - 1e-12:
+                    break
+                cur, ms = nbrs[i], float(t[i])
+            if ms < best_ms:
+                best, best_ms = cur, ms
+        return best  # type: ignore[return-value]
+
+    def _choose_resolution_width(self) -> tuple[int, float]:
+        c = self.space.config
+        if self.opt.resolution is not None and self.opt.width is not None:
+            return self.opt.resolution, float(self.opt.width)
+        res = [self.opt.resolution] if self.opt.resolution is not None else list(c.resolutions)
+        wid = [float(self.opt.width)] if self.opt.width is not None else list(c.widths)
+        pairs = sorted(((r, w) for r in res for w in wid), key=lambda p: (p[0] * p[1], p[1]), reverse=True)
+        b = self.budget.latency_ms
+        if b is None:
+            return pairs[0]
+        # with a budget: the largest pair whose fastest arch uses at most 3/4 of it, else the one with most room
+        mins = []
+        for r, w in pairs:
+            m = self.latency(self.space.decode(self.fastest(r, w)))
+            if m <= 0.75 * b:
+                return r, w
+            mins.append(m)
+        return pairs[int(np.argmin(mins))]
+
+    # ---- training ----------------------------------------------------------------------
+    def tau_at(self, t: float) -> float:
+        """Temperature at fraction ``t`` in [0, 1] of the architecture phase (exponential decay)."""
+        o = self.opt
+        return o.tau_start * (o.tau_end / o.tau_start) ** min(max(t, 0.0), 1.0)
+
+    def weight_step(self, x: torch.Tensor, y: torch.Tensor, tau: float, uniform: bool = False) -> float:
+        self.net.train()
+        with torch.no_grad():
+            s = self.arch.sample(tau, self.gen, self.opt.hard_bits, uniform=uniform)
+        loss = F.cross_entropy(self.net(x, s), y)
+        self.w_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.w_opt.step()
+        return float(loss.detach())
+
+    def expected_ms(self) -> torch.Tensor:
+        """E[table latency] (ms) under the current softmax distribution, differentiable in the logits."""
+        return self.predictor.expected_latency(self.arch.distribution())
+
+    def arch_loss(self, ce: torch.Tensor, e_ms: torch.Tensor) -> torch.Tensor:
+        if self.budget.latency_ms is None:
+            return ce + self.lam * torch.log(e_ms).to(ce.dtype)
+        r = e_ms / self.target_ms - 1
+        pen = torch.relu(r) if self.opt.penalty == "relu" else r.abs()
+        return ce + self.lam * pen.to(ce.dtype)
+
+    def arch_step(self, x: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[float, float, float]:
+        """One Adam step on the logits; returns (CE, accuracy of the sampled path, E[latency])."""
+        self.net.train()
+        s = self.arch.sample(tau, self.gen, self.opt.hard_bits)
+        out = self.net(x, s)
+        ce = F.cross_entropy(out, y)
+        e_ms = self.expected_ms()
+        loss = self.arch_loss(ce, e_ms)
+        self.a_opt.zero_grad(set_to_none=True)
+        loss.backward(inputs=list(self.arch.parameters()))
+        self.a_opt.step()
+        self._control()
+        return float(ce.detach()), float((out.argmax(1) == y).float().mean()), float(e_ms.detach())
+
+    def derived_genes(self) -> list[int]:
+        return self.canonical(self.arch.genes())
+
+    def _control(self) -> None:
+        """Budget mode: while the derived arch misses the budget, raise lambda and lower the table target."""
+        b = self.budget.latency_ms
+        if b is None:
+            return
+        vec = self.derived_genes()
+        true_ms = self.latency(self.space.decode(vec))
+        table = float(self.table_ms(np.asarray([vec]))[0])
+        self.offset_ms = true_ms - table
+        goal = b - self.offset_ms  # the budget on the table's scale
+        if goal <= 0:
+            goal = b
+        if true_ms > b:
+            self.lam = min(self.lam * self.opt.lambda_growth, self.opt.lambda_max)
+            self.target_ms = min(self.target_ms, goal) * 0.98
+        else:
+            self.target_ms = min(goal, self.target_ms * 1.01)
+
+    def fit(self, train: Any, val: Any, progress: bool = False) -> list[EpochLog]:
+        """Alternate weight steps (``train``) and arch steps (``val``), ``ImageDataset``s of any resolution."""
+        from tqdm.auto import tqdm
+
+        o = self.opt
+        t0 = time.perf_counter()
+        tr, va = train.at_resolution(self.resolution), val.at_resolution(self.resolution)
+        steps = math.ceil(len(tr) / o.batch_size)
+        if o.steps_per_epoch is not None:
+            steps = min(steps, o.steps_per_epoch)
+        total = o.epochs * steps
+        arch_total = (o.epochs - o.warmup_epochs) * steps
+        if self.budget.latency_ms is not None:
+            self._control()  # initial offset between the table and the latency model
+        bar = tqdm(total=total, desc="differentiable search", disable=not progress, unit="step")
+        try:
+            for epoch in range(o.epochs):
+                te = time.perf_counter()
+                warm = epoch < o.warmup_epochs
+                vals = _cycle(va, o.batch_size, self.seed + 1000 + epoch)
+                tl, vl, vacc, e_ms, n_arch = [], [], [], [], 0
+                for i, (x, y) in enumerate(tr.loader(o.batch_size, shuffle=True, seed=self.seed + epoch)):
+                    if i >= steps:
+                        break
+                    if len(y) < 2:  # batch norm needs two samples (a last batch of one)
+                        continue
+                    for g in self.w_opt.param_groups:
+                        g["lr"] = _cosine(self._step, total, o.lr)
+                    arch_t = (self._step - o.warmup_epochs * steps) / max(arch_total - 1, 1)
+                    tau = o.tau_start if warm else self.tau_at(arch_t)
+                    tl.append(self.weight_step(x, y, tau, uniform=warm))
+                    if not warm:
+                        xv, yv = next(vals)
+                        c, a, e = self.arch_step(xv, yv, tau)
+                        vl.append(c)
+                        vacc.append(a)
+                        e_ms.append(e)
+                        n_arch += 1
+                    self._step += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{tl[-1]:.3f}", lam=f"{self.lam:.3g}")
+                with torch.no_grad():
+                    e_now = float(self.expected_ms())
+                vec = self.derived_genes()
+                self.history.append(EpochLog(
+                    epoch, float(np.mean(tl)), float(np.mean(vl)) if vl else None,
+                    float(np.mean(vacc)) if vacc else None, e_now, self.latency(self.space.decode(vec)),
+                    self.lam, tau, time.perf_counter() - te))
+        finally:
+            bar.close()
+        self.summary["train_seconds"] = time.perf_counter() - t0
+        return self.history
+
+    # ---- results ---------------------------------------------------------------------
+    @torch.no_grad()
+    def accuracy(self, vec: Sequence[int], train: Any, val: Any, recalibrate_batches: int = 8) -> float | None:
+        """Validation accuracy of one arch inside the super-network, after re-estimating the batch-norm
+        statistics of its path on ``recalibrate_batches`` train batches. None for another (resolution, width)."""
+        vec = list(vec)
+        if self.space.decode(vec).resolution != self.resolution or not math.isclose(self.space.decode(vec).width, self.width):
+            return None
+        s = self.arch.path_from_genes(vec)
+        tr, va = train.at_resolution(self.resolution), val.at_resolution(self.resolution)
+        state = {k: v.clone() for k, v in self.net.state_dict().items()}
+        try:
+            bns = [m for m in self.net.modules() if isinstance(m, nn.BatchNorm2d)]
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None
+            self.net.train()
+            for i, (x, _) in enumerate(tr.loader(self.opt.batch_size, shuffle=True, seed=self.seed + 7)):
+                if i >= recalibrate_batches:
+                    break
+                self.net(x, s)
+            self.net.eval()
+            correct = 0
+            for x, y in va.loader(256, shuffle=False):
+                correct += int((self.net(x, s).argmax(1) == y).sum())
+            return correct / max(len(va), 1)
+        finally:
+            for m in bns:
+                m.momentum = 0.1
+            self.net.load_state_dict(state)
+            self.net.train()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` intra-op threads (None: leave as is)."""
+    if not n:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _cycle(ds: Any, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    k = 0
+    while True:
+        for x, y in ds.loader(batch_size, shuffle=True, seed=seed + 7919 * k):
+            if len(y) >= 2:
+                yield x, y
+        k += 1
+
+
+# ---------------------------------------------------------------------------- the strategy
+class DifferentiableStrategy(Strategy):
+    """ProxylessNAS/FBNet-style search of ops, depths and per-conv bit widths (see the module docstring).
+
+    Needs ``context.splits`` (trains on train, architecture steps on val) and
+    ``context.latency`` (a :class:`~qnas.latency.base.LatencyModel`) in
+    :meth:`ask`; the constructor only checks the options. The first ``ask``
+    runs the search; it returns the derived arch first, then distinct archs
+    sampled from the final distribution (all within the budget when one is
+    set); later asks return further samples. ``tell`` is ignored."""
+
+    name = "differentiable"
+
+    def __init__(self, space: SearchSpace, seed: int = 0, budget: Budget | None = None,
+                 context: StrategyContext | None = None, **options: Any):
+        if "lambda" in options:
+            if "latency_weight" in options:
+                raise ConfigError("give the differentiable strategy either lambda or latency_weight, not both")
+            options["latency_weight"] = options.pop("lambda")
+        known = {f.name for f in fields(DifferentiableOptions)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"strategy 'differentiable' takes no option(s) {unknown}; valid: {sorted(known | {'lambda'})}")
+        self.options = DifferentiableOptions(**options).validate(space)
+        super().__init__(space, seed, budget, context)
+        self.search: DifferentiableSearch | None = None
+        self.derived: Arch | None = None
+        self.asked: set[Arch] = set()
+        self._pending: list[Arch] = []
+        self._sample_rng = np.random.default_rng(seed)
+        self._log_probs: list[np.ndarray] | None = None
+
+    # ---- helpers ------------------------------------------------------------------
+    def _require_context(self) -> tuple[Any, Any]:
+        ctx = self.context
+        if ctx.splits is None or ctx.latency is None:
+            missing = " and ".join(n for n, v in (("data splits", ctx.splits), ("a latency model", ctx.latency)) if v is None)
+            raise ConfigError(f"the differentiable strategy trains a super-network and needs {missing}: pass "
+                              "context=StrategyContext(splits=..., latency=...) or run it through qnas.search")
+        if not hasattr(ctx.latency, "layer_ms") or not hasattr(ctx.latency, "predict"):
+            raise ConfigError(f"the differentiable strategy needs a LatencyModel with layer_ms/predict, "
+                              f"got a {type(ctx.latency).__name__}")
+        return ctx.splits, ctx.latency
+
+    def _ok(self, arch: Arch) -> bool:
+        assert self.search is not None
+        return self.search.violation(arch) == 0
+
+    def _run(self) -> None:
+        from qnas.latency.vectorized import VectorizedTablePredictor
+
+        splits, model = self._require_context()
+        space = self.space
+        t0 = time.perf_counter()
+        predictor = VectorizedTablePredictor(space, model.layer_ms)
+        latency = lambda a: float(model.predict(space.plan(a)))  # noqa: E731
+        with torch_threads(self.options.threads):
+            search = DifferentiableSearch(space, predictor, latency, self.budget, self.options, self.seed)
+            self.search = search
+            if self.budget.latency_ms is not None or self.budget.size_kb is not None or self.budget.peak_act_kb is not None:
+                fastest = space.decode(search.fastest())
+                if not self._ok(fastest):
+                    raise ConfigError(f"no arch of the search space meets the budget (fastest found: "
+                                      f"{latency(fastest):.4g} ms); raise the budget or widen the space")
+            search.fit(splits.train, splits.val, progress=self.context.progress)
+            self._log_probs = search.arch.gene_log_probs()
+            raw = search.derived_genes()
+            vec = raw
+            repaired = False
+            if not self._ok(space.decode(vec)):
+                repaired = True
+                vec = search.repair(vec, self._log_probs) or search.repair(vec, self._log_probs, fixed_rw=False) \
+                    or search.fastest()
+            self.derived = space.decode(vec)
+            acc = search.accuracy(vec, splits.train, splits.val)
+        search.summary.update({
+            "derived": self.derived.to_dict(), "describe": self.derived.describe(),
+            "derived_ms": latency(self.derived), "budget_ms": self.budget.latency_ms, "repaired": repaired,
+            "unrepaired_ms": latency(space.decode(raw)), "expected_ms": float(search.expected_ms().detach()),
+            "derived_val_acc": acc, "resolution": search.resolution, "width": search.width,
+            "seconds": time.perf_counter() - t0,
+        })
+        self._pending = [self.derived]
+
+    def _samples(self, n: int) -> list[Arch]:
+        """Up to ``n`` distinct, never asked, budget-meeting archs from the final distribution; the
+        distribution is flattened (temperature doubled) when samples keep repeating."""
+        assert self.search is not None
+        search, space = self.search, self.space
+        dist = search.arch.distribution()
+        out: list[Arch] = []
+        temp, misses = 1.0, 0
+        while len(out) < n and temp <= 64:
+            d = dist if temp == 1.0 else dist.map(lambda t: (t.log() / temp).softmax(-1))
+            for vec in d.sample_genes(max(4 * n, 16), self._sample_rng):
+                arch = space.decode(vec)
+                if arch in self.asked or arch in out:
+                    misses += 1
+                    continue
+                if not self._ok(arch):
+                    fixed = search.repair(space.encode(arch), self._log_probs)
+                    arch = space.decode(fixed) if fixed is not None else None
+                    if arch is None or arch in self.asked or arch in out:
+                        misses += 1
+                        continue
+                out.append(arch)
+                if len(out) == n:
+                    break
+            if misses > 8 * n + 16:
+                temp, misses = temp * 2, 0
+        return out
+
+    # ---- the contract ---------------------------------------------------------------
+    def ask(self, n: int) -> list[Arch]:
+        if self.search is None:
+            self._require_context()
+            self._run()
+        out = [a for a in self._pending[:n] if a not in self.asked]
+        self._pending = self._pending[n:]
+        if len(out) < n:
+            with torch.no_grad():
+                out += self._samples(n - len(out))
+        self.asked.update(out)
+        return out
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """What the search found (derived arch, its latency vs. budget, accuracy in the super-network, time)."""
+        return dict(self.search.summary) if self.search else {}
+
+    @property
+    def history(self) -> list[EpochLog]:
+        return list(self.search.history) if self.search else []
+
+
+register_strategy("differentiable", DifferentiableStrategy)

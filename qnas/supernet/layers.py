@@ -1,0 +1,239 @@
+"""Dynamic (elastic) layers of the supernet.
+
+Each layer holds the largest weights of its position, runs the configuration
+last given to ``set_active`` (a :class:`~qnas.quant.plan.LayerSpec` from the
+search space's plan, so the space stays the only place that maps an arch to
+layers), and has ``config``, ``active_state()`` (the state-dict entries of the
+static Brevitas layer of that configuration) and ``get_active_subnet()`` (that
+static layer, loaded) in the once-for-all way.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qnas.quant.build import act_quant, quant_conv
+from qnas.quant.plan import LayerSpec
+from qnas.supernet.quantize import ActQuantizers, WeightQuantizers
+
+W_SCALE_KEY = "weight_quant.tensor_quant.scaling_impl.value"
+
+
+def _load(static: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    static.load_state_dict(state, strict=True)
+    return static
+
+
+class DynamicQConv2d(nn.Module):
+    """A dense (groups=1) conv with elastic in/out channels (first-k) and switchable weight bits."""
+
+    def __init__(self, max_in: int, max_out: int, kernel: int, stride: int, w_bits: Sequence[int]):
+        super().__init__()
+        self.max_in, self.max_out, self.kernel, self.stride = max_in, max_out, kernel, stride
+        self.w_bits = tuple(w_bits)
+        self.weight = nn.Parameter(torch.empty(max_out, max_in, kernel, kernel))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out")
+        self.quant = WeightQuantizers(max_out, (f"w{b}" for b in self.w_bits))
+        self.spec: LayerSpec | None = None
+        self.quantize = True
+        self.reset_weight_scales()
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"max_in": self.max_in, "max_out": self.max_out, "kernel": self.kernel,
+                "stride": self.stride, "w_bits": list(self.w_bits)}
+
+    def reset_weight_scales(self) -> None:
+        for b in self.w_bits:
+            self.quant.init_from(f"w{b}", self.weight)
+
+    def active_weight(self) -> torch.Tensor:
+        s = self.spec
+        return self.weight[: s.cout, : s.cin]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.spec
+        w = self.active_weight()
+        if self.quantize:
+            key = f"w{s.w_bits}"
+            if self.training:
+                self.quant.calibrate(key, lambda: self.weight)
+            w = self.quant(w, key, s.w_bits)
+        return F.conv2d(x, w, None, self.stride, self.kernel // 2)
+
+    def active_state(self) -> dict[str, torch.Tensor]:
+        s = self.spec
+        return {"weight": self.active_weight().detach().clone(),
+                W_SCALE_KEY: self.quant.value(f"w{s.w_bits}", s.cout).detach().clone().view(-1, 1, 1, 1)}
+
+    def get_active_subnet(self) -> nn.Module:
+        return _load(quant_conv(self.spec), self.active_state())
+
+
+class DynamicQDepthwise(nn.Module):
+    """Depthwise conv with elastic channels, elastic kernel (center of the largest kernel,
+    optionally through OFA's kernel transform matrices) and switchable weight bits.
+
+    Each (kernel, bits) pair has its own learned per-channel thresholds: a 3x3
+    center has other magnitudes than the 7x7 it is cut from."""
+
+    def __init__(self, max_channels: int, kernels: Sequence[int], stride: int, w_bits: Sequence[int],
+                 kernel_transform: bool = True):
+        super().__init__()
+        self.max_channels, self.stride = max_channels, stride
+        self.kernels = tuple(sorted(set(kernels)))
+        self.max_kernel = max(self.kernels)
+        self.w_bits = tuple(w_bits)
+        self.kernel_transform = kernel_transform
+        self.weight = nn.Parameter(torch.empty(max_channels, 1, self.max_kernel, self.max_kernel))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out")
+        # OFA: a (k_small^2 x k_small^2) matrix per step down, shared by all channels, identity at start.
+        self.transforms = nn.ParameterDict()
+        if kernel_transform:
+            for big, small in zip(self.kernels[::-1], self.kernels[::-1][1:]):
+                self.transforms[f"{big}to{small}"] = nn.Parameter(torch.eye(small * small))
+        self.quant = WeightQuantizers(max_channels, (f"k{k}_w{b}" for k in self.kernels for b in self.w_bits))
+        self.spec: LayerSpec | None = None
+        self.quantize = True
+        self.reset_weight_scales()
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"max_channels": self.max_channels, "kernels": list(self.kernels), "stride": self.stride,
+                "w_bits": list(self.w_bits), "kernel_transform": self.kernel_transform}
+
+    def reset_weight_scales(self) -> None:
+        for k in self.kernels:
+            w = self.kernel_weight(k, self.max_channels)
+            for b in self.w_bits:
+                self.quant.init_from(f"k{k}_w{b}", w)
+
+    def kernel_weight(self, k: int, channels: int) -> torch.Tensor:
+        w = self.weight[:channels]
+        src = self.max_kernel
+        for small in reversed(self.kernels):
+            if small >= src or small < k:
+                continue
+            start = (src - small) // 2
+            w = w[:, :, start:start + small, start:start + small]
+            if self.kernel_transform:
+                flat = w.contiguous().view(channels, small * small)
+                w = F.linear(flat, self.transforms[f"{src}to{small}"]).view(channels, 1, small, small)
+            src = small
+        return w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.spec
+        w = self.kernel_weight(s.k, s.cout)
+        if self.quantize:
+            key = f"k{s.k}_w{s.w_bits}"
+            if self.training:
+                self.quant.calibrate(key, lambda: self.kernel_weight(s.k, self.max_channels))
+            w = self.quant(w, key, s.w_bits)
+        return F.conv2d(x, w, None, self.stride, s.k // 2, 1, s.cout)
+
+    def active_state(self) -> dict[str, torch.Tensor]:
+        s = self.spec
+        return {"weight": self.kernel_weight(s.k, s.cout).detach().clone(),
+                W_SCALE_KEY: self.quant.value(f"k{s.k}_w{s.w_bits}", s.cout).detach().clone().view(-1, 1, 1, 1)}
+
+    def get_active_subnet(self) -> nn.Module:
+        return _load(quant_conv(self.spec), self.active_state())
+
+
+class DynamicQLinear(nn.Module):
+    """The classifier: elastic input features, switchable weight bits, float bias."""
+
+    def __init__(self, max_in: int, out: int, w_bits: Sequence[int]):
+        super().__init__()
+        self.max_in, self.out = max_in, out
+        self.w_bits = tuple(w_bits)
+        ref = nn.Linear(max_in, out)
+        self.weight = nn.Parameter(ref.weight.detach().clone())
+        self.bias = nn.Parameter(ref.bias.detach().clone())
+        self.quant = WeightQuantizers(out, (f"w{b}" for b in self.w_bits))
+        self.spec: LayerSpec | None = None
+        self.quantize = True
+        self.reset_weight_scales()
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"max_in": self.max_in, "out": self.out, "w_bits": list(self.w_bits)}
+
+    def reset_weight_scales(self) -> None:
+        for b in self.w_bits:
+            self.quant.init_from(f"w{b}", self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.spec
+        w = self.weight[:, : s.cin]
+        if self.quantize:
+            key = f"w{s.w_bits}"
+            if self.training:
+                self.quant.calibrate(key, lambda: self.weight)
+            w = self.quant(w, key, s.w_bits)
+        return F.linear(x, w, self.bias)
+
+    def active_state(self) -> dict[str, torch.Tensor]:
+        s = self.spec
+        return {"weight": self.weight[:, : s.cin].detach().clone(), "bias": self.bias.detach().clone(),
+                W_SCALE_KEY: self.quant.value(f"w{s.w_bits}", self.out).detach().clone().view(-1, 1)}
+
+    def get_active_subnet(self) -> nn.Module:
+        import brevitas.nn as qnn
+
+        from qnas.quant.quantizers import SignedWeightPerChannel
+
+        s = self.spec
+        static = qnn.QuantLinear(s.cin, s.cout, bias=True, weight_quant=SignedWeightPerChannel, weight_bit_width=s.w_bits)
+        return _load(static, self.active_state())
+
+
+class SwitchableBN(nn.Module):
+    """Batch norm with one ``BatchNorm2d`` (affine + running stats) per choice key,
+    sliced to the first ``k`` channels.
+
+    The running statistics are updated exactly as ``nn.BatchNorm2d`` does (also
+    the cumulative average when ``momentum is None``), so BN recalibration of
+    the supernet and of the extracted model agree."""
+
+    def __init__(self, max_channels: int, keys: Iterable[str]):
+        super().__init__()
+        self.max_channels = max_channels
+        self.bns = nn.ModuleDict({k: nn.BatchNorm2d(max_channels) for k in keys})
+        self.key: str = next(iter(self.bns))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"max_channels": self.max_channels, "keys": list(self.bns)}
+
+    @property
+    def active_bn(self) -> nn.BatchNorm2d:
+        return self.bns[self.key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bn, k = self.active_bn, x.shape[1]
+        factor = 0.0
+        if bn.training and bn.track_running_stats:
+            bn.num_batches_tracked.add_(1)
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        return F.batch_norm(x, bn.running_mean[:k], bn.running_var[:k], bn.weight[:k], bn.bias[:k],
+                            bn.training, factor, bn.eps)
+
+    def active_state(self, channels: int) -> dict[str, torch.Tensor]:
+        bn = self.active_bn
+        k = channels
+        return {"weight": bn.weight[:k].detach().clone(), "bias": bn.bias[:k].detach().clone(),
+                "running_mean": bn.running_mean[:k].clone(), "running_var": bn.running_var[:k].clone(),
+                "num_batches_tracked": bn.num_batches_tracked.clone()}
+
+    def get_active_subnet(self, channels: int) -> nn.Module:
+        return _load(nn.BatchNorm2d(channels), self.active_state(channels))
+
+
+def act_subnet(q: ActQuantizers) -> nn.Module:
+    """The static Brevitas activation quantizer of an :class:`ActQuantizers` at its active bits."""
+    return _load(act_quant(q.active_bits, relu=q.relu), q.active_state())

@@ -1,0 +1,244 @@
+"""The weight-sharing supernet of a :class:`~qnas.space.SearchSpace`.
+
+Elastic kernel, expand ratio, width (first-k channels), depth (first-d blocks
+of a stage) and input resolution (the net is resolution-agnostic; feed it the
+arch's resolution), plus switchable precision: float weights are shared, each
+weight bit width has its own learned per-channel scales, each activation bit
+width its own learned per-tensor scale, and batch norm is switchable per
+(block position, expand ratio, weight bits of the conv before it), with a
+separate one for float mode (the distillation teacher).
+
+``extract(arch)`` returns the standalone Brevitas model that
+:func:`qnas.quant.build.build_model` makes for the arch, loaded with the
+sliced weights, the learned scales and the BN state of that configuration;
+in eval mode it computes the same outputs as the supernet.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from qnas.arch import Arch
+from qnas.errors import ArchError
+from qnas.quant.build import QuantNet, build_model
+from qnas.quant.plan import BlockPlan, NetworkPlan
+from qnas.space import SearchSpace
+from qnas.supernet.layers import (
+    DynamicQConv2d,
+    DynamicQDepthwise,
+    DynamicQLinear,
+    SwitchableBN,
+)
+from qnas.supernet.quantize import ActQuantizers
+
+
+def _bn_key(expand: int | None, w_bits: int, quantize: bool, per_bits: bool) -> str:
+    tail = ("w%d" % w_bits if per_bits else "q") if quantize else "f"
+    return tail if expand is None else f"e{expand}_{tail}"
+
+
+class SuperMBConv(nn.Module):
+    """One block position (stage ``si``, index ``j``) of the supernet."""
+
+    def __init__(self, max_in: int, max_out: int, stride: int, space: SearchSpace, bn_per_bits: bool,
+                 kernel_transform: bool):
+        super().__init__()
+        c = space.config
+        max_mid = max_in * max(c.expands)
+        self.max_in, self.max_out, self.stride = max_in, max_out, stride
+        w_tail = [f"w{b}" for b in c.w_bits] if bn_per_bits else ["q"]
+        bn_keys = [f"e{e}_{t}" for e in c.expands for t in w_tail + ["f"]]
+        self.in_quant = ActQuantizers(c.a_bits)
+        self.expand = DynamicQConv2d(max_in, max_mid, 1, 1, c.w_bits)
+        self.bn1 = SwitchableBN(max_mid, bn_keys)
+        self.act1 = ActQuantizers(c.a_bits, relu=True)
+        self.dw = DynamicQDepthwise(max_mid, c.kernels, stride, c.w_bits, kernel_transform)
+        self.bn2 = SwitchableBN(max_mid, bn_keys)
+        self.act2 = ActQuantizers(c.a_bits, relu=True)
+        self.project = DynamicQConv2d(max_mid, max_out, 1, 1, c.w_bits)
+        self.bn3 = SwitchableBN(max_out, bn_keys)
+        self.plan: BlockPlan | None = None
+
+    def set_active(self, plan: BlockPlan | None, expand: int, quantize: bool, bn_per_bits: bool) -> None:
+        self.plan = plan
+        if plan is None:
+            return
+        e, d, p = plan.layers
+        for q, bits in ((self.in_quant, e.a_bits), (self.act1, d.a_bits), (self.act2, p.a_bits)):
+            q.active_bits = bits if quantize else None
+        for conv, spec in ((self.expand, e), (self.dw, d), (self.project, p)):
+            conv.spec, conv.quantize = spec, quantize
+        for bn, spec in ((self.bn1, e), (self.bn2, d), (self.bn3, p)):
+            bn.key = _bn_key(expand, spec.w_bits, quantize, bn_per_bits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act1(self.bn1(self.expand(self.in_quant(x))))
+        h = self.act2(self.bn2(self.dw(h)))
+        h = self.bn3(self.project(h))
+        return x + h if self.plan.residual else h
+
+    def active_state(self) -> dict[str, torch.Tensor]:
+        """State entries of :class:`qnas.quant.build.MBConv` for the active configuration."""
+        e, d, p = self.plan.layers
+        parts: dict[str, dict[str, torch.Tensor]] = {
+            "in_quant": self.in_quant.active_state(), "expand": self.expand.active_state(),
+            "bn1": self.bn1.active_state(e.cout), "act1": self.act1.active_state(),
+            "dw": self.dw.active_state(), "bn2": self.bn2.active_state(d.cout),
+            "act2": self.act2.active_state(), "project": self.project.active_state(),
+            "bn3": self.bn3.active_state(p.cout),
+        }
+        return {f"{m}.{k}": v for m, sd in parts.items() for k, v in sd.items()}
+
+    def active_batchnorms(self) -> list[tuple[nn.BatchNorm2d, int]]:
+        e, d, p = self.plan.layers
+        return [(self.bn1.active_bn, e.cout), (self.bn2.active_bn, d.cout), (self.bn3.active_bn, p.cout)]
+
+
+@dataclass(frozen=True)
+class ActiveConfig:
+    arch: Arch
+    quantize: bool
+    plan: NetworkPlan
+
+
+class Supernet(nn.Module):
+    """One network holding every arch of ``space``; ``set_active(arch)`` selects one.
+
+    >>> net = Supernet(SearchSpace())
+    >>> logits = net.set_active(net.space.uniform(4, 4, largest=False))(torch.randn(2, 1, 12, 12))
+    >>> model = net.extract(net.space.uniform(8, 8))   # a qnas.quant.build.QuantNet
+
+    ``bn_per_bits``: switchable BN also per weight bit width (AdaBits-style);
+    ``kernel_transform``: OFA's kernel transform matrices for smaller kernels.
+    The first ``set_active`` default is the largest 8-bit arch."""
+
+    def __init__(self, space: SearchSpace | None = None, bn_per_bits: bool = True, kernel_transform: bool = True):
+        super().__init__()
+        self.space = space or SearchSpace()
+        self.bn_per_bits, self.kernel_transform = bn_per_bits, kernel_transform
+        c = self.space.config
+        maxes = [self.space.channels(w) for w in c.widths]
+        max_stem = max(m[0] for m in maxes)
+        max_stage = [max(m[1][i] for m in maxes) for i in range(len(c.stages))]
+        self.input_quant = ActQuantizers(c.stem_head_a_bits)
+        self.stem = DynamicQConv2d(c.in_channels, max_stem, 3, c.stem_stride, c.stem_head_w_bits)
+        stem_keys = [f"w{b}" for b in c.stem_head_w_bits] if bn_per_bits else ["q"]
+        self.stem_bn = SwitchableBN(max_stem, stem_keys + ["f"])
+        self.stem_act = nn.ReLU()
+        self.blocks = nn.ModuleDict()
+        cin = max_stem
+        for si, s in enumerate(c.stages):
+            for j in range(max(s.depths)):
+                self.blocks[f"s{si}_b{j}"] = SuperMBConv(cin, max_stage[si], s.stride if j == 0 else 1, self.space,
+                                                         bn_per_bits, kernel_transform)
+                cin = max_stage[si]
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head_quant = ActQuantizers(c.stem_head_a_bits)
+        # The head reads the last stage's output, or the stem's when every block can be skipped.
+        self.head = DynamicQLinear(max(max_stage[-1], max_stem), c.num_classes, c.stem_head_w_bits)
+        self._active: ActiveConfig | None = None
+        self._order: list[SuperMBConv] = []
+        self.set_active(self.space.uniform(max(c.w_bits), max(c.a_bits)))
+
+    # ---- configuration -------------------------------------------------
+    @property
+    def active_arch(self) -> Arch:
+        return self._active.arch
+
+    @property
+    def quantize(self) -> bool:
+        return self._active.quantize
+
+    def set_active(self, arch: Arch, quantize: bool = True) -> "Supernet":
+        """Run ``arch`` from now on; ``quantize=False`` runs it in float (weights and activations)."""
+        plan = self.space.plan(arch)  # validates
+        for blk in self.blocks.values():
+            blk.plan = None
+        order: list[SuperMBConv] = []
+        plans = iter(plan.blocks)
+        for si, genes in enumerate(arch.stages):
+            for j, b in enumerate(genes):
+                if b.is_skip:
+                    continue
+                blk = self.blocks[f"s{si}_b{j}"]
+                blk.set_active(next(plans), b.expand, quantize, self.bn_per_bits)
+                order.append(blk)
+        self.input_quant.active_bits = plan.stem.a_bits if quantize else None
+        self.stem.spec, self.stem.quantize = plan.stem, quantize
+        self.stem_bn.key = _bn_key(None, plan.stem.w_bits, quantize, self.bn_per_bits)
+        self.head_quant.active_bits = plan.head.a_bits if quantize else None
+        self.head.spec, self.head.quantize = plan.head, quantize
+        self._order = order
+        self._active = ActiveConfig(arch, quantize, plan)
+        return self
+
+    # ---- computation ---------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem_act(self.stem_bn(self.stem(self.input_quant(x))))
+        for blk in self._order:
+            x = blk(x)
+        x = torch.flatten(self.pool(x), 1)
+        return self.head(self.head_quant(x))
+
+    # ---- extraction ----------------------------------------------------
+    def active_state(self) -> dict[str, torch.Tensor]:
+        """The state dict of the active arch's :class:`QuantNet` (quantized mode only)."""
+        if not self.quantize:
+            raise ArchError("the supernet is in float mode; set_active(arch, quantize=True) before extracting")
+        plan = self._active.plan
+        parts: dict[str, dict[str, torch.Tensor]] = {
+            "input_quant": self.input_quant.active_state(), "stem": self.stem.active_state(),
+            "stem_bn": self.stem_bn.active_state(plan.stem.cout),
+            "head_quant": self.head_quant.active_state(), "head": self.head.active_state(),
+        }
+        for i, blk in enumerate(self._order):
+            parts[f"blocks.{i}"] = blk.active_state()
+        return {f"{m}.{k}": v for m, sd in parts.items() for k, v in sd.items()}
+
+    def extract(self, arch: Arch | None = None) -> QuantNet:
+        """The standalone Brevitas model of ``arch`` (default: the active one) with inherited
+        weights, scales and BN state; its activation quantizers are past their
+        stats-collection phase, so further QAT starts from the supernet's scales."""
+        previous = self._active
+        try:
+            if arch is not None:
+                self.set_active(arch, quantize=True)
+            model = build_model(self.space, self.active_arch)
+            model.load_state_dict(self.active_state(), strict=True)
+        finally:
+            self.set_active(previous.arch, previous.quantize)
+        model.train(self.training)
+        return model
+
+    def get_active_subnet(self) -> QuantNet:
+        """OFA's name for :meth:`extract` of the active arch."""
+        return self.extract()
+
+    def active_batchnorms(self) -> list[tuple[nn.BatchNorm2d, int]]:
+        """(BatchNorm2d, active channels) of the active configuration, in execution order."""
+        out = [(self.stem_bn.active_bn, self._active.plan.stem.cout)]
+        for blk in self._order:
+            out.extend(blk.active_batchnorms())
+        return out
+
+    def active_param_count(self) -> int:
+        """Parameters of the active arch as its standalone model counts them (quantizer scales included)."""
+        stats = ("running_mean", "running_var", "num_batches_tracked")
+        return sum(v.numel() for k, v in self.active_state().items() if not k.endswith(stats))
+
+    def reset_weight_scales(self) -> None:
+        """Re-initialise every weight quantizer's scales from the current weights (after loading float weights)."""
+        for m in self.modules():
+            if isinstance(m, (DynamicQConv2d, DynamicQDepthwise, DynamicQLinear)):
+                m.reset_weight_scales()
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"space": self.space.to_dict(), "bn_per_bits": self.bn_per_bits,
+                "kernel_transform": self.kernel_transform}
+
+    def extra_repr(self) -> str:
+        return f"active={self.active_arch.describe()!r}, quantize={self.quantize}"

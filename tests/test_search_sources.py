@@ -1,0 +1,51 @@
+"""Every strategy and accuracy source runs through the same search loop and CLI."""
+import json
+
+import pytest
+
+from qnas.cli import main
+from qnas.searching import search
+
+FAST = dict(progress=False, threads=1)
+
+
+def test_nsga2_with_untrained_supernet_source(tmp_path):
+    r = search(strategy="nsga2", strategy_options={"pop_size": 8}, accuracy="supernet", supernet_epochs=0,
+               n_candidates=12, batch=4, out=tmp_path / "run", **FAST)
+    assert len(r.records) == 12 and len({x["uid"] for x in r.records}) == 12
+    assert all(0.0 <= x["val_acc"] <= 1.0 and "eval_seconds" in x for x in r.records)
+
+
+def test_ofa_fits_its_predictor_and_meets_the_budget(tmp_path):
+    from qnas.latency import create_latency_model
+    from qnas.space import SearchSpace
+
+    space = SearchSpace()
+    lat = create_latency_model("cpu-ort")
+    budget = sorted(lat.predict(space.plan(space.sample(i))) for i in range(40))[12]
+    r = search(strategy="ofa", accuracy="zero-cost", n_candidates=4, batch=4, latency_budget_ms=budget,
+               strategy_options={"predictor_samples": 16, "population_size": 20, "generations": 5},
+               out=tmp_path / "ofa", **FAST)
+    assert len(r.records) == 4
+    assert all(x["latency_ms"] <= budget for x in r.records)
+    assert (tmp_path / "ofa" / "accuracy_predictor.json").is_file()
+
+
+def test_cli_search_nsga3_zero_cost_with_budget(tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = main(["search", "--strategy", "nsga3", "--accuracy", "zero-cost", "--candidates", "8", "--batch", "8",
+                 "--strategy-options", json.dumps({"pop_size": 8}), "--size-kb", "60", "--out", str(out),
+                 "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["strategy"] == "nsga3" and cfg["size_budget_kb"] == 60
+    assert "Pareto front" in capsys.readouterr().out
+
+
+def test_bad_strategy_and_source_are_one_line_errors(tmp_path, capsys):
+    assert main(["search", "--strategy", "annealing", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "annealing" in err and "nsga2" in err
+    assert main(["search", "--accuracy", "predictor", "--out", str(tmp_path / "b")]) == 2
+    assert "--accuracy-path" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
