@@ -58,6 +58,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
     cfg = DemoConfig(data=a.data, data_path=a.data_path, device=a.device, latency_kind=a.latency,
                      latency_table=a.latency_table, latency_hybrid=a.latency_hybrid, n_candidates=a.candidates,
+                     strategy=a.strategy, accuracy=a.accuracy, supernet_epochs=a.supernet_epochs,
                      search_epochs=a.search_epochs, finish_epochs=a.finish_epochs, batch_size=a.batch_size,
                      latency_budget_ms=a.budget_ms, seed=a.seed, out=a.out or "")
     report = demo(cfg, space=_space(a.space), progress=not a.no_progress, overwrite=a.force)
@@ -287,8 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the whole pipeline on the embedded default and print a report.")
     _add_data_args(d)
     d.add_argument("--out", help="run directory (default: runs/demo-TIMESTAMP)")
-    d.add_argument("--candidates", type=int, default=8, help="archs to sample and briefly train (default 8)")
-    d.add_argument("--search-epochs", type=int, default=3, help="training epochs per candidate (default 3)")
+    d.add_argument("--strategy", default="nsga2", help="search strategy (default nsga2)")
+    d.add_argument("--accuracy", default="supernet", choices=["train", "supernet", "zero-cost"],
+                   help="accuracy source during search (default: supernet-inherited weights)")
+    d.add_argument("--supernet-epochs", type=int, default=1, help="supernet epochs per shrinking phase (default 1)")
+    d.add_argument("--candidates", type=int, default=24, help="archs to evaluate (default 24)")
+    d.add_argument("--search-epochs", type=int, default=3, help="training epochs per candidate with --accuracy train")
     d.add_argument("--finish-epochs", type=int, default=10, help="QAT epochs for the chosen arch (default 10)")
     d.add_argument("--budget-ms", type=_positive_float, help="latency budget (default: median of the candidates)")
     d.set_defaults(func=cmd_demo)

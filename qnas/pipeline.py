@@ -31,8 +31,10 @@ class DemoConfig:
     latency_kind: str = "analytic"
     latency_table: str | None = None
     latency_hybrid: str | None = None
-    strategy: str = "random"
-    n_candidates: int = 8
+    strategy: str = "nsga2"
+    accuracy: str = "supernet"
+    supernet_epochs: int = 1
+    n_candidates: int = 24
     search_epochs: int = 3
     finish_epochs: int = 10
     finish_lr: float = 2e-3
@@ -50,6 +52,18 @@ class DemoConfig:
         if self.latency_budget_ms is not None and not self.latency_budget_ms > 0:
             raise ConfigError(f"latency budget must be a positive number of ms, got {self.latency_budget_ms}")
         return self
+
+
+def initial_weights(evaluator: Any, space: SearchSpace, arch: Arch) -> torch.nn.Module:
+    """Where finishing starts: the supernet's extracted subnet (weights, learned scales, re-calibrated BN),
+    else the candidate's briefly trained state, else a fresh model."""
+    if hasattr(evaluator, "extract"):
+        return evaluator.extract(arch)
+    model = build_model(space, arch)
+    state = evaluator.state(arch) if hasattr(evaluator, "state") else None
+    if state is not None:
+        load_state(model, state, "search state")
+    return model
 
 
 def default_out(prefix: str) -> str:
@@ -73,7 +87,9 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
     # 1. search
     search_cfg = SearchConfig(data=cfg.data, data_path=cfg.data_path, device=cfg.device, latency_kind=cfg.latency_kind,
                               latency_table=cfg.latency_table, latency_hybrid=cfg.latency_hybrid,
-                              strategy=cfg.strategy, n_candidates=cfg.n_candidates, epochs=cfg.search_epochs,
+                              strategy=cfg.strategy, accuracy=cfg.accuracy, supernet_epochs=cfg.supernet_epochs,
+                              strategy_options={"pop_size": 8} if cfg.strategy in ("nsga2", "nsga3") else {},
+                              batch=8, n_candidates=cfg.n_candidates, epochs=cfg.search_epochs,
                               batch_size=cfg.batch_size, seed=cfg.seed, latency_budget_ms=cfg.latency_budget_ms,
                               space=space.to_dict())
     run.write_json("config.json", search_cfg.to_dict())  # `qnas search --resume RUN` continues the search part
@@ -85,14 +101,12 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
     run.write_json("arch.json", arch.to_dict())
     t_search = time.perf_counter() - t_start
 
-    # 2. finish: continue QAT from the candidate's weights
+    # 2. finish: continue QAT from the supernet's (or the candidate's) weights
     torch.manual_seed(cfg.seed)
-    model = build_model(space, arch)
-    state = result.evaluator.state(arch) if hasattr(result.evaluator, "state") else None
-    if state is not None:
-        load_state(model, state, "search state")
+    model = initial_weights(result.evaluator, space, arch)
     train_ds = splits.train.at_resolution(arch.resolution)
     val_ds = splits.val.at_resolution(arch.resolution)
+    started_from = evaluate(model, val_ds.loader(512, False))
     test_ds = splits.test.at_resolution(arch.resolution)
     t0 = time.perf_counter()
     hist = train(model, train_ds.loader(cfg.batch_size, True, cfg.seed), val_ds.loader(512, False),
@@ -116,11 +130,14 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
         "run_dir": str(run.path),
         "device": cfg.device,
         "latency_kind": cfg.latency_kind,
+        "strategy": cfg.strategy,
+        "accuracy_source": cfg.accuracy,
         "latency_budget_ms": round(budget, 6),
         "candidates": len(result.records),
         "front_size": len(result.front),
         "arch": arch.describe(),
         "search_val_acc": chosen["val_acc"],
+        "started_from_val_acc": started_from,
         "finish_val_acc": hist.final_val_acc,
         "test_acc_torch": parity.torch_acc,
         "test_acc_onnx": parity.export_acc,
@@ -140,7 +157,8 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
 
 def format_report(r: dict[str, Any]) -> str:
     lines = [
-        f"qnas demo: {r['candidates']} candidates on {r['device']}, budget {r['latency_budget_ms']:.4g} ms "
+        f"qnas demo: {r['candidates']} candidates ({r.get('strategy', 'random')}, accuracy from "
+        f"{r.get('accuracy_source', 'train')}) on {r['device']}, budget {r['latency_budget_ms']:.4g} ms "
         f"(front of {r['front_size']})",
         f"  chosen arch            {r['arch']}",
         f"  size / MACs / peak act {r['size_kb']:.1f} KB / {r['mmacs']:.2f} M / {r['peak_act_kb']:.1f} KB",

@@ -1,8 +1,12 @@
 """Differentiable architecture + precision search (ProxylessNAS / FBNet / GDAS style).
 
-A super-network holds, at every block position of the space, one MBConv path
-per op (kernel x expand) and, at every conv of a path, learned fake-quantizers
-for every weight and activation bit width of the space. Architecture logits
+A super-network holds, at every block position of the space, every op
+(kernel x expand) as one weight-shared MBConv (Single-Path NAS / once-for-all
+slicing: the first ``cin * e`` expand channels, the centre ``k x k`` of the
+depthwise kernel; separate per-op weights trained on random paths barely
+learn in a few epochs) and, at every conv, learned fake-quantizers (Brevitas'
+recipes, :mod:`qnas.supernet.quantize`) for every weight and activation bit
+width of the space. Architecture logits
 (:class:`ArchLogits`) give a categorical distribution per gene group, the same
 structure as :class:`~qnas.latency.vectorized.ArchDistribution`:
 
