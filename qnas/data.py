@@ -644,3 +644,20 @@ def load_dataset(kind: str, path: PathLike | None = None, **kw: Any) -> ImageDat
     if k == "cifar10":
         return load_cifar10(path, **kw)
     return load_npz(path, **kw)
+
+
+class ResizedSplits:
+    """The splits of a data set at each resolution an arch asks for, resized once."""
+
+    def __init__(self, splits: Splits):
+        self.splits = splits
+        self._cache: dict[tuple[str, int], ImageDataset] = {}
+
+    def __call__(self, part: str, resolution: int) -> ImageDataset:
+        key = (part, resolution)
+        if key not in self._cache:
+            self._cache[key] = getattr(self.splits, part).at_resolution(resolution)
+        return self._cache[key]
+
+    def __getstate__(self) -> dict:  # ship only the raw splits to remote workers
+        return {"splits": self.splits, "_cache": {}}

@@ -6,51 +6,20 @@ zero-cost proxies (:mod:`qnas.zero_cost`) provide the others.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from qnas.arch import Arch
-from qnas.data import ImageDataset, Splits
+from qnas._torch_utils import torch_threads
+from qnas.data import ResizedSplits, Splits
 from qnas.quant.build import build_model
 from qnas.quant.checkpoint import load_checkpoint, save_checkpoint
 from qnas.quant.train import TrainConfig, evaluate, train
 from qnas.space import SearchSpace
 from qnas.supernet.evaluate import recalibrate_bn
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run with ``n`` intra-op threads (None: leave as is); results depend on it at float rounding."""
-    if not n:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-class ResizedSplits:
-    """The splits of a data set at each resolution an arch asks for, resized once."""
-
-    def __init__(self, splits: Splits):
-        self.splits = splits
-        self._cache: dict[tuple[str, int], ImageDataset] = {}
-
-    def __call__(self, part: str, resolution: int) -> ImageDataset:
-        key = (part, resolution)
-        if key not in self._cache:
-            self._cache[key] = getattr(self.splits, part).at_resolution(resolution)
-        return self._cache[key]
-
-    def __getstate__(self) -> dict:  # ship only the raw splits to remote workers
-        return {"splits": self.splits, "_cache": {}}
 
 
 class TrainingEvaluator:

@@ -3,7 +3,7 @@ how an :class:`~qnas.arch.Arch` maps to layers."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 

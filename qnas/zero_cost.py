@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

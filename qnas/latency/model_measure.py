@@ -21,13 +21,13 @@ import json
 import math
 import platform
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from qnas._torch_utils import torch_threads
 from qnas.arch import Arch
 from qnas.errors import ArchError, LatencyTableError, QnasError
 
@@ -84,22 +84,6 @@ def build_calibrated_model(space: Any, arch: Arch, seed: int = 0) -> Any:
                 model(torch.randn(_CALIB_BATCH_SIZE, cfg.in_channels, arch.resolution, arch.resolution))
     model.eval()
     return model
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run with ``n`` torch intra-op threads, restoring the previous count after.
-
-    Building and exporting these tiny models with one thread is ~3x faster on
-    a busy 2-core machine than with the default (thread contention)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def export_arch_onnx(space: Any, arch: Arch, out: str | Path, seed: int = 0) -> Path:

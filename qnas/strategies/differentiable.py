@@ -47,7 +47,6 @@ Weights: Adam with a cosine schedule; architecture: Adam. The first
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, fields
@@ -58,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qnas._torch_utils import torch_threads
 from qnas.arch import Arch
 from qnas.errors import ConfigError
 from qnas.space import SearchSpace
@@ -844,20 +844,6 @@ class DifferentiableSearch:
                 m.momentum = 0.1
             self.net.load_state_dict(state)
             self.net.train()
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run with ``n`` intra-op threads (None: leave as is)."""
-    if not n:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _cycle(ds: Any, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

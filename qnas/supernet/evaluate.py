@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from qnas.arch import Arch
-from qnas.data import ImageDataset, Splits
+from qnas.data import ResizedSplits, Splits
 from qnas.errors import ConfigError
 from qnas.quant.build import QuantNet
 from qnas.quant.train import evaluate
@@ -75,20 +75,6 @@ def preserved_bn_state(model: nn.Module) -> Iterator[None]:
                 bufs[name].copy_(value)
 
 
-class _Resized:
-    """The splits at each resolution an arch asks for, resized once."""
-
-    def __init__(self, splits: Splits):
-        self.splits = splits
-        self._cache: dict[tuple[str, int], ImageDataset] = {}
-
-    def __call__(self, part: str, resolution: int) -> ImageDataset:
-        key = (part, resolution)
-        if key not in self._cache:
-            self._cache[key] = getattr(self.splits, part).at_resolution(resolution)
-        return self._cache[key]
-
-
 class SupernetEvaluator:
     """Accuracy source ``evaluator(arch) -> {"val_acc", "eval_seconds"}`` from inherited
     supernet weights: activate the arch, recalibrate its BN on ``bn_batches``
@@ -107,7 +93,7 @@ class SupernetEvaluator:
         self.supernet, self.bn_batches, self.batch_size, self.seed, self.threads = (
             supernet, bn_batches, batch_size, seed, threads)
         self.space = supernet.space
-        self.data = _Resized(splits)
+        self.data = ResizedSplits(splits)
 
     @contextlib.contextmanager
     def _activated(self, arch: Arch) -> Iterator[None]:
