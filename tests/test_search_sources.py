@@ -49,3 +49,19 @@ def test_bad_strategy_and_source_are_one_line_errors(tmp_path, capsys):
     assert main(["search", "--accuracy", "predictor", "--out", str(tmp_path / "b")]) == 2
     assert "--accuracy-path" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_cli_differentiable_meets_its_budget(tmp_path, capsys):
+    from qnas.latency import create_latency_model
+    from qnas.space import SearchSpace
+
+    space = SearchSpace()
+    lat = create_latency_model("cpu-ort")
+    budget = sorted(lat.predict(space.plan(space.sample(i))) for i in range(40))[16]
+    out = tmp_path / "diff"
+    code = main(["search", "--strategy", "differentiable", "--accuracy", "zero-cost", "--candidates", "2",
+                 "--budget-ms", str(budget), "--out", str(out), "--no-progress",
+                 "--strategy-options", json.dumps({"epochs": 1, "warmup_epochs": 0, "steps_per_epoch": 4})])
+    assert code == 0, capsys.readouterr().err
+    history = [json.loads(l) for l in (out / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 2 and all(h["latency_ms"] <= budget for h in history)
