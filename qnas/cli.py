@@ -92,7 +92,7 @@ def cmd_search(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export_onnx(a: argparse.Namespace) -> int:
+def cmd_export(a: argparse.Namespace) -> int:
     from qnas.data import load_dataset, split
     from qnas.exporters import create_exporter
     from qnas.exporters.onnx_qcdq import measure_latency_ms
@@ -103,7 +103,7 @@ def cmd_export_onnx(a: argparse.Namespace) -> int:
     if out.exists() and not a.force:
         raise QnasError(f"{out} already exists; choose another --out or pass --force to overwrite it")
     res = loaded.arch.resolution
-    exporter = create_exporter("onnx")
+    exporter = create_exporter(a.backend)
     example = None
     test = None
     if a.verify:
@@ -118,6 +118,9 @@ def cmd_export_onnx(a: argparse.Namespace) -> int:
         example = torch.zeros(1, loaded.space.config.in_channels, res, res)
     path = exporter.export(loaded.model, example, out, overwrite=a.force)
     print(f"wrote {path}")
+    report = getattr(exporter, "last_report", None)
+    if report is not None and hasattr(report, "lines"):
+        print("\n".join(report.lines()))
     if test is not None:
         rep = exporter.verify(path, loaded.model, test.images, test.labels)
         print(json.dumps(rep.to_dict(), indent=2))
@@ -324,15 +327,22 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="export a finished model for a target runtime",
                        description="Export a qnas checkpoint (model.pt or a run directory).")
     esub = e.add_subparsers(dest="backend", required=True, metavar="BACKEND")
-    eo = esub.add_parser("onnx", help="ONNX QCDQ (Brevitas), verified in onnxruntime",
-                         description="Export to ONNX QCDQ and check predictions against the PyTorch model.")
-    eo.add_argument("model", metavar="MODEL_OR_RUN", help="model.pt or a run directory containing it")
-    eo.add_argument("--out", required=True, help="path of the .onnx file to write")
-    eo.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-    eo.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
-                    help="compare predictions with PyTorch on the test split (default: on)")
-    eo.add_argument("--min-agreement", type=float, default=0.99, help="fail below this share of identical predictions")
-    eo.set_defaults(func=cmd_export_onnx)
+    for backend, help_text, desc in (
+        ("onnx", "ONNX QCDQ (Brevitas), verified in onnxruntime",
+         "Export to ONNX QCDQ and check predictions against the PyTorch model."),
+        ("tensorrt", "ONNX in TensorRT's explicit-quantization form (int8 Q/DQ), verified in onnxruntime",
+         "Export to TensorRT's Q/DQ form (signed int8, zero point 0, per-channel weights on axis 0, "
+         "sub-8-bit activations as int8 behind a float clip), check conformance and predictions."),
+    ):
+        eo = esub.add_parser(backend, help=help_text, description=desc)
+        eo.add_argument("model", metavar="MODEL_OR_RUN", help="model.pt or a run directory containing it")
+        eo.add_argument("--out", required=True, help="path of the .onnx file to write")
+        eo.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+        eo.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                        help="compare predictions with PyTorch on the test split (default: on)")
+        eo.add_argument("--min-agreement", type=float, default=0.99,
+                        help="fail below this share of identical predictions")
+        eo.set_defaults(func=cmd_export)
 
     sn = sub.add_parser("supernet", help="train the weight-sharing supernet",
                         description="Train the supernet (sandwich rule, progressive shrinking, in-place distillation).")
