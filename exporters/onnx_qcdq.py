@@ -40,6 +40,23 @@ def run_ort(session: Any, images: torch.Tensor, batch_size: int = 256) -> torch.
     return torch.from_numpy(np.concatenate(outs))
 
 
+@torch.no_grad()
+def torch_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The model's logits in eval mode (its train/eval mode is restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    finally:
+        model.train(was_training)
+
+
+def verify_in_ort(backend: str, path: str | Path, model: nn.Module, images: torch.Tensor,
+                  labels: torch.Tensor) -> ParityReport:
+    """Run an exported ONNX file in onnxruntime and compare it with the PyTorch model."""
+    return compare_logits(backend, torch_logits(model, images), run_ort(ort_session(path), images), labels)
+
+
 def measure_latency_ms(path: str | Path, input_shape: tuple[int, ...], threads: int = 1,
                        warmup: int = 10, repeats: int = 50) -> float:
     """Median onnxruntime latency (ms) of one inference at ``input_shape``."""
@@ -89,10 +106,4 @@ class OnnxQcdqExporter(Exporter):
             model.train(was_training)
 
     def verify(self, path: str | Path, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> ParityReport:
-        session = ort_session(path)
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            ref = torch.cat([model(images[i:i + 256]) for i in range(0, len(images), 256)])
-        model.train(was_training)
-        return compare_logits(self.name, ref, run_ort(session, images), labels)
+        return verify_in_ort(self.name, path, model, images, labels)

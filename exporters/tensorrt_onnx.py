@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from qnas.exporters.base import Exporter, ParityReport, compare_logits, register
+from qnas.exporters.base import Exporter, ParityReport, register
 from qnas.exporters.conformance import assert_conformant, check_tensorrt_qdq, constant_values
-from qnas.exporters.onnx_qcdq import OnnxQcdqExporter, ort_session, run_ort
+from qnas.exporters.onnx_qcdq import OnnxQcdqExporter, verify_in_ort
 from qnas.quant.checkpoint import atomic_write
 from qnas.quant.errors import ExportError
 
@@ -365,13 +365,7 @@ class TensorRTOnnxExporter(Exporter):
         import onnx
 
         violations = check_tensorrt_qdq(path)
-        session = ort_session(path)
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            ref = torch.cat([model(images[i:i + 256]) for i in range(0, len(images), 256)])
-        model.train(was_training)
-        report = compare_logits(self.name, ref, run_ort(session, images), labels)
+        report = verify_in_ort(self.name, path, model, images, labels)
         out_scale = output_scale(onnx.load(str(path)))
         if out_scale is not None:
             report.notes.append(f"max |dlogit| = {report.max_abs_logit_diff / out_scale:.3g} output-scale units "
