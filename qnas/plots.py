@@ -48,8 +48,12 @@ def plot_progress(records: Sequence[dict[str, Any]], out: str | Path, batch: int
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     gen = [r["index"] // max(1, batch) for r in records]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.6, 3.8), dpi=110)
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.scatter(gen, [100 * r["val_acc"] for r in records], s=14, c="#1f77b4", alpha=0.7)
     best, run_best = float("-inf"), []
     for r in records:
