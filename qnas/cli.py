@@ -53,13 +53,14 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from qnas.pipeline import DemoConfig, demo, format_report
+    from qnas.pipeline import DemoConfig, demo, demo_search_config, format_report
 
-    cfg = DemoConfig(data=a.data, data_path=a.data_path, device=a.device, latency_kind=a.latency,
-                     latency_table=a.latency_table, latency_hybrid=a.latency_hybrid, n_candidates=a.candidates,
-                     strategy=a.strategy, accuracy=a.accuracy, supernet_epochs=a.supernet_epochs,
-                     search_epochs=a.search_epochs, finish_epochs=a.finish_epochs, batch_size=a.batch_size,
-                     latency_budget_ms=a.budget_ms, seed=a.seed, out=a.out or "")
+    search = demo_search_config(data=a.data, data_path=a.data_path, device=a.device, latency_kind=a.latency,
+                                latency_table=a.latency_table, latency_hybrid=a.latency_hybrid,
+                                n_candidates=a.candidates, strategy=a.strategy, accuracy=a.accuracy,
+                                supernet_epochs=a.supernet_epochs, epochs=a.search_epochs,
+                                batch_size=a.batch_size, latency_budget_ms=a.budget_ms, seed=a.seed)
+    cfg = DemoConfig(search, finish_epochs=a.finish_epochs, out=a.out or "")
     report = demo(cfg, space=_space(a.space), progress=not a.no_progress, overwrite=a.force)
     print(format_report(report))
     return 0

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,36 +21,31 @@ from qnas.searching import SearchConfig, SearchResult, make_latency_model, prepa
 from qnas.space import SearchSpace
 
 
+def demo_search_config(**overrides: Any) -> SearchConfig:
+    """The demo's search: NSGA-II over a briefly trained supernet, sized for 2 CPU cores."""
+    defaults: dict[str, Any] = dict(strategy="nsga2", accuracy="supernet", supernet_epochs=1, n_candidates=24,
+                                    batch=8, strategy_options={"pop_size": 8})
+    defaults.update(overrides)
+    if defaults["strategy"] not in ("nsga2", "nsga3") and "strategy_options" not in overrides:
+        defaults["strategy_options"] = {}
+    return SearchConfig(**defaults)
+
+
 @dataclass
 class DemoConfig:
-    """Defaults sized to finish in a few minutes on 2 CPU cores."""
+    """The search (a :class:`SearchConfig`) plus the finishing pass and the run directory."""
 
-    data: str = "digits"
-    data_path: str | None = None
-    device: str = "cpu-ort"
-    latency_kind: str = "analytic"
-    latency_table: str | None = None
-    latency_hybrid: str | None = None
-    strategy: str = "nsga2"
-    accuracy: str = "supernet"
-    supernet_epochs: int = 1
-    n_candidates: int = 24
-    search_epochs: int = 3
+    search: SearchConfig = field(default_factory=demo_search_config)
     finish_epochs: int = 10
     finish_lr: float = 2e-3
-    batch_size: int = 64
-    latency_budget_ms: float | None = None
-    seed: int = 0
     out: str = ""
 
     def validate(self) -> "DemoConfig":
-        for name in ("n_candidates", "search_epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.search.validate()
         if self.finish_epochs < 0:
             raise ConfigError(f"finish_epochs must be >= 0, got {self.finish_epochs}")
-        if self.latency_budget_ms is not None and not self.latency_budget_ms > 0:
-            raise ConfigError(f"latency budget must be a positive number of ms, got {self.latency_budget_ms}")
+        if not self.finish_lr > 0:
+            raise ConfigError(f"finish_lr must be a positive number, got {self.finish_lr}")
         return self
 
 
@@ -75,26 +70,21 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
     """Run search -> finish -> export -> verify and return the report (also in ``run/report.json``)."""
     cfg = (cfg or DemoConfig()).validate()
     cfg.out = cfg.out or default_out("demo")
-    latency = make_latency_model(cfg.device, cfg.latency_kind, cfg.latency_table, cfg.latency_hybrid)
+    sc = cfg.search
+    latency = make_latency_model(sc.device, sc.latency_kind, sc.latency_table, sc.latency_hybrid)
     t_start = time.perf_counter()
-    splits = prepare_data(cfg.data, cfg.data_path, cfg.seed)
+    splits = prepare_data(sc.data, sc.data_path, sc.seed)
     space = space_for(splits, space)
+    sc.space = space.to_dict()
     run = RunDir(cfg.out, overwrite=overwrite)
-    if cfg.latency_kind == "measured":
+    if sc.latency_kind == "measured":
         latency.cache = run.file("latency_table.json")
-    run.write_json("demo.json", {**asdict(cfg), "space": space.to_dict()})
+    run.write_json("demo.json", asdict(cfg))
 
     # 1. search
-    search_cfg = SearchConfig(data=cfg.data, data_path=cfg.data_path, device=cfg.device, latency_kind=cfg.latency_kind,
-                              latency_table=cfg.latency_table, latency_hybrid=cfg.latency_hybrid,
-                              strategy=cfg.strategy, accuracy=cfg.accuracy, supernet_epochs=cfg.supernet_epochs,
-                              strategy_options={"pop_size": 8} if cfg.strategy in ("nsga2", "nsga3") else {},
-                              batch=8, n_candidates=cfg.n_candidates, epochs=cfg.search_epochs,
-                              batch_size=cfg.batch_size, seed=cfg.seed, latency_budget_ms=cfg.latency_budget_ms,
-                              space=space.to_dict())
-    run.write_json("config.json", search_cfg.to_dict())  # `qnas search --resume RUN` continues the search part
-    result: SearchResult = run_search(search_cfg, space, splits, run, progress, latency)
-    budget = cfg.latency_budget_ms if cfg.latency_budget_ms is not None else result.default_budget()
+    run.write_json("config.json", sc.to_dict())  # `qnas search --resume RUN` continues the search part
+    result: SearchResult = run_search(sc, space, splits, run, progress, latency)
+    budget = result.default_budget()  # the search's latency budget, else the candidates' median
     chosen = result.best(budget)
     arch = Arch.from_dict(chosen["arch"])
     result.plot(run.file("pareto.png"), budget, chosen)
@@ -102,20 +92,20 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
     t_search = time.perf_counter() - t_start
 
     # 2. finish: continue QAT from the supernet's (or the candidate's) weights
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(sc.seed)
     model = initial_weights(result.evaluator, space, arch)
     train_ds = splits.train.at_resolution(arch.resolution)
     val_ds = splits.val.at_resolution(arch.resolution)
     started_from = evaluate(model, val_ds.loader(512, False))
     test_ds = splits.test.at_resolution(arch.resolution)
     t0 = time.perf_counter()
-    hist = train(model, train_ds.loader(cfg.batch_size, True, cfg.seed), val_ds.loader(512, False),
-                 TrainConfig(epochs=cfg.finish_epochs, lr=cfg.finish_lr, seed=cfg.seed, progress=progress,
+    hist = train(model, train_ds.loader(sc.batch_size, True, sc.seed), val_ds.loader(512, False),
+                 TrainConfig(epochs=cfg.finish_epochs, lr=cfg.finish_lr, seed=sc.seed, progress=progress,
                              desc="finish (QAT)"))
     t_finish = time.perf_counter() - t0
     model.eval()
     test_acc = evaluate(model, test_ds.loader(512, False))
-    data_meta = {"data": cfg.data, "data_path": cfg.data_path, "split_seed": cfg.seed,
+    data_meta = {"data": sc.data, "data_path": sc.data_path, "split_seed": sc.seed,
                  "mean": list(splits.train.mean), "std": list(splits.train.std)}
     save_model(run.file("model.pt"), model, space, arch,
                {"data": data_meta, "test_acc": test_acc, "finish": hist.to_dicts()})
@@ -128,10 +118,10 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
 
     report = {
         "run_dir": str(run.path),
-        "device": cfg.device,
-        "latency_kind": cfg.latency_kind,
-        "strategy": cfg.strategy,
-        "accuracy_source": cfg.accuracy,
+        "device": sc.device,
+        "latency_kind": sc.latency_kind,
+        "strategy": sc.strategy,
+        "accuracy_source": sc.accuracy,
         "latency_budget_ms": round(budget, 6),
         "candidates": len(result.records),
         "front_size": len(result.front),
