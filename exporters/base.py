@@ -1,6 +1,7 @@
 """The exporter contract and registry shared by every backend."""
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,11 +30,46 @@ class ParityReport:
         return asdict(self)
 
 
+@dataclass
+class CodeCheck:
+    """Whether the integer weight codes and scales stored in an exported file
+    equal the model's (the check that runs where no runtime for the file exists)."""
+
+    backend: str
+    tensors: int
+    """weight tensors compared"""
+    mismatches: list[str] = field(default_factory=list)
+    """one line per tensor whose codes or scales differ"""
+    max_scale_rel_err: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.tensors > 0 and not self.mismatches
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
 class Exporter(ABC):
-    """Writes a deployable file for one target and checks it against the model."""
+    """Writes a deployable file for one target and checks it against the model.
+
+    Backends whose runtime does not exist on this machine (CoreML off macOS)
+    return False from :meth:`runtime_available`; for them :meth:`check_codes`
+    is the verification that runs."""
 
     name: str = ""
     suffix: str = ""
+    extra: str = ""
+    """the pip extra holding this backend's SDK (``pip install "qnas[extra]"``)"""
+
+    def runtime_available(self) -> bool:
+        """Whether :meth:`verify` can run the exported file here."""
+        return True
+
+    def check_codes(self, path: str | Path, model: nn.Module) -> CodeCheck:
+        """Compare the integer codes and scales in the file with the model's."""
+        raise ExportError(f"the {self.name} backend has no code check; use verify()")
 
     @abstractmethod
     def export(self, model: nn.Module, example_input: torch.Tensor, out: str | Path, overwrite: bool = False) -> Path:
@@ -42,6 +78,14 @@ class Exporter(ABC):
     @abstractmethod
     def verify(self, path: str | Path, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> ParityReport:
         """Run the exported file on ``images`` and compare with ``model``."""
+
+
+def import_sdk(module: str, extra: str) -> Any:
+    """Import a vendor SDK lazily; a missing one says which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ExportError(f"{module} is not installed ({e}); install it with: pip install \"qnas[{extra}]\"") from None
 
 
 _REGISTRY: dict[str, Callable[[], Exporter]] = {}
