@@ -67,6 +67,10 @@ class Exporter(ABC):
         """Whether :meth:`verify` can run the exported file here."""
         return True
 
+    def measure_latency_ms(self, path: str | Path, input_shape: tuple[int, ...]) -> float | None:
+        """Median latency (ms) of one inference in the runtime that exists here, or None."""
+        return None
+
     def check_codes(self, path: str | Path, model: nn.Module) -> CodeCheck:
         """Compare the integer codes and scales in the file with the model's."""
         raise ExportError(f"the {self.name} backend has no code check; use verify()")

@@ -107,3 +107,6 @@ class OnnxQcdqExporter(Exporter):
 
     def verify(self, path: str | Path, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> ParityReport:
         return verify_in_ort(self.name, path, model, images, labels)
+
+    def measure_latency_ms(self, path: str | Path, input_shape: tuple[int, ...]) -> float | None:
+        return measure_latency_ms(path, input_shape)

@@ -32,7 +32,7 @@ from torch import nn
 
 from qnas.exporters.base import Exporter, ParityReport, register
 from qnas.exporters.conformance import assert_conformant, check_tensorrt_qdq, constant_values
-from qnas.exporters.onnx_qcdq import OnnxQcdqExporter, verify_in_ort
+from qnas.exporters.onnx_qcdq import OnnxQcdqExporter, measure_latency_ms, verify_in_ort
 from qnas.quant.checkpoint import atomic_write
 from qnas.quant.errors import ExportError
 
@@ -377,6 +377,10 @@ class TensorRTOnnxExporter(Exporter):
         report.notes.append("numerics checked with onnxruntime (CPU) on the exact graph TensorRT parses; "
                             "no TensorRT engine was built or run by verify (see build_engine, needs tensorrt + CUDA GPU)")
         return report
+
+    def measure_latency_ms(self, path: str | Path, input_shape: tuple[int, ...]) -> float | None:
+        """onnxruntime CPU latency of the TensorRT-form graph (not a TensorRT engine's)."""
+        return measure_latency_ms(path, input_shape)
 
 
 def output_scale(model: Any) -> float | None:

@@ -94,41 +94,18 @@ def cmd_search(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from qnas.data import load_dataset, split
-    from qnas.exporters import create_exporter
-    from qnas.exporters.onnx_qcdq import measure_latency_ms
-    from qnas.model_io import load_model
+    from qnas.exporting import export_model
 
-    loaded = load_model(a.model)
-    out = Path(a.out)
-    if out.exists() and not a.force:
-        raise QnasError(f"{out} already exists; choose another --out or pass --force to overwrite it")
-    res = loaded.arch.resolution
-    exporter = create_exporter(a.backend)
-    example = None
-    test = None
-    if a.verify:
-        d = loaded.meta.get("data") or {}
-        if not d:
-            raise QnasError("the checkpoint records no data set to verify against; pass --no-verify")
-        test = split(load_dataset(d["data"], d.get("data_path")), seed=d.get("split_seed", 0)).test.at_resolution(res)
-        example = test.images[:1]
-    if example is None:
-        import torch
+    options = {k: v for k, v in (("opset", getattr(a, "opset", None)), ("int8_io", getattr(a, "int8_io", None)))
+               if v is not None}
+    result = export_model(a.model, a.backend, a.out, target_profile=a.target_profile, allow_upcast=a.allow_upcast,
+                          verify=a.verify, overwrite=a.force, min_agreement=a.min_agreement, options=options)
+    print("\n".join(result.lines()))
+    if a.report:
+        from qnas.quant.checkpoint import atomic_write
 
-        example = torch.zeros(1, loaded.space.config.in_channels, res, res)
-    path = exporter.export(loaded.model, example, out, overwrite=a.force)
-    print(f"wrote {path}")
-    report = getattr(exporter, "last_report", None)
-    if report is not None and hasattr(report, "lines"):
-        print("\n".join(report.lines()))
-    if test is not None:
-        rep = exporter.verify(path, loaded.model, test.images, test.labels)
-        print(json.dumps(rep.to_dict(), indent=2))
-        if rep.agreement < a.min_agreement:
-            raise QnasError(f"exported model agrees with PyTorch on only {100 * rep.agreement:.2f} % of the test split "
-                            f"(< {100 * a.min_agreement:.1f} %); the file was written but is not faithful")
-    print(f"onnxruntime latency: {measure_latency_ms(path, tuple(example.shape)):.4g} ms (1 thread, batch 1, median)")
+        atomic_write(a.report, lambda tmp: tmp.write_text(json.dumps(result.to_dict(), indent=2)), overwrite=a.force)
+        print(f"report: {a.report}")
     return 0
 
 
@@ -330,19 +307,42 @@ def build_parser() -> argparse.ArgumentParser:
     esub = e.add_subparsers(dest="backend", required=True, metavar="BACKEND")
     for backend, help_text, desc in (
         ("onnx", "ONNX QCDQ (Brevitas), verified in onnxruntime",
-         "Export to ONNX QCDQ and check predictions against the PyTorch model."),
+         "Export to ONNX QCDQ (any bit width: sub-8-bit as int8 Q -> Clip -> DQ) and check predictions against "
+         "the PyTorch model in onnxruntime."),
         ("tensorrt", "ONNX in TensorRT's explicit-quantization form (int8 Q/DQ), verified in onnxruntime",
          "Export to TensorRT's Q/DQ form (signed int8, zero point 0, per-channel weights on axis 0, "
-         "sub-8-bit activations as int8 behind a float clip), check conformance and predictions."),
+         "sub-8-bit activations as int8 behind a float clip), check conformance and predictions. "
+         "Build an engine from the file on a machine with tensorrt and a CUDA GPU (pip install \"qnas[tensorrt]\")."),
+        ("coreml", "CoreML mlprogram (.mlpackage) with the learned int8/int4/2-bit-palettized weights",
+         "Export to a CoreML mlprogram (iOS18 target) carrying the learned integer codes and scales. "
+         "Needs pip install \"qnas[coreml]\". Prediction runs only on macOS; elsewhere the codes and scales "
+         "stored in the file are compared with the model's."),
+        ("tflite", "full-integer int8 TFLite via litert-torch, verified with LiteRT's interpreter",
+         "Export to a full-integer int8 .tflite (what Edge TPU needs) carrying the learned codes and scales, "
+         "and check predictions with ai-edge-litert's interpreter. Needs pip install \"qnas[tflite]\"."),
     ):
         eo = esub.add_parser(backend, help=help_text, description=desc)
         eo.add_argument("model", metavar="MODEL_OR_RUN", help="model.pt or a run directory containing it")
-        eo.add_argument("--out", required=True, help="path of the .onnx file to write")
-        eo.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+        eo.add_argument("--out", required=True, help="path to write (.onnx / .mlpackage / .tflite)")
+        eo.add_argument("--force", action="store_true", help="overwrite --out (and --report) if they exist")
+        default_target = {"onnx": "none", "tensorrt": "tensorrt-orin", "coreml": "coreml-ane", "tflite": "edgetpu"}[backend]
+        eo.add_argument("--target-profile", default=default_target, metavar="PROFILE",
+                        help=f"device profile whose precisions the file must run as searched (default: {default_target}; "
+                             "'none' skips the check; `qnas latency show NAME`)")
+        eo.add_argument("--allow-upcast", action="store_true",
+                        help="export even where the target runs a layer at other bits than searched (or on the host); "
+                             "the per-layer mapping is printed")
         eo.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
-                        help="compare predictions with PyTorch on the test split (default: on)")
-        eo.add_argument("--min-agreement", type=float, default=0.99,
-                        help="fail below this share of identical predictions")
+                        help="compare predictions with PyTorch on the test split, or the stored codes where no "
+                             "runtime exists here (default: on)")
+        eo.add_argument("--min-agreement", type=float, default=0.995,
+                        help="fail below this share of identical predictions (default 0.995)")
+        eo.add_argument("--report", metavar="JSON", help="also write the export report as JSON")
+        if backend in ("onnx", "tensorrt"):
+            eo.add_argument("--opset", type=int, help="ONNX opset (default 13)")
+        if backend == "tflite":
+            eo.add_argument("--int8-io", action="store_true",
+                            help="int8 input and output tensors (Edge TPU) instead of float with quantize/dequantize")
         eo.set_defaults(func=cmd_export)
 
     sn = sub.add_parser("supernet", help="train the weight-sharing supernet",

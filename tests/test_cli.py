@@ -95,7 +95,7 @@ def test_demo_end_to_end_small(tmp_path, capsys):
     code, out, err = run_cli(capsys, "export", "onnx", str(run), "--out", str(onnx_out))
     assert code == 0, err
     assert onnx_out.is_file()
-    agreement = float(re.search(r'"agreement": ([0-9.]+)', out).group(1))
+    agreement = float(re.search(r"identical predictions ([0-9.]+) %", out).group(1)) / 100
     assert agreement >= 0.99
     code, _, err = run_cli(capsys, "export", "onnx", str(run), "--out", str(onnx_out))
     assert_one_line_error(code, err, "already exists")

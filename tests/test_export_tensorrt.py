@@ -164,7 +164,13 @@ def test_cli_export_tensorrt_from_a_run(tmp_path, trained_digits_model, capsys):
     space, arch, model = trained_digits_model
     save_model(tmp_path / "model.pt", model, space, arch, {"data": {"data": "digits", "split_seed": 0}})
     out = tmp_path / "m.trt.onnx"
-    assert main(["export", "tensorrt", str(tmp_path), "--out", str(out)]) == 0, capsys.readouterr().err
+    # the mixed model has 2/4-bit layers TensorRT runs as int8: refused unless the mapping is asked for
+    assert main(["export", "tensorrt", str(tmp_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot run" in err and "--allow-upcast" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    assert main(["export", "tensorrt", str(tmp_path), "--out", str(out), "--allow-upcast"]) == 0, capsys.readouterr().err
     text = capsys.readouterr().out
-    assert out.is_file() and "int8 with float clip" in text and '"agreement": 1.0' in text
+    assert out.is_file() and "int8 with float clip" in text and "identical predictions 100.00 %" in text
+    assert "precision map on tensorrt-orin" in text and "[weights 4->8 bit]" in text
     assert check_tensorrt_qdq(out) == []

@@ -1,0 +1,787 @@
+"""TFLite export via litert-torch: full-integer int8 (Edge TPU style), run here with
+ai-edge-litert's interpreter.
+
+How the learned quantization reaches the file (nothing is re-calibrated):
+
+1. :func:`build_reference` turns the trained Brevitas :class:`~qnas.quant.build.QuantNet`
+   into a plain-torch module in PT2E's *converted* form: every quantizer becomes an
+   explicit ``quantized_decomposed.quantize_per_tensor -> dequantize_per_tensor`` pair
+   with the learned scale (zero point 0), every weight a
+   ``quantize_per_channel -> dequantize_per_channel`` pair whose float value is exactly
+   ``code * scale``, so the codes come back unchanged.
+2. BatchNorm is folded into the preceding conv without touching the codes: per output
+   channel the weight scale is multiplied by ``|gamma / sqrt(var + eps)|`` (a negative
+   factor negates that channel's codes, exact for the symmetric narrow range) and the
+   folded bias ``beta - mean * gamma / sqrt(var + eps)`` becomes the conv bias (int32 in
+   the file, scale ``in_scale * w_scale`` as TFLite requires).
+3. The module is converted with ``litert_torch.convert(..., quant_config=QuantConfig(
+   pt2e_quantizer=...))``: the quant config only switches the converter into its static
+   Q/DQ mode (``qdq_conversion_mode="STATIC"``), which turns the existing Q/DQ pairs
+   into int8 TFLite ops. No PT2E ``prepare/convert`` (no observers) runs.
+
+Mapping decisions (reported per layer in :attr:`TFLiteLitertExporter.last_report`):
+
+* TFLite int8 tensors always span ``[-128, 127]``; a 4-bit activation becomes int8 with
+  its learned scale plus an integer ``MINIMUM``/``MAXIMUM`` clamp to ``[-8, 7]``
+  (``[0, 7]`` after ReLU), so the codes equal Brevitas' exactly.
+* Sub-8-bit weights are stored as int8 codes inside their narrow range (``[-1, 1]`` for
+  2 bits, ``[-7, 7]`` for 4 bits): the litert-torch PT2E lowering has no int4 storage
+  type (and Edge TPU has no int4 weights), so ``int4`` weights are not emitted.
+* Tensors the Brevitas model keeps in float (BN outputs feeding the residual stream, the
+  residual sums, the pooled features before ``head_quant``) must be int8 in a
+  full-integer file. They take the scale of the learned quantizer that consumes them
+  (next block's ``in_quant`` or ``head_quant``) over the full int8 range, so the
+  consumer's codes are reproduced except where the stream's rounding moves a value
+  across a rounding boundary.
+* The logits have no quantizer in the model; their int8 scale is a data-free bound
+  (see :func:`logit_scale`), unless ``output_scale`` is given.
+
+The converter emits int8 input/output tensors. With ``int8_io=False`` (default) the
+file gets a float input with a ``QUANTIZE`` op in front and a ``DEQUANTIZE`` op at the
+end (added by flatbuffer surgery, :func:`add_float_io`); with ``int8_io=True`` (Edge
+TPU) the IO stays int8 and callers quantize with :func:`io_quantization`.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qnas.exporters.base import CodeCheck, Exporter, ParityReport, compare_logits, import_sdk, register
+from qnas.quant.checkpoint import atomic_write
+from qnas.quant.errors import ExportError
+
+EXTRA = "tflite"
+INT8_MIN, INT8_MAX = -128, 127
+WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+IO_OPS = ("QUANTIZE", "DEQUANTIZE")
+
+# ---------------------------------------------------------------------------------------
+# reading the learned quantization out of the Brevitas model
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActQ:
+    """A learned per-tensor activation quantizer: ``codes in [lo, hi]``, value ``code * scale``."""
+
+    scale: float
+    bits: int
+    lo: int
+    hi: int
+
+
+def act_q(module: nn.Module) -> ActQ:
+    """Scale, bit width and integer range of a Brevitas ``QuantIdentity``/``QuantReLU``."""
+    proxy = module.act_quant
+    if not proxy.is_quant_enabled:
+        raise ExportError(f"activation quantizer {type(module).__name__} is disabled; TFLite full-integer needs it on")
+    zp = proxy.zero_point()
+    if zp is not None and float(torch.as_tensor(zp).abs().max()) != 0.0:
+        raise ExportError("activation zero point is not 0; full-integer TFLite export needs symmetric activations")
+    scale = torch.as_tensor(proxy.scale()).detach().float()
+    if scale.numel() != 1:
+        raise ExportError("activation scale is not per-tensor; TFLite int8 activations are per-tensor")
+    bits = int(round(float(proxy.bit_width())))
+    if bits > 8:
+        raise ExportError(f"{bits}-bit activations do not fit TFLite int8")
+    if proxy.is_signed:
+        lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        if proxy.is_narrow_range:
+            lo += 1
+    else:
+        lo, hi = 0, 2 ** bits - 1
+        if hi > INT8_MAX:
+            raise ExportError(f"unsigned {bits}-bit activations do not fit TFLite int8")
+    return ActQ(float(scale.reshape(())), bits, lo, hi)
+
+
+@dataclass
+class FoldedWeight:
+    """Integer codes and per-output-channel scales of one layer, BatchNorm folded in."""
+
+    codes: torch.Tensor
+    """int8, the model's codes with channels negated where the BN factor is negative"""
+    scale: torch.Tensor
+    """float32 per output channel: weight scale * |BN factor|"""
+    bias: torch.Tensor | None
+    bits: int
+    qmax: int
+
+
+def weight_codes(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """``(codes int8, per-channel scale, bits, qmax)`` of a Brevitas weight-quantized layer."""
+    with torch.no_grad():
+        qw = layer.quant_weight()
+    codes = qw.int().detach()
+    scale = torch.as_tensor(qw.scale).detach().float()
+    bits = int(round(float(qw.bit_width)))
+    if not bool(qw.signed):
+        raise ExportError(f"{type(layer).__name__}: unsigned weights; TFLite int8 weights are signed")
+    zp = torch.as_tensor(qw.zero_point)
+    if float(zp.abs().max()) != 0.0:
+        raise ExportError(f"{type(layer).__name__}: weight zero point is not 0; TFLite weights are symmetric")
+    if bits > 8:
+        raise ExportError(f"{bits}-bit weights do not fit TFLite int8")
+    cout = codes.shape[0]
+    if scale.numel() == 1:
+        scale = scale.reshape(1).expand(cout).clone()
+    elif scale.numel() != cout:
+        raise ExportError(f"{type(layer).__name__}: weight scale is neither per-tensor nor per-output-channel")
+    qmax = 2 ** (bits - 1) - 1
+    if int(codes.abs().max()) > qmax:
+        raise ExportError(f"weight codes exceed the {bits}-bit narrow range [-{qmax}, {qmax}]")
+    return codes.to(torch.int8), scale.reshape(cout), bits, qmax
+
+
+def fold_weight(layer: nn.Module, bn: nn.BatchNorm2d | None) -> FoldedWeight:
+    """The layer's codes with ``bn`` folded into scales and bias (codes only change sign)."""
+    codes, scale, bits, qmax = weight_codes(layer)
+    bias = None if getattr(layer, "bias", None) is None else layer.bias.detach().float().clone()
+    if bn is not None:
+        if not isinstance(bn, nn.BatchNorm2d) or bn.running_var is None:
+            raise ExportError("BatchNorm without running statistics cannot be folded")
+        g = (bn.weight.detach().float() if bn.affine else torch.ones_like(bn.running_var)) \
+            / torch.sqrt(bn.running_var.float() + bn.eps)
+        beta = bn.bias.detach().float() if bn.affine else torch.zeros_like(g)
+        b0 = bias if bias is not None else torch.zeros_like(g)
+        bias = beta + (b0 - bn.running_mean.float()) * g
+        sign = torch.where(g < 0, -1, 1).to(torch.int8)
+        codes = codes * sign.view(-1, *([1] * (codes.dim() - 1)))
+        scale = scale * g.abs()
+        if bool((scale == 0).any()):
+            raise ExportError("a BatchNorm channel has gamma == 0; its folded weight scale would be 0")
+    return FoldedWeight(codes.to(torch.int8), scale.float(), bias, bits, qmax)
+
+
+# ---------------------------------------------------------------------------------------
+# the plain-torch reference module in PT2E converted (Q/DQ) form
+# ---------------------------------------------------------------------------------------
+
+
+def _decomposed_ops() -> Any:
+    """``torch.ops.quantized_decomposed`` (registered by importing torch's PT2E decomposed ops)."""
+    import torch.ao.quantization.fx._decomposed  # noqa: F401
+
+    return torch.ops.quantized_decomposed
+
+
+def _qdq(x: torch.Tensor, scale: float) -> torch.Tensor:
+    qd = _decomposed_ops()
+    x = qd.quantize_per_tensor(x, scale, 0, INT8_MIN, INT8_MAX, torch.int8)
+    return qd.dequantize_per_tensor(x, scale, 0, INT8_MIN, INT8_MAX, torch.int8)
+
+
+class QAct(nn.Module):
+    """int8 Q/DQ at ``scale``, then (sub-8-bit or ReLU range) an integer clamp to ``[lo, hi]``."""
+
+    def __init__(self, scale: float, lo: int = INT8_MIN, hi: int = INT8_MAX):
+        super().__init__()
+        self.scale, self.lo, self.hi = float(scale), int(lo), int(hi)
+
+    @property
+    def clamped(self) -> bool:
+        return self.lo > INT8_MIN or self.hi < INT8_MAX
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _qdq(x, self.scale)
+        if self.clamped:
+            x = _qdq(torch.clamp(x, self.lo * self.scale, self.hi * self.scale), self.scale)
+        return x
+
+
+class QLayer(nn.Module):
+    """Conv2d / Linear on Q/DQ'd per-channel weights (float bias), optional ReLU, output Q/DQ."""
+
+    def __init__(self, name: str, fw: FoldedWeight, out: QAct, relu: bool, conv: dict[str, int] | None,
+                 requested: tuple[int, int]):
+        super().__init__()
+        self.layer_name = name
+        self.conv = conv
+        self.relu = relu
+        self.out = out
+        self.bits = fw.bits
+        self.requested = requested
+        """(w_bits, a_bits) of the plan"""
+        shape = [-1] + [1] * (fw.codes.dim() - 1)
+        self.register_buffer("codes", fw.codes.clone())
+        self.register_buffer("w_scale", fw.scale.clone())
+        self.register_buffer("w_zp", torch.zeros(fw.scale.numel(), dtype=torch.int64))
+        self.register_buffer("w_float", fw.codes.float() * fw.scale.view(shape))
+        self.register_buffer("bias", (fw.bias if fw.bias is not None else torch.zeros(fw.scale.numel())).float().clone())
+
+    def weight(self) -> torch.Tensor:
+        qd = _decomposed_ops()
+        w = qd.quantize_per_channel(self.w_float, self.w_scale, self.w_zp, 0, -127, 127, torch.int8)
+        return qd.dequantize_per_channel(w, self.w_scale, self.w_zp, 0, -127, 127, torch.int8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv is not None:
+            y = F.conv2d(x, self.weight(), self.bias, **self.conv)
+        else:
+            y = F.linear(x, self.weight(), self.bias)
+        if self.relu:
+            y = torch.relu(y)
+        return self.out(y)
+
+
+class QBlock(nn.Module):
+    def __init__(self, in_act: QAct | None, expand: QLayer, dw: QLayer, project: QLayer, residual: bool,
+                 out_scale: float):
+        super().__init__()
+        self.in_act = in_act if in_act is not None else nn.Identity()
+        self.expand, self.dw, self.project = expand, dw, project
+        self.residual = residual
+        self.out_scale = out_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.project(self.dw(self.expand(self.in_act(x))))
+        return _qdq(x + h, self.out_scale) if self.residual else h
+
+
+class TFLiteReference(nn.Module):
+    """The QuantNet in PT2E converted form (int8 Q/DQ, BN folded); what litert-torch converts."""
+
+    def __init__(self, input_act: QAct, stem: QLayer, blocks: list[QBlock], pool_scale: float,
+                 head_act: QAct | None, head: QLayer, pool_hw: int):
+        super().__init__()
+        self.input_act, self.stem = input_act, stem
+        self.blocks = nn.Sequential(*blocks)
+        self.pool_scale = pool_scale
+        self.head_act = head_act if head_act is not None else nn.Identity()
+        self.head = head
+        self.pool_hw = pool_hw
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(self.input_act(x)))
+        x = _qdq(torch.flatten(F.avg_pool2d(x, self.pool_hw), 1), self.pool_scale)
+        return self.head(self.head_act(x))
+
+    def layers(self) -> list[QLayer]:
+        return [m for m in self.modules() if isinstance(m, QLayer)]
+
+
+def _stream_act(consumer: ActQ) -> QAct:
+    """A tensor the model keeps in float, consumed by ``consumer``: int8 at the consumer's scale."""
+    return QAct(consumer.scale)
+
+
+def _consumer_act(stream: QAct, consumer: ActQ) -> QAct | None:
+    """The consumer's own quantizer applied to a stream tensor already at its scale: a clamp, if any."""
+    if consumer.lo == INT8_MIN and consumer.hi == INT8_MAX and consumer.scale == stream.scale:
+        return None
+    return QAct(consumer.scale, consumer.lo, consumer.hi)
+
+
+def _relu_act(a: ActQ) -> QAct:
+    return QAct(a.scale, max(0, a.lo), a.hi)
+
+
+def logit_scale(model: nn.Module, head_in: ActQ, fw: FoldedWeight) -> float:
+    """A data-free int8 scale for the logits: the largest |logit| any input can produce
+    (head input codes in ``[lo, hi]``, the file's weights and bias) over 127."""
+    w = fw.codes.float() * fw.scale.view(-1, 1)
+    amax = max(abs(head_in.lo), abs(head_in.hi)) * head_in.scale
+    bound = float((w.abs().sum(1) * amax + fw.bias.abs()).max()) if fw.bias is not None else float(w.abs().sum(1).max() * amax)
+    return max(bound, 1e-8) / INT8_MAX
+
+
+def build_reference(model: nn.Module, output_scale: float | None = None) -> TFLiteReference:
+    """The plain-torch Q/DQ module equivalent to a trained :class:`QuantNet` (eval mode)."""
+    for attr in ("input_quant", "stem", "stem_bn", "blocks", "head_quant", "head", "plan"):
+        if not hasattr(model, attr):
+            raise ExportError(f"TFLite export supports qnas QuantNet models; {type(model).__name__} has no {attr!r}")
+    if not isinstance(model.stem_act, nn.ReLU):
+        raise ExportError("TFLite export expects a ReLU after the stem BatchNorm")
+    plan = model.plan
+    blocks = list(model.blocks)
+    head_q = act_q(model.head_quant)
+    # the learned quantizer that consumes each float stream tensor
+    consumers = [act_q(b.in_quant) for b in blocks] + [head_q]
+
+    a_in = act_q(model.input_quant)
+    input_act = QAct(a_in.scale, a_in.lo, a_in.hi)
+    stream = _stream_act(consumers[0])
+    stem_conv = dict(stride=model.stem.stride, padding=model.stem.padding, groups=model.stem.groups)
+    stem = QLayer("stem", fold_weight(model.stem, model.stem_bn), stream, True, stem_conv,
+                  (plan.stem.w_bits, plan.stem.a_bits))
+    qblocks = []
+    for i, (blk, bplan) in enumerate(zip(blocks, plan.blocks)):
+        in_act = _consumer_act(stream, consumers[i])
+        out = _stream_act(consumers[i + 1])
+        e, d, p = bplan.layers
+        convs = []
+        for name, conv, bn, act, spec in (("expand", blk.expand, blk.bn1, _relu_act(act_q(blk.act1)), e),
+                                          ("dw", blk.dw, blk.bn2, _relu_act(act_q(blk.act2)), d),
+                                          ("project", blk.project, blk.bn3, out, p)):
+            convs.append(QLayer(f"blocks.{i}.{name}", fold_weight(conv, bn), act, act is not out,
+                                dict(stride=conv.stride, padding=conv.padding, groups=conv.groups),
+                                (spec.w_bits, spec.a_bits)))
+        if blk.residual:
+            if blk.expand.in_channels != blk.project.out_channels:
+                raise ExportError(f"blocks.{i}: residual with different channel counts")
+        qblocks.append(QBlock(in_act, *convs, residual=blk.residual, out_scale=out.scale))
+        stream = out
+    head_act = _consumer_act(stream, head_q)
+    fw = fold_weight(model.head, None)
+    s_out = float(output_scale) if output_scale is not None else logit_scale(model, head_q, fw)
+    head = QLayer("head", fw, QAct(s_out), False, None, (plan.head.w_bits, plan.head.a_bits))
+    pool_hw = int(getattr(plan.head, "hw_in", 0) or 0) or _last_hw(model, plan)
+    ref = TFLiteReference(input_act, stem, qblocks, stream.scale, head_act, head, pool_hw)
+    return ref.eval()
+
+
+def _last_hw(model: nn.Module, plan: Any) -> int:
+    specs = [plan.stem] + [l for b in plan.blocks for l in b.layers]
+    return int(specs[-1].hw_out)
+
+
+# ---------------------------------------------------------------------------------------
+# flatbuffer helpers (schema from ai_edge_litert)
+# ---------------------------------------------------------------------------------------
+
+
+def _schema() -> Any:
+    import_sdk("ai_edge_litert", EXTRA)
+    from ai_edge_litert import schema_py_generated as schema
+
+    return schema
+
+
+def _pack(schema: Any, m: Any) -> bytes:
+    import flatbuffers
+
+    b = flatbuffers.Builder(1024)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def _opcode_index(schema: Any, m: Any, builtin: int, version: int) -> int:
+    for i, oc in enumerate(m.operatorCodes):
+        if max(oc.builtinCode, oc.deprecatedBuiltinCode) == builtin:
+            return i
+    oc = schema.OperatorCodeT()
+    oc.builtinCode = builtin
+    oc.deprecatedBuiltinCode = min(builtin, 127)
+    oc.version = version
+    m.operatorCodes.append(oc)
+    return len(m.operatorCodes) - 1
+
+
+def add_float_io(buf: bytes) -> bytes:
+    """Give an int8-IO TFLite model float inputs/outputs: ``QUANTIZE`` in front of every
+    int8 input, ``DEQUANTIZE`` after every int8 output (signatures follow)."""
+    schema = _schema()
+    m = schema.ModelT.InitFromPackedBuf(buf, 0)
+    if len(m.subgraphs) != 1:
+        raise ExportError("expected a single-subgraph TFLite model")
+    sg = m.subgraphs[0]
+    q_op = _opcode_index(schema, m, schema.BuiltinOperator.QUANTIZE, 2)
+    dq_op = _opcode_index(schema, m, schema.BuiltinOperator.DEQUANTIZE, 2)
+    remap: dict[int, int] = {}
+
+    def float_twin(idx: int) -> int:
+        t = sg.tensors[idx]
+        nt = schema.TensorT()
+        nt.shape = list(t.shape) if t.shape is not None else None
+        nt.shapeSignature = list(t.shapeSignature) if t.shapeSignature is not None else None
+        nt.type = schema.TensorType.FLOAT32
+        m.buffers.append(schema.BufferT())
+        nt.buffer = len(m.buffers) - 1
+        nt.name = t.name
+        t.name = (t.name.decode() if isinstance(t.name, bytes) else str(t.name)) + "_int8"
+        sg.tensors.append(nt)
+        return len(sg.tensors) - 1
+
+    new_inputs, pre = [], []
+    for idx in sg.inputs:
+        if sg.tensors[idx].type != schema.TensorType.INT8:
+            new_inputs.append(idx)
+            continue
+        f = float_twin(idx)
+        op = schema.OperatorT()
+        op.opcodeIndex, op.inputs, op.outputs = q_op, [f], [idx]
+        pre.append(op)
+        remap[idx] = f
+        new_inputs.append(f)
+    new_outputs, post = [], []
+    for idx in sg.outputs:
+        if sg.tensors[idx].type != schema.TensorType.INT8:
+            new_outputs.append(idx)
+            continue
+        f = float_twin(idx)
+        op = schema.OperatorT()
+        op.opcodeIndex, op.inputs, op.outputs = dq_op, [idx], [f]
+        post.append(op)
+        remap[idx] = f
+        new_outputs.append(f)
+    sg.inputs, sg.outputs = new_inputs, new_outputs
+    sg.operators = pre + list(sg.operators) + post
+    for sd in m.signatureDefs or []:
+        for tm in list(sd.inputs or []) + list(sd.outputs or []):
+            tm.tensorIndex = remap.get(tm.tensorIndex, tm.tensorIndex)
+    return _pack(schema, m)
+
+
+# ---------------------------------------------------------------------------------------
+# running and inspecting the file
+# ---------------------------------------------------------------------------------------
+
+
+def interpreter(path: str | Path, threads: int = 1, delegates: bool = True) -> Any:
+    """An allocated ai-edge-litert interpreter (``delegates=False``: builtin kernels only, ops visible)."""
+    mod = import_sdk("ai_edge_litert.interpreter", EXTRA)
+    kw: dict[str, Any] = {"model_path": str(path), "num_threads": threads}
+    if not delegates:
+        kw["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    try:
+        it = mod.Interpreter(**kw)
+        it.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        raise ExportError(f"ai-edge-litert cannot load {path} ({str(e).splitlines()[0][:160]}); re-export the model") from None
+    return it
+
+
+def io_quantization(detail: dict[str, Any]) -> tuple[float, int] | None:
+    """``(scale, zero_point)`` of an int8 input/output tensor detail, None for float."""
+    if detail["dtype"] != np.int8:
+        return None
+    scale, zp = detail["quantization"]
+    return float(scale), int(zp)
+
+
+def run_tflite(path: str | Path, images: torch.Tensor, threads: int = 1) -> torch.Tensor:
+    """Float logits of a .tflite (float or int8 IO) on ``images``, one sample at a time."""
+    it = interpreter(path, threads)
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    qin, qout = io_quantization(inp), io_quantization(out)
+    shape = tuple(inp["shape"])
+    res = []
+    for x in images:
+        a = x.reshape(shape).numpy().astype(np.float32)
+        if qin is not None:
+            a = np.clip(np.rint(a / qin[0]) + qin[1], INT8_MIN, INT8_MAX).astype(np.int8)
+        it.set_tensor(inp["index"], a)
+        it.invoke()
+        y = it.get_tensor(out["index"]).astype(np.float32)
+        if qout is not None:
+            y = (y - qout[1]) * qout[0]
+        res.append(y.reshape(-1))
+    return torch.from_numpy(np.stack(res))
+
+
+def measure_latency_ms(path: str | Path, input_shape: tuple[int, ...], threads: int = 1,
+                       warmup: int = 10, repeats: int = 50) -> float:
+    """Median ai-edge-litert latency (ms) of one inference at ``input_shape`` (the file's batch size)."""
+    it = interpreter(path, threads)
+    inp = it.get_input_details()[0]
+    if tuple(inp["shape"]) != tuple(input_shape):
+        it.resize_tensor_input(inp["index"], list(input_shape))
+        it.allocate_tensors()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(input_shape).astype(np.float32)
+    if inp["dtype"] == np.int8:
+        x = np.clip(np.rint(x * 32), INT8_MIN, INT8_MAX).astype(np.int8)
+    for _ in range(warmup):
+        it.set_tensor(inp["index"], x)
+        it.invoke()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        it.set_tensor(inp["index"], x)
+        it.invoke()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+@dataclass
+class OpInfo:
+    index: int
+    op: str
+    inputs: list[int]
+    outputs: list[int]
+    float_tensors: list[str]
+
+
+def ops_of(it: Any) -> list[OpInfo]:
+    """Operators of an interpreter built without delegates, with the float tensors each touches."""
+    details = {t["index"]: t for t in it.get_tensor_details()}
+    out = []
+    for op in it._get_ops_details():
+        if op["op_name"] == "DELEGATE":
+            continue
+        ins = [int(i) for i in op["inputs"] if i >= 0]
+        outs = [int(i) for i in op["outputs"] if i >= 0]
+        fl = [details[i]["name"] for i in ins + outs if i in details and details[i]["dtype"] in (np.float32, np.float16)]
+        out.append(OpInfo(int(op["index"]), op["op_name"], ins, outs, fl))
+    return out
+
+
+def float_ops(ops: list[OpInfo], inputs: list[int], outputs: list[int]) -> list[str]:
+    """Ops computing in float, not counting a QUANTIZE of a model input or a DEQUANTIZE to a model output."""
+    bad = []
+    for o in ops:
+        if not o.float_tensors:
+            continue
+        if o.op == "QUANTIZE" and set(o.inputs) <= set(inputs):
+            continue
+        if o.op == "DEQUANTIZE" and set(o.outputs) <= set(outputs):
+            continue
+        bad.append(f"{o.op}#{o.index} ({', '.join(o.float_tensors)[:80]})")
+    return bad
+
+
+def weight_tensors(it: Any) -> list[tuple[str, dict[str, Any], np.ndarray]]:
+    """``(op, tensor detail, values)`` of the weight operand of every conv/depthwise/FC op, in file order."""
+    details = {t["index"]: t for t in it.get_tensor_details()}
+    res = []
+    for o in ops_of(it):
+        if o.op in WEIGHT_OPS and len(o.inputs) >= 2:
+            d = details[o.inputs[1]]
+            res.append((o.op, d, np.array(it.get_tensor(d["index"]))))
+    return res
+
+
+# ---------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TFLiteLayer:
+    layer: str
+    op: str
+    w_bits: int
+    a_bits: int
+    runs_as: str
+
+    def __str__(self) -> str:
+        return f"{self.layer} [{self.op}] w{self.w_bits}a{self.a_bits} -> {self.runs_as}"
+
+
+@dataclass
+class TFLiteReport:
+    path: str
+    int8_io: bool
+    output_scale: float
+    layers: list[TFLiteLayer] = field(default_factory=list)
+    float_ops: list[str] = field(default_factory=list)
+    op_counts: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def full_integer(self) -> bool:
+        return not self.float_ops
+
+    def lines(self) -> list[str]:
+        head = [f"{self.path}: {'full-integer' if self.full_integer else 'NOT full-integer'}, "
+                f"{'int8' if self.int8_io else 'float'} input/output, logits scale {self.output_scale:g}"]
+        return head + [str(l) for l in self.layers] + [f"float op left: {f}" for f in self.float_ops] + self.notes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "full_integer": self.full_integer}
+
+
+def _layer_report(ref: TFLiteReference, path: Path, int8_io: bool) -> TFLiteReport:
+    it = interpreter(path, delegates=False)
+    ops = ops_of(it)
+    inputs = [int(d["index"]) for d in it.get_input_details()]
+    outputs = [int(d["index"]) for d in it.get_output_details()]
+    fl = float_ops(ops, inputs, outputs)
+    wops = [o for o in ops if o.op in WEIGHT_OPS]
+    layers = ref.layers()
+    rep = TFLiteReport(str(path), int8_io, ref.head.out.scale, float_ops=fl)
+    for o in ops:
+        rep.op_counts[o.op] = rep.op_counts.get(o.op, 0) + 1
+    details = {t["index"]: t for t in it.get_tensor_details()}
+    for i, l in enumerate(layers):
+        op = wops[i] if i < len(wops) else None
+        w_bits, a_bits = l.requested
+        if op is None:
+            rep.layers.append(TFLiteLayer(l.layer_name, "?", w_bits, a_bits, "not found in the file"))
+            continue
+        wt = details[op.inputs[1]]
+        in_t = details[op.inputs[0]]
+        if op.float_tensors:
+            how = "float"
+        else:
+            how = f"{np.dtype(in_t['dtype']).name} x {np.dtype(wt['dtype']).name}"
+            if w_bits < 8:
+                how += f" (w{w_bits} codes in [-{2 ** (w_bits - 1) - 1}, {2 ** (w_bits - 1) - 1}] stored as int8; no int4)"
+            if a_bits < 8:
+                how += f" (a{a_bits} input clamped to its {a_bits}-bit range by MINIMUM/MAXIMUM)"
+        rep.layers.append(TFLiteLayer(l.layer_name, op.op, w_bits, a_bits, how))
+    if len(wops) != len(layers):
+        rep.notes.append(f"{len(wops)} conv/FC ops in the file for {len(layers)} model layers")
+    rep.notes.append("float tensors of the model (residual stream, pooled features) run as int8 at the scale of the "
+                     "learned quantizer consuming them; logits use a data-free int8 scale")
+    return rep
+
+
+# ---------------------------------------------------------------------------------------
+# the exporter
+# ---------------------------------------------------------------------------------------
+
+
+def _static_quant_config() -> Any:
+    """A litert-torch QuantConfig that only puts the converter in static Q/DQ mode."""
+    pq = import_sdk("litert_torch.quantize.pt2e_quantizer", EXTRA)
+    qc = import_sdk("litert_torch.quantize.quant_config", EXTRA)
+    quantizer = pq.PT2EQuantizer().set_global(pq.get_symmetric_quantization_config(is_per_channel=True))
+    return qc.QuantConfig(pt2e_quantizer=quantizer)
+
+
+def convert_reference(ref: TFLiteReference, example: torch.Tensor) -> bytes:
+    """litert-torch conversion of the Q/DQ reference module to int8-IO TFLite bytes."""
+    litert_torch = import_sdk("litert_torch", EXTRA)
+    import logging
+    import os
+
+    logging.getLogger("litert_torch").setLevel(logging.ERROR)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    edge = litert_torch.convert(ref, (example,), quant_config=_static_quant_config())
+    if hasattr(edge, "tflite_model"):
+        return bytes(edge.tflite_model())
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="qnas_tfl_") as d:
+        p = Path(d) / "m.tflite"
+        edge.export(str(p))
+        return p.read_bytes()
+
+
+@register("tflite")
+class TFLiteLitertExporter(Exporter):
+    """Full-integer int8 TFLite via litert-torch, verified with ai-edge-litert.
+
+    ``int8_io=True`` keeps int8 input/output tensors (Edge TPU); the default wraps them
+    in float ``QUANTIZE``/``DEQUANTIZE``. ``output_scale`` overrides the data-free logits
+    scale. The per-layer mapping of the last export is :attr:`last_report`."""
+
+    suffix = ".tflite"
+    extra = EXTRA
+
+    def __init__(self, int8_io: bool = False, output_scale: float | None = None):
+        self.int8_io = bool(int8_io)
+        self.output_scale = output_scale
+        self.last_report: TFLiteReport | None = None
+
+    def runtime_available(self) -> bool:
+        try:
+            import_sdk("ai_edge_litert.interpreter", EXTRA)
+            return True
+        except ExportError:
+            return False
+
+    def export(self, model: nn.Module, example_input: torch.Tensor, out: str | Path, overwrite: bool = False) -> Path:
+        out = Path(out)
+        if out.exists() and not overwrite:
+            raise ExportError(f"{out} already exists; choose another path or pass overwrite=True (--force)")
+        import_sdk("litert_torch", EXTRA)
+        import_sdk("ai_edge_litert", EXTRA)
+        was_training = model.training
+        model.eval()
+        try:
+            ref = build_reference(model, self.output_scale)
+            example = example_input[:1].detach().float()
+            try:
+                blob = convert_reference(ref, example)
+            except ExportError:
+                raise
+            except Exception as e:
+                raise ExportError(f"litert-torch conversion failed ({type(e).__name__}: "
+                                  f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else ''})") from None
+            if not self.int8_io:
+                blob = add_float_io(blob)
+            path = atomic_write(out, lambda tmp: Path(tmp).write_bytes(blob), overwrite=overwrite)
+        finally:
+            model.train(was_training)
+        self.last_report = _layer_report(ref, path, self.int8_io)
+        return path
+
+    def verify(self, path: str | Path, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> ParityReport:
+        from qnas.exporters.onnx_qcdq import torch_logits
+
+        got = run_tflite(path, images)
+        report = compare_logits(self.name, torch_logits(model, images), got, labels)
+        it = interpreter(path, delegates=False)
+        out = it.get_output_details()[0]
+        q = io_quantization(out)
+        scale = q[0] if q is not None else _dequantize_scale(it, out)
+        if scale:
+            report.notes.append(f"max |dlogit| = {report.max_abs_logit_diff / scale:.3g} output-scale units "
+                                f"(scale {scale:g})")
+        else:
+            report.notes.append(f"max |dlogit| = {report.max_abs_logit_diff:.3g} absolute")
+        report.notes.append(f"run with ai-edge-litert {getattr(import_sdk('ai_edge_litert', EXTRA), '__version__', '')} "
+                            f"interpreter, {'int8' if q is not None else 'float'} input/output")
+        return report
+
+    def check_codes(self, path: str | Path, model: nn.Module) -> CodeCheck:
+        """Weight codes and per-channel scales in the file vs the model's, BatchNorm folded the
+        same way as export: codes equal up to the sign of the BN factor, scales equal
+        ``w_scale * |gamma / sqrt(var + eps)|`` (relative error reported)."""
+        was_training = model.training
+        model.eval()
+        try:
+            ref = build_reference(model, self.output_scale)
+        finally:
+            model.train(was_training)
+        it = interpreter(path, delegates=False)
+        found = weight_tensors(it)
+        layers = ref.layers()
+        check = CodeCheck(self.name, 0)
+        if len(found) != len(layers):
+            check.mismatches.append(f"{len(found)} conv/FC weight tensors in the file, model has {len(layers)}")
+        for l, (op, d, vals) in zip(layers, found):
+            check.tensors += 1
+            codes = l.codes.numpy()
+            if op == "CONV_2D":
+                exp = codes.transpose(0, 2, 3, 1)  # OIHW -> OHWI
+            elif op == "DEPTHWISE_CONV_2D":
+                exp = codes.transpose(1, 2, 3, 0)  # C1HW -> 1HWC
+            else:
+                exp = codes
+            qp = d["quantization_parameters"]
+            scales = np.asarray(qp["scales"], np.float64)
+            zps = np.asarray(qp["zero_points"])
+            if d["dtype"] != np.int8:
+                check.mismatches.append(f"{l.layer_name}: weights stored as {np.dtype(d['dtype']).name}, not int8")
+                continue
+            if vals.shape != exp.shape:
+                check.mismatches.append(f"{l.layer_name}: shape {tuple(vals.shape)} in the file, expected {tuple(exp.shape)}")
+                continue
+            n_bad = int((vals.astype(np.int32) != exp.astype(np.int32)).sum())
+            if n_bad:
+                check.mismatches.append(f"{l.layer_name}: {n_bad}/{exp.size} integer codes differ")
+            want = l.w_scale.double().numpy()
+            if scales.size != want.size:
+                check.mismatches.append(f"{l.layer_name}: {scales.size} scales in the file, expected {want.size}")
+                continue
+            rel = float(np.max(np.abs(scales - want) / np.abs(want)))
+            check.max_scale_rel_err = max(check.max_scale_rel_err, rel)
+            if rel > 1e-6:
+                check.mismatches.append(f"{l.layer_name}: scales differ (max rel err {rel:.2e})")
+            if zps.size and np.any(zps != 0):
+                check.mismatches.append(f"{l.layer_name}: non-zero weight zero points")
+        check.notes.append("scales compared after BatchNorm folding: file scale = learned weight scale * "
+                           "|gamma/sqrt(var+eps)|, codes negated on channels with a negative BN factor")
+        return check
+
+
+def _dequantize_scale(it: Any, out_detail: dict[str, Any]) -> float | None:
+    """Scale of the int8 tensor a float output is dequantized from (float-IO files)."""
+    details = {t["index"]: t for t in it.get_tensor_details()}
+    for o in ops_of(it):
+        if o.op == "DEQUANTIZE" and out_detail["index"] in o.outputs:
+            s = details[o.inputs[0]]["quantization"][0]
+            return float(s) if s else None
+    return None

@@ -1,0 +1,113 @@
+"""What a target runs for each searched layer: the precision map exporters report.
+
+Each quantized layer's searched ``(w_bits, a_bits)`` is resolved against a
+device profile (``qnas/latency/profiles``) the same way the latency model
+prices it, sticky host fallback included, so the map and the predicted
+latency never disagree. A layer is *mapped* when the target stores or runs it
+at other bits than searched, or runs it on the host instead of the
+accelerator. Mapping up never changes the values (a 4-bit grid is exactly
+representable in int8); it changes size and speed, which is why exporting a
+mapped model needs the user's consent (``allow_upcast``).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from qnas.errors import ExportError
+from qnas.latency.analytic import AnalyticLatencyModel
+from qnas.latency.profile import DeviceProfile
+from qnas.quant.plan import NetworkPlan
+
+
+@dataclass(frozen=True)
+class LayerPrecision:
+    """One quantized layer: searched bits -> what the target runs."""
+
+    layer: str
+    """name in the plan, e.g. ``s1.b0.dw``"""
+    module: str
+    """module path in the model, e.g. ``blocks.1.dw``"""
+    op: str
+    w_bits: int
+    a_bits: int
+    run_w_bits: int
+    run_a_bits: int
+    unit: str
+    on_accelerator: bool
+
+    @property
+    def mapped(self) -> bool:
+        return (self.run_w_bits, self.run_a_bits) != (self.w_bits, self.a_bits) or not self.on_accelerator
+
+    def short(self) -> str:
+        return f"{self.layer} w{self.w_bits}a{self.a_bits} -> {self.unit} w{self.run_w_bits}a{self.run_a_bits}"
+
+    def __str__(self) -> str:
+        target = f"{self.unit} w{self.run_w_bits}a{self.run_a_bits}"
+        why = []
+        if self.run_w_bits != self.w_bits:
+            why.append(f"weights {self.w_bits}->{self.run_w_bits} bit")
+        if self.run_a_bits != self.a_bits:
+            why.append(f"activations {self.a_bits}->{self.run_a_bits} bit")
+        if not self.on_accelerator:
+            why.append("host fallback")
+        return (f"{self.layer:<12} ({self.module}) w{self.w_bits}a{self.a_bits} -> {target}"
+                + (f"  [{', '.join(why)}]" if why else ""))
+
+
+@dataclass
+class PrecisionMap:
+    """Per-layer precision map of one model on one target profile."""
+
+    target: str
+    layers: list[LayerPrecision] = field(default_factory=list)
+
+    @property
+    def mapped(self) -> list[LayerPrecision]:
+        return [l for l in self.layers if l.mapped]
+
+    def lines(self) -> list[str]:
+        head = f"precision map on {self.target}: {len(self.mapped)} of {len(self.layers)} layers mapped"
+        return [head] + [f"  {l}" for l in self.layers]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "mapped": len(self.mapped),
+                "layers": [{**asdict(l), "mapped": l.mapped} for l in self.layers]}
+
+    def require_exact(self, allow_upcast: bool = False) -> None:
+        """Refuse (ExportError) a model the target cannot run as searched, unless allowed."""
+        bad = self.mapped
+        if not bad or allow_upcast:
+            return
+        shown = "; ".join(l.short() for l in bad[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ExportError(
+            f"target {self.target} cannot run {len(bad)} of {len(self.layers)} layers as searched ({shown}{more}); "
+            f"pass --allow-upcast (allow_upcast=True) to export with this mapping (values are unchanged, size and "
+            f"speed are not), or search a space limited to what it runs natively (qnas latency show {self.target})")
+
+
+def module_paths(plan: NetworkPlan) -> dict[str, str]:
+    """Plan layer name -> module path in :class:`qnas.quant.build.QuantNet`."""
+    paths = {plan.stem.name: "stem", plan.head.name: "head"}
+    for i, block in enumerate(plan.blocks):
+        for spec, attr in zip(block.layers, ("expand", "dw", "project")):
+            paths[spec.name] = f"blocks.{i}.{attr}"
+    return paths
+
+
+def precision_map(plan: NetworkPlan, profile: str | DeviceProfile) -> PrecisionMap:
+    """Resolve every quantized layer of ``plan`` on ``profile`` (a name, JSON path or profile)."""
+    model = AnalyticLatencyModel(profile)
+    p = model.profile
+    paths = module_paths(plan)
+    out = PrecisionMap(p.name)
+    for cost in model.breakdown(plan):
+        spec = cost.layer
+        if spec.name not in paths:  # adds and the pool carry no weights of their own
+            continue
+        out.layers.append(LayerPrecision(spec.name, paths[spec.name], spec.op, spec.w_bits, spec.a_bits,
+                                         cost.w_bits, cost.a_bits, cost.unit,
+                                         on_accelerator=cost.unit == p.primary_unit))
+    return out
