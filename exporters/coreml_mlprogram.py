@@ -20,17 +20,21 @@ The MIL program is written op by op from the :class:`~qnas.quant.build.QuantNet`
 
 Prediction needs the CoreML runtime, which exists only on macOS. Elsewhere
 :meth:`CoreMLExporter.check_codes` re-opens the saved package, reads every
-constexpr weight op and compares its integer codes and scales with the model's.
+constexpr weight op and compares its integer codes and scales (and every
+activation scale) with the model's, and :func:`simulate` runs the stored
+program in a small fp32 reference interpreter (not CoreML's kernels).
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -43,7 +47,8 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 SCALE_RTOL = 1e-6
 NOT_VERIFIED_OFF_MACOS = ("CoreML prediction was NOT run (the CoreML runtime exists only on macOS); "
-                          "only the stored integer codes and scales were compared with the model")
+                          "the stored integer codes and scales were compared with the model instead "
+                          "(simulate() runs the stored program in a reference interpreter, not CoreML)")
 
 
 @dataclass
@@ -77,6 +82,34 @@ class CoreMLReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _coremltools() -> Any:
+    """``import coremltools`` (lazily), without its import-time log lines about the missing
+    macOS runtime and untested torch / scikit-learn versions."""
+    if "coremltools" in sys.modules:
+        return sys.modules["coremltools"]
+    log = logging.getLogger("coremltools")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        return import_sdk("coremltools", "coreml")
+    finally:
+        log.setLevel(level)
+
+
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """Hide coremltools' per-pipeline tqdm bars (``TQDM_DISABLE``) while converting."""
+    old = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = old
 
 
 # ----------------------------------------------------------------------------- model side
@@ -198,7 +231,7 @@ def model_codes(model: nn.Module) -> dict[str, _WeightQ]:
 
 
 def _build_program(model: nn.Module, shape: tuple[int, ...]) -> tuple[Any, list[CoreMLLayer]]:
-    ct = import_sdk("coremltools", "coreml")
+    ct = _coremltools()
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.mil import types
 
@@ -223,11 +256,12 @@ def _build_program(model: nn.Module, shape: tuple[int, ...]) -> tuple[Any, list[
         wq = _weight_q(layer, path)
         kind = _weight_storage(wq.bits, wq.codes)
         q = acts[a_path]
+        full, dt = ((-128, 127), "int8") if q.signed else ((0, 255), "uint8")
         report.append(CoreMLLayer(
             layer=path, w_bits=int(spec.w_bits), a_bits=int(spec.a_bits), weight_op=_op_name(path),
             weight_storage=_STORAGE_TEXT[kind],
-            act_storage=(f"int8 quantize/dequantize, scale {float(q.scale):.6g}"
-                         + (f", clipped to [{q.qmin}, {q.qmax}]" if (q.qmin, q.qmax) != (-128, 127) else ""))))
+            act_storage=(f"{dt} quantize/dequantize, scale {float(q.scale):.6g}"
+                         + (f", clipped to [{q.qmin}, {q.qmax}]" if (q.qmin, q.qmax) != full else ""))))
         if kind == "lut2":
             cout = wq.codes.shape[0]
             lut = (np.arange(-2, 2, dtype=np.float32).reshape(1, 4) * wq.scale.reshape(cout, 1)).astype(np.float32)
@@ -315,7 +349,7 @@ def _save_package(mlmodel: Any, out: Path, overwrite: bool) -> Path:
 
 def _load_program(path: Path) -> Any:
     """The MIL program stored in a saved ``.mlpackage`` (works without the CoreML runtime)."""
-    ct = import_sdk("coremltools", "coreml")
+    ct = _coremltools()
     from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
 
     if not path.exists():
@@ -358,7 +392,7 @@ def stored_codes(path: str | Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarr
                 storage = "lut2" if (table.shape[1] == 4 and np.array_equal(table, expected.astype(np.float32))
                                      and lut.shape[1:idx.ndim] == (1,) * (idx.ndim - 1)) else "lut2-not-code*scale"
                 weights[op.name] = (idx - 2, scale.reshape((cout,) + (1,) * (idx.ndim - 1)), storage)
-            elif op.op_type == "quantize":
+            elif op.op_type in ("quantize", "dequantize"):
                 act_scales[op.name] = float(np.asarray(op.scale.val, dtype=np.float32))
     return weights, act_scales
 
@@ -459,6 +493,7 @@ class CoreMLExporter(Exporter):
 
     suffix = ".mlpackage"
     extra = "coreml"
+    extra = "coreml"
 
     def __init__(self) -> None:
         self.last_report: CoreMLReport | None = None
@@ -467,7 +502,7 @@ class CoreMLExporter(Exporter):
         if sys.platform != "darwin":
             return False
         try:
-            import_sdk("coremltools", self.extra)
+            _coremltools()
             from coremltools.models import model as _model
         except Exception:
             return False
@@ -480,16 +515,17 @@ class CoreMLExporter(Exporter):
             raise ExportError(f"a CoreML ML program is a .mlpackage directory; name the output *.mlpackage, not {out.name}")
         if out.exists() and not overwrite:
             raise ExportError(f"{out} already exists; choose another path or pass overwrite=True (--force)")
-        ct = import_sdk("coremltools", self.extra)
+        ct = _coremltools()
         _check_supported(model)
         was_training = model.training
         model.eval()
         try:
             shape = (1,) + tuple(int(s) for s in example_input.shape[1:])
             prog, layers = _build_program(model, shape)
-            mlmodel = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18,
-                                 compute_precision=ct.precision.FLOAT32, pass_pipeline=ct.PassPipeline.EMPTY,
-                                 skip_model_load=True)
+            with _quiet_progress():
+                mlmodel = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18,
+                                     compute_precision=ct.precision.FLOAT32, pass_pipeline=ct.PassPipeline.EMPTY,
+                                     skip_model_load=True)
             mlmodel.short_description = "qnas QuantNet: learned integer weight codes and scales (no re-quantization)"
             _save_package(mlmodel, out, overwrite)
         except ExportError:
@@ -545,15 +581,16 @@ class CoreMLExporter(Exporter):
         n_act = 0
         for _, _, a_path, _ in _layers(model):
             q = _act_q(modules[a_path], a_path)
-            op = f"{a_path.replace('.', '_')}_quantize"
             n_act += 1
-            if op not in act_scales:
-                check.mismatches.append(f"{a_path}: no activation quantize op '{op}' in {path.name}")
-                continue
-            rel = abs(act_scales[op] - float(q.scale)) / max(abs(float(q.scale)), np.finfo(np.float32).tiny)
-            worst = max(worst, rel)
-            if not rel < SCALE_RTOL:
-                check.mismatches.append(f"{a_path}: activation scale rel err {rel:.3g} >= {SCALE_RTOL:g}")
+            for kind in ("quantize", "dequantize"):
+                op = f"{a_path.replace('.', '_')}_{kind}"
+                if op not in act_scales:
+                    check.mismatches.append(f"{a_path}: no activation {kind} op '{op}' in {path.name}")
+                    continue
+                rel = abs(act_scales[op] - float(q.scale)) / max(abs(float(q.scale)), np.finfo(np.float32).tiny)
+                worst = max(worst, rel)
+                if not rel < SCALE_RTOL:
+                    check.mismatches.append(f"{a_path}: activation {kind} scale rel err {rel:.3g} >= {SCALE_RTOL:g}")
         check.max_scale_rel_err = worst
         check.notes.append(f"{check.tensors} weight tensors (codes exact, per-channel scales) and "
                            f"{n_act} activation scales compared with the model")
@@ -563,10 +600,12 @@ class CoreMLExporter(Exporter):
 
     def verify(self, path: str | Path, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> ParityReport:
         """Run the package with CoreML (macOS only, CPU compute units) and compare with the model."""
+        if sys.platform == "darwin":
+            _coremltools()  # a missing SDK says which extra installs it
         if not self.runtime_available():
             raise ExportError("CoreML prediction needs macOS with coremltools' CoreML runtime; "
                               "on this machine use check_codes() (stored codes and scales vs the model) instead")
-        ct = import_sdk("coremltools", self.extra)
+        ct = _coremltools()
         from qnas.exporters.onnx_qcdq import torch_logits
 
         path = Path(path)

@@ -339,6 +339,7 @@ class TensorRTOnnxExporter(Exporter):
     :attr:`last_report` (or use :meth:`export_with_report`)."""
 
     suffix = ".onnx"
+    extra = "tensorrt"
 
     def __init__(self, opset: int = 13):
         if opset < 13:

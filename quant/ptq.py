@@ -1,0 +1,330 @@
+"""Post-training quantization of a qnas Brevitas model with Brevitas' own PTQ tools.
+
+Methods are cumulative (``PTQConfig.method``), in the order Brevitas' ImageNet
+PTQ example (``brevitas_examples/imagenet_classification/ptq/ptq_evaluate.py``)
+applies them:
+
+========================  ============================================================
+``minmax``                BN re-estimation (float) -> weight scales from the current
+                          weights' per-channel abs-max -> activation ranges from
+                          ``brevitas.graph.calibrate.calibration_mode`` (each activation
+                          quantizer's own statistic over the whole calibration set).
+``bias_correction``       ``minmax`` + ``bias_correction_mode``.
+``gptq``                  ``minmax`` + ``brevitas.graph.gptq.gptq_mode`` (layer by layer,
+                          float activations, no ``weight_orig`` copy) + bias correction.
+========================  ============================================================
+
+So for ``gptq`` the order is: BN re-estimation, weight scales, activation
+calibration, GPTQ weight rounding, bias correction.
+
+The model keeps its structure (and state-dict keys) so checkpoints, ``load_model``
+and every exporter keep working: Brevitas' bias correction gives a biasless conv a
+``bias`` parameter; qnas folds that bias into the BatchNorm that follows the conv
+(``running_mean -= bias``, exact in eval mode) and removes it again.
+
+:func:`float_mode` disables every quantizer (weights, activations, biases), for
+float training, a float teacher or a "float accuracy" figure.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from qnas.quant.errors import QnasError
+
+__all__ = ["PTQConfig", "ptq", "float_mode", "PTQ_METHODS", "reset_weight_scales",
+           "reset_act_scales", "recalibrate_bn", "load_float_weights"]
+
+PTQ_METHODS: tuple[str, ...] = ("minmax", "bias_correction", "gptq")
+
+
+@dataclass
+class PTQConfig:
+    """How to post-training-quantize a model.
+
+    method: ``minmax`` (activation calibration only), ``bias_correction``
+        (+ bias correction) or ``gptq`` (+ GPTQ weights), cumulative.
+    batch_size: calibration batch size.
+    bn_recalibrate: re-estimate BatchNorm statistics (float) on the calibration
+        data first (needed for weights taken from a supernet).
+    progress: tqdm progress bars.
+    gptq_act_order: process columns by decreasing Hessian diagonal in GPTQ.
+    """
+
+    method: Literal["minmax", "bias_correction", "gptq"] = "minmax"
+    batch_size: int = 64
+    bn_recalibrate: bool = True
+    progress: bool = True
+    gptq_act_order: bool = False
+
+    def validate(self) -> "PTQConfig":
+        if self.method not in PTQ_METHODS:
+            raise QnasError(f"PTQ method must be one of {', '.join(PTQ_METHODS)}, got {self.method!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise QnasError(f"PTQ batch_size must be a positive integer, got {self.batch_size!r}")
+        return self
+
+
+# --------------------------------------------------------------------------- #
+# float mode
+# --------------------------------------------------------------------------- #
+@contextmanager
+def float_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` with every Brevitas quantizer disabled (weights, activations,
+    biases; activation functions such as QuantReLU's ReLU still apply).
+
+    Works for training too: gradients flow to the float weights and no quantizer
+    scale or statistic is touched. The previous state is restored on exit.
+
+    >>> with float_mode(model):
+    ...     float_logits = model(x)
+    """
+    from brevitas.graph.calibrate import quantization_status_manager
+
+    try:
+        with quantization_status_manager(model, disable_act_quant=True, disable_weight_quant=True,
+                                         disable_bias_quant=True):
+            yield model
+    finally:
+        # Brevitas restores the quantizers' train/eval flag as it was on entry; re-sync
+        # every submodule with the model's current flag (the body may have called
+        # model.eval()), so eval-mode activation quantizers never collect statistics.
+        model.train(model.training)
+
+
+# --------------------------------------------------------------------------- #
+# helpers
+# --------------------------------------------------------------------------- #
+def _expected_input(model: nn.Module) -> tuple[int, int] | None:
+    plan = getattr(model, "plan", None)
+    if plan is not None and hasattr(plan, "in_channels") and hasattr(plan, "resolution"):
+        return int(plan.in_channels), int(plan.resolution)
+    return None
+
+
+def _check_calib(model: nn.Module, calib: Any) -> torch.Tensor:
+    if hasattr(calib, "images") and isinstance(getattr(calib, "images"), torch.Tensor):
+        calib = calib.images  # a CalibrationSet
+    if not isinstance(calib, torch.Tensor):
+        raise QnasError(f"calibration data must be a tensor or a CalibrationSet, got {type(calib).__name__}; "
+                        "build one with `qnas calib build`")
+    if calib.dim() != 4:
+        raise QnasError(f"calibration data must be 4-D (N, C, H, W), got shape {tuple(calib.shape)}; "
+                        "build it with `qnas calib build`")
+    if calib.shape[0] == 0:
+        raise QnasError("calibration data is empty; build a calibration set with --n of at least 64")
+    if not torch.is_floating_point(calib):
+        raise QnasError(f"calibration data must be float (normalized) images, got {calib.dtype}; "
+                        "build it with `qnas calib build`")
+    exp = _expected_input(model)
+    if exp is not None:
+        c, r = exp
+        have = tuple(int(v) for v in calib.shape[1:])
+        if have != (c, r, r):
+            fix = (f"rebuild with --resolution {r}" if have[0] == c
+                   else f"rebuild it from a data set with {c} channel(s)")
+            raise QnasError(f"calibration images are {'x'.join(map(str, have))} but the model expects "
+                            f"{c}x{r}x{r}; {fix}")
+    if not bool(torch.isfinite(calib).all()):
+        raise QnasError("calibration data contains NaN or Inf values; rebuild the calibration set from clean data")
+    return calib.detach().to(torch.float32)
+
+
+def _batches(x: torch.Tensor, bs: int) -> list[torch.Tensor]:
+    return [x[i:i + bs] for i in range(0, x.shape[0], bs)]
+
+
+def _bar(it, desc: str, progress: bool, total: int | None = None):
+    return tqdm(it, desc=desc, disable=not progress, leave=False, total=total)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, calib: torch.Tensor, batch_size: int = 64, progress: bool = False) -> None:
+    """Re-estimate every BatchNorm's running statistics from ``calib`` (quantizers
+    off, cumulative average over all batches), leaving the model in eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    batches = [b for b in _batches(calib, batch_size) if b.shape[0] >= 2]  # train-mode BN needs 2+
+    if not bns or not batches:
+        return
+    saved = [(m, m.momentum) for m in bns]
+    model.eval()
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average = exact mean over batches
+            m.train()
+        with float_mode(model):
+            for xb in _bar(batches, "PTQ: BN statistics", progress):
+                model(xb)
+    finally:
+        for m, mom in saved:
+            m.momentum = mom
+        model.eval()
+
+
+@torch.no_grad()
+def reset_weight_scales(model: nn.Module) -> int:
+    """Re-initialise every stats-initialised weight scale from the current weights.
+
+    Brevitas' ``ParameterFromStatsFromParameterScaling`` (our weights'
+    ``PARAMETER_FROM_STATS``) computes its scale from the weights on the first
+    forward (or takes it from a loaded state dict) and then keeps it as a learned
+    parameter; weights that changed afterwards (float training, a supernet
+    checkpoint) would keep a stale scale. Returns how many scales were reset."""
+    from brevitas.core.scaling.standalone import ParameterFromStatsFromParameterScaling
+    from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer as QuantWBIOL
+
+    count = 0
+    for m in model.modules():
+        if isinstance(m, ParameterFromStatsFromParameterScaling):
+            m.value.data.fill_(1.0)  # init multiplies value in place by the statistic
+            m.init_done = False
+            count += 1
+    for m in model.modules():
+        if isinstance(m, QuantWBIOL) and m.weight_quant.is_quant_enabled:
+            m.quant_weight()  # first call computes the scale from the weights
+    return count
+
+
+@torch.no_grad()
+def reset_act_scales(model: nn.Module) -> int:
+    """Put every runtime-stats activation scale back in its statistics-collection
+    phase, so calibration (not an earlier QAT/initialisation) sets it."""
+    from brevitas.core.scaling.standalone import ParameterFromRuntimeStatsScaling
+
+    count = 0
+    for m in model.modules():
+        if isinstance(m, ParameterFromRuntimeStatsScaling):
+            m.counter = 0
+            m.buffer.fill_(1.0)
+            m.value.data.fill_(1.0)
+            count += 1
+    return count
+
+
+def _is_quantizer_key(key: str) -> bool:
+    return "_quant." in key or key.startswith(("weight_quant", "input_quant", "act_quant", "output_quant")) \
+        or ".tensor_quant." in key
+
+
+@torch.no_grad()
+def load_float_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Copy the float weights, biases and BN statistics of ``state`` into ``model``,
+    ignoring quantizer state (scales) on both sides, so a model of the same
+    topology but other bit widths (or a float-trained one) can be post-training
+    quantized. A missing or mis-shaped float tensor is a one-line :class:`QnasError`."""
+    own = model.state_dict()
+    floats = {k: v for k, v in own.items() if not _is_quantizer_key(k)}
+    missing = [k for k in floats if k not in state]
+    if missing:
+        raise QnasError(f"float weights lack {len(missing)} tensor(s) of the model, e.g. {missing[0]!r}; "
+                        "pass weights of the same arch (same kernels, expands, depths, width)")
+    for k in floats:
+        if tuple(state[k].shape) != tuple(own[k].shape):
+            raise QnasError(f"float weight {k!r} has shape {tuple(state[k].shape)} but the model needs "
+                            f"{tuple(own[k].shape)}; pass weights of the same arch")
+    own_params = dict(model.named_parameters())
+    own_buffers = dict(model.named_buffers())
+    for k in floats:
+        t = own_params.get(k, own_buffers.get(k))
+        if t is not None:
+            t.data.copy_(state[k].to(t.dtype))
+    return model
+
+
+def _conv_bn_pairs(model: nn.Module) -> dict[nn.Module, nn.Module]:
+    """Each conv whose next sibling (registration order) is a BatchNorm2d -> that BN.
+
+    Matches qnas' QuantNet/MBConv (stem->stem_bn, expand->bn1, dw->bn2,
+    project->bn3), where each conv's output goes straight into that BN."""
+    pairs: dict[nn.Module, nn.Module] = {}
+    for parent in model.modules():
+        children = list(parent.children())
+        for a, b in zip(children, children[1:]):
+            if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d) and a.out_channels == b.num_features:
+                pairs[a] = b
+    return pairs
+
+
+@torch.no_grad()
+def _fold_new_biases(model: nn.Module, biasless: list[nn.Module]) -> int:
+    pairs = _conv_bn_pairs(model)
+    folded = 0
+    for conv in biasless:
+        bias = getattr(conv, "bias", None)
+        if bias is None or conv not in pairs:
+            continue
+        bn = pairs[conv]
+        if not bn.track_running_stats or bn.running_mean is None:
+            continue
+        # BN(y + b) == BN'(y) with running_mean' = running_mean - b (eval mode)
+        bn.running_mean.sub_(bias.detach().to(bn.running_mean.dtype))
+        del conv._parameters["bias"]
+        conv.register_parameter("bias", None)
+        folded += 1
+    return folded
+
+
+# --------------------------------------------------------------------------- #
+# PTQ
+# --------------------------------------------------------------------------- #
+def ptq(model: nn.Module, calib: Any, config: PTQConfig | None = None) -> nn.Module:
+    """Post-training-quantize ``model`` in place from its float weights and return it.
+
+    ``calib`` is a float ``(N, C, H, W)`` tensor of preprocessed images (or a
+    :class:`~qnas.calib_data.calibration.CalibrationSet`). Weight scales are
+    re-initialised from the current weights; activation scales come from the
+    calibration data; see the module docstring for the methods."""
+    from brevitas.graph.calibrate import bias_correction_mode, calibration_mode
+    from brevitas.graph.gptq import gptq_mode
+
+    cfg = (config or PTQConfig()).validate()
+    x = _check_calib(model, calib)
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = x.to(dev)
+    batches = _batches(x, cfg.batch_size)
+    model.eval()
+
+    if cfg.bn_recalibrate:
+        recalibrate_bn(model, x, cfg.batch_size, cfg.progress)
+
+    with torch.no_grad():
+        reset_weight_scales(model)
+        reset_act_scales(model)
+        with calibration_mode(model):
+            for xb in _bar(batches, "PTQ: activation ranges", cfg.progress):
+                model(xb)
+    model.eval()
+
+    if cfg.method == "gptq":
+        with torch.no_grad():
+            with gptq_mode(model, use_quant_activations=False, create_weight_orig=False,
+                           act_order=cfg.gptq_act_order) as gptq:
+                gmodel = gptq.model
+                for _ in _bar(range(gptq.num_layers), "PTQ: GPTQ layers", cfg.progress):
+                    for xb in batches:
+                        gmodel(xb)
+                    gptq.update()
+        model.eval()
+
+    if cfg.method in ("bias_correction", "gptq"):
+        from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer as QuantWBIOL
+
+        biasless = [m for m in model.modules() if isinstance(m, QuantWBIOL) and m.bias is None]
+        with torch.no_grad():
+            with bias_correction_mode(model):
+                for xb in _bar(batches, "PTQ: bias correction", cfg.progress):
+                    model(xb)
+            _fold_new_biases(model, biasless)
+        model.eval()
+
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise QnasError(f"PTQ produced NaN/Inf in {bad[0]}; check the calibration data and the float weights")
+    return model
