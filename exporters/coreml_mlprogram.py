@@ -493,7 +493,6 @@ class CoreMLExporter(Exporter):
 
     suffix = ".mlpackage"
     extra = "coreml"
-    extra = "coreml"
 
     def __init__(self) -> None:
         self.last_report: CoreMLReport | None = None

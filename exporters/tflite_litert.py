@@ -269,11 +269,6 @@ class TFLiteReference(nn.Module):
         return [m for m in self.modules() if isinstance(m, QLayer)]
 
 
-def _stream_act(consumer: ActQ) -> QAct:
-    """A tensor the model keeps in float, consumed by ``consumer``: int8 at the consumer's scale."""
-    return QAct(consumer.scale)
-
-
 def _consumer_act(stream: QAct, consumer: ActQ) -> QAct | None:
     """The consumer's own quantizer applied to a stream tensor already at its scale: a clamp, if any."""
     if consumer.lo == INT8_MIN and consumer.hi == INT8_MAX and consumer.scale == stream.scale:
@@ -294,8 +289,38 @@ def logit_scale(model: nn.Module, head_in: ActQ, fw: FoldedWeight) -> float:
     return max(bound, 1e-8) / INT8_MAX
 
 
-def build_reference(model: nn.Module, output_scale: float | None = None) -> TFLiteReference:
-    """The plain-torch Q/DQ module equivalent to a trained :class:`QuantNet` (eval mode)."""
+def _bn_amax(bn: nn.BatchNorm2d, relu: bool = False, sigmas: float = 4.0) -> float:
+    """A bound on |BN output| from the BN's own learned state: ``|beta| + sigmas * |gamma|`` per channel."""
+    gamma = bn.weight.detach().float().abs() if bn.affine else torch.ones_like(bn.running_var)
+    beta = bn.bias.detach().float() if bn.affine else torch.zeros_like(gamma)
+    hi = beta + sigmas * gamma
+    if relu:
+        return float(hi.clamp(min=0).max())
+    return float(torch.maximum(hi.abs(), (beta - sigmas * gamma).abs()).max())
+
+
+def stream_scales(model: nn.Module, sigmas: float = 4.0) -> list[float]:
+    """int8 scales of the tensors the model keeps in float: the stem output, then each block's output.
+
+    Each is the coarser of (a) the scale of the learned quantizer consuming the tensor and
+    (b) a range bound from the BatchNorm statistics the model learned (``|beta| + sigmas*|gamma|``
+    per channel; residual sums add the bounds of both inputs) over 127. No data is used."""
+    blocks = list(model.blocks)
+    consumers = [act_q(b.in_quant) for b in blocks] + [act_q(model.head_quant)]
+    amax = _bn_amax(model.stem_bn, relu=True, sigmas=sigmas)
+    scales = [max(consumers[0].scale, amax / INT8_MAX)]
+    for i, blk in enumerate(blocks):
+        h = _bn_amax(blk.bn3, sigmas=sigmas)
+        amax = amax + h if blk.residual else h
+        scales.append(max(consumers[i + 1].scale, amax / INT8_MAX))
+    return scales
+
+
+def build_reference(model: nn.Module, output_scale: float | None = None,
+                    scales: list[float] | None = None) -> TFLiteReference:
+    """The plain-torch Q/DQ module equivalent to a trained :class:`QuantNet` (eval mode).
+
+    ``scales`` overrides :func:`stream_scales` (stem output, then each block's output)."""
     for attr in ("input_quant", "stem", "stem_bn", "blocks", "head_quant", "head", "plan"):
         if not hasattr(model, attr):
             raise ExportError(f"TFLite export supports qnas QuantNet models; {type(model).__name__} has no {attr!r}")
@@ -306,17 +331,20 @@ def build_reference(model: nn.Module, output_scale: float | None = None) -> TFLi
     head_q = act_q(model.head_quant)
     # the learned quantizer that consumes each float stream tensor
     consumers = [act_q(b.in_quant) for b in blocks] + [head_q]
+    scales = list(scales) if scales is not None else stream_scales(model)
+    if len(scales) != len(blocks) + 1:
+        raise ExportError(f"need {len(blocks) + 1} stream scales, got {len(scales)}")
 
     a_in = act_q(model.input_quant)
     input_act = QAct(a_in.scale, a_in.lo, a_in.hi)
-    stream = _stream_act(consumers[0])
+    stream = QAct(scales[0])
     stem_conv = dict(stride=model.stem.stride, padding=model.stem.padding, groups=model.stem.groups)
     stem = QLayer("stem", fold_weight(model.stem, model.stem_bn), stream, True, stem_conv,
                   (plan.stem.w_bits, plan.stem.a_bits))
     qblocks = []
     for i, (blk, bplan) in enumerate(zip(blocks, plan.blocks)):
         in_act = _consumer_act(stream, consumers[i])
-        out = _stream_act(consumers[i + 1])
+        out = QAct(scales[i + 1])
         e, d, p = bplan.layers
         convs = []
         for name, conv, bn, act, spec in (("expand", blk.expand, blk.bn1, _relu_act(act_q(blk.act1)), e),
@@ -325,16 +353,15 @@ def build_reference(model: nn.Module, output_scale: float | None = None) -> TFLi
             convs.append(QLayer(f"blocks.{i}.{name}", fold_weight(conv, bn), act, act is not out,
                                 dict(stride=conv.stride, padding=conv.padding, groups=conv.groups),
                                 (spec.w_bits, spec.a_bits)))
-        if blk.residual:
-            if blk.expand.in_channels != blk.project.out_channels:
-                raise ExportError(f"blocks.{i}: residual with different channel counts")
+        if blk.residual and blk.expand.in_channels != blk.project.out_channels:
+            raise ExportError(f"blocks.{i}: residual with different channel counts")
         qblocks.append(QBlock(in_act, *convs, residual=blk.residual, out_scale=out.scale))
         stream = out
     head_act = _consumer_act(stream, head_q)
     fw = fold_weight(model.head, None)
     s_out = float(output_scale) if output_scale is not None else logit_scale(model, head_q, fw)
     head = QLayer("head", fw, QAct(s_out), False, None, (plan.head.w_bits, plan.head.a_bits))
-    pool_hw = int(getattr(plan.head, "hw_in", 0) or 0) or _last_hw(model, plan)
+    pool_hw = _last_hw(model, plan)
     ref = TFLiteReference(input_act, stem, qblocks, stream.scale, head_act, head, pool_hw)
     return ref.eval()
 

@@ -362,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     snt.add_argument("--no-progress", action="store_true")
     snt.set_defaults(func=cmd_supernet_train)
 
+    from qnas.calib_data.build_calib import add_calib_parser
+    from qnas.finishing import add_finish_parser
+
+    add_finish_parser(sub)  # qnas finish {qat,ptq}
+    add_calib_parser(sub)  # qnas calib {build,show}
+
     lat = sub.add_parser("latency", help="device profiles and latency predictors",
                          description="Inspect device profiles and predict, measure and evaluate latency.")
     lsub = lat.add_subparsers(dest="latency_command", required=True, metavar="ACTION")

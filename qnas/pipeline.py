@@ -1,4 +1,4 @@
-"""The end-to-end slice: search -> finish (QAT) -> export ONNX -> verify -> report."""
+"""The end-to-end slice: search -> finish (QAT, :mod:`qnas.finishing`) -> export ONNX -> verify -> report."""
 from __future__ import annotations
 
 import time
@@ -6,16 +6,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from qnas.arch import Arch
 from qnas.errors import ConfigError
 from qnas.exporters import create_exporter
 from qnas.exporters.onnx_qcdq import measure_latency_ms
-from qnas.model_io import save_model
-from qnas.quant.build import build_model
-from qnas.quant.checkpoint import load_state
-from qnas.quant.train import TrainConfig, evaluate, train
+from qnas.finishing import finish_qat
 from qnas.rundir import RunDir
 from qnas.searching import SearchConfig, SearchResult, make_latency_model, prepare_data, run_search, space_for
 from qnas.space import SearchSpace
@@ -38,6 +33,8 @@ class DemoConfig:
     search: SearchConfig = field(default_factory=demo_search_config)
     finish_epochs: int = 10
     finish_lr: float = 2e-3
+    finish_kd: bool = True  # distil from the supernet's largest float subnet (when the run has a supernet)
+    finish_kd_weight: float = 0.5
     out: str = ""
 
     def validate(self) -> "DemoConfig":
@@ -46,19 +43,9 @@ class DemoConfig:
             raise ConfigError(f"finish_epochs must be >= 0, got {self.finish_epochs}")
         if not self.finish_lr > 0:
             raise ConfigError(f"finish_lr must be a positive number, got {self.finish_lr}")
+        if not 0 <= self.finish_kd_weight <= 1:
+            raise ConfigError(f"finish_kd_weight must be in [0, 1], got {self.finish_kd_weight}")
         return self
-
-
-def initial_weights(evaluator: Any, space: SearchSpace, arch: Arch) -> torch.nn.Module:
-    """Where finishing starts: the supernet's extracted subnet (weights, learned scales, re-calibrated BN),
-    else the candidate's briefly trained state, else a fresh model."""
-    if hasattr(evaluator, "extract"):
-        return evaluator.extract(arch)
-    model = build_model(space, arch)
-    state = evaluator.state(arch) if hasattr(evaluator, "state") else None
-    if state is not None:
-        load_state(model, state, "search state")
-    return model
 
 
 def default_out(prefix: str) -> str:
@@ -91,24 +78,15 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
     run.write_json("arch.json", arch.to_dict())
     t_search = time.perf_counter() - t_start
 
-    # 2. finish: continue QAT from the supernet's (or the candidate's) weights
-    torch.manual_seed(sc.seed)
-    model = initial_weights(result.evaluator, space, arch)
-    train_ds = splits.train.at_resolution(arch.resolution)
-    val_ds = splits.val.at_resolution(arch.resolution)
-    started_from = evaluate(model, val_ds.loader(512, False))
+    # 2. finish: QAT from the supernet's (or the candidate's) weights, distilling from the supernet's
+    #    largest float subnet when there is a supernet (qnas.finishing.finish_qat, as `qnas finish qat RUN`)
+    has_supernet = (run.file("supernet") / "supernet.pt").is_file() or bool(sc.accuracy == "supernet" and sc.accuracy_path)
+    finished = finish_qat(run.path, out=run.file("model.pt"), epochs=cfg.finish_epochs, lr=cfg.finish_lr,
+                          teacher="supernet" if (cfg.finish_kd and has_supernet) else None, init="auto",
+                          kd_weight=cfg.finish_kd_weight, overwrite=True, progress=progress, splits=splits)
+    model = finished.model
+    t_finish = finished.seconds
     test_ds = splits.test.at_resolution(arch.resolution)
-    t0 = time.perf_counter()
-    hist = train(model, train_ds.loader(sc.batch_size, True, sc.seed), val_ds.loader(512, False),
-                 TrainConfig(epochs=cfg.finish_epochs, lr=cfg.finish_lr, seed=sc.seed, progress=progress,
-                             desc="finish (QAT)"))
-    t_finish = time.perf_counter() - t0
-    model.eval()
-    test_acc = evaluate(model, test_ds.loader(512, False))
-    data_meta = {"data": sc.data, "data_path": sc.data_path, "split_seed": sc.seed,
-                 "mean": list(splits.train.mean), "std": list(splits.train.std)}
-    save_model(run.file("model.pt"), model, space, arch,
-               {"data": data_meta, "test_acc": test_acc, "finish": hist.to_dicts()})
 
     # 3. export + verify
     exporter = create_exporter("onnx")
@@ -127,8 +105,9 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
         "front_size": len(result.front),
         "arch": arch.describe(),
         "search_val_acc": chosen["val_acc"],
-        "started_from_val_acc": started_from,
-        "finish_val_acc": hist.final_val_acc,
+        "started_from_val_acc": finished.started_from_val_acc,
+        "finish_val_acc": finished.val_acc,
+        "finish_teacher": finished.details.get("teacher"),
         "test_acc_torch": parity.torch_acc,
         "test_acc_onnx": parity.export_acc,
         "identical_predictions": parity.agreement,

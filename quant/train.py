@@ -108,28 +108,44 @@ def train(
     cfg: TrainConfig | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    start_epoch: int = 0,
+    history: TrainResult | None = None,
+    on_epoch_start: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place (QAT when it is a Brevitas model).
 
     ``loss_fn(logits, labels, inputs)`` replaces cross-entropy (e.g. for
     distillation). Raises :class:`TrainingError` when the loss becomes NaN/Inf.
+
+    For resuming (see :mod:`qnas.quant.qat`): ``optimizer`` (with its restored
+    state), ``start_epoch`` (epochs already done; the cosine schedule continues
+    from there and the global seed is not reset, so the caller restores the
+    RNG), ``history`` (their stats). ``on_epoch_start(epoch)`` runs after
+    ``model.train()`` at the start of every epoch (e.g. to freeze BN);
+    ``on_epoch(stats)`` after every epoch.
     """
     cfg = (cfg or TrainConfig()).validate()
-    torch.manual_seed(cfg.seed)
+    if start_epoch == 0:
+        torch.manual_seed(cfg.seed)
     ce = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     loss_fn = loss_fn or (lambda logits, y, _x: ce(logits, y))
-    opt = make_optimizer(model, cfg)
+    opt = optimizer if optimizer is not None else make_optimizer(model, cfg)
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     total = cfg.epochs * steps_per_epoch
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    result = TrainResult()
-    step = 0
-    bar = tqdm(total=total, desc=cfg.desc, disable=not cfg.progress, leave=False, unit="step")
+    result = history if history is not None else TrainResult()
+    step = start_epoch * steps_per_epoch
+    bar = tqdm(total=total - step, desc=cfg.desc, disable=not cfg.progress, leave=False, unit="step")
     try:
-        for epoch in range(cfg.epochs):
+        for epoch in range(start_epoch, cfg.epochs):
             model.train()
+            if on_epoch_start:
+                on_epoch_start(epoch)
             t0 = time.perf_counter()
             loss_sum, correct, seen = 0.0, 0, 0
+            lr = cfg.lr
             for x, y in train_loader:
                 lr = cosine_lr(step, total, cfg.lr, warmup)
                 for g in opt.param_groups:
