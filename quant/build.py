@@ -24,9 +24,22 @@ def quant_conv(spec: LayerSpec) -> qnn.QuantConv2d:
     )
 
 
+def _value(x: Any) -> torch.Tensor:
+    return x.value if hasattr(x, "value") else x
+
+
+# Tensors that are not the input of a conv (the residual stream, the pooled
+# features, the logits) are quantized too, at 8 bits: a full-integer target
+# (TFLite / Edge TPU) must give every tensor an int8 scale, and only a scale the
+# model learned keeps the exported file computing what the model computes.
+STREAM_BITS = 8
+
+
 class MBConv(nn.Module):
     """Inverted residual: expand 1x1 -> depthwise kxk -> project 1x1 (linear), each conv
-    fed by an activation quantizer at that conv's ``a_bits``."""
+    fed by an activation quantizer at that conv's ``a_bits``. A residual block adds
+    its quantized input to its 8-bit quantized output (``out_quant``), so the sum is
+    an add of two integer tensors."""
 
     def __init__(self, plan: BlockPlan):
         super().__init__()
@@ -41,16 +54,20 @@ class MBConv(nn.Module):
         self.act2 = act_quant(p.a_bits, relu=True)
         self.project = quant_conv(p)
         self.bn3 = nn.BatchNorm2d(p.cout)
+        if self.residual:
+            self.out_quant = act_quant(STREAM_BITS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.act1(self.bn1(self.expand(self.in_quant(x))))
+        xq = self.in_quant(x)
+        h = self.act1(self.bn1(self.expand(xq)))
         h = self.act2(self.bn2(self.dw(h)))
         h = self.bn3(self.project(h))
-        return x + h if self.residual else h
+        return _value(xq) + _value(self.out_quant(h)) if self.residual else h
 
 
 class QuantNet(nn.Module):
-    """quantized input -> stem conv -> MBConv blocks -> global average pool -> quantized fc."""
+    """quantized input -> stem conv -> MBConv blocks -> 8-bit quantized global average pool
+    -> quantized fc -> 8-bit quantized logits."""
 
     def __init__(self, plan: NetworkPlan):
         super().__init__()
@@ -60,17 +77,18 @@ class QuantNet(nn.Module):
         self.stem_bn = nn.BatchNorm2d(plan.stem.cout)
         self.stem_act = nn.ReLU()
         self.blocks = nn.Sequential(*(MBConv(b) for b in plan.blocks))
+        self.pool_quant = act_quant(STREAM_BITS)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head_quant = act_quant(plan.head.a_bits)
         self.head = qnn.QuantLinear(plan.head.cin, plan.head.cout, bias=True,
                                     weight_quant=SignedWeightPerChannel, weight_bit_width=plan.head.w_bits)
+        self.logit_quant = act_quant(STREAM_BITS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem_act(self.stem_bn(self.stem(self.input_quant(x))))
         x = self.blocks(x)
-        x = torch.flatten(self.pool(x), 1)
-        out = self.head(self.head_quant(x))
-        return out.value if hasattr(out, "value") else out
+        x = torch.flatten(self.pool(_value(self.pool_quant(x))), 1)
+        return _value(self.logit_quant(_value(self.head(self.head_quant(x)))))
 
 
 def build_network(plan: NetworkPlan) -> QuantNet:

@@ -23,7 +23,7 @@ from torch import nn
 
 from qnas.arch import Arch
 from qnas.errors import ArchError
-from qnas.quant.build import QuantNet, build_model
+from qnas.quant.build import STREAM_BITS, QuantNet, build_model
 from qnas.quant.plan import BlockPlan, NetworkPlan
 from qnas.space import SearchSpace
 from qnas.supernet.layers import (
@@ -60,6 +60,7 @@ class SuperMBConv(nn.Module):
         self.act2 = ActQuantizers(c.a_bits, relu=True)
         self.project = DynamicQConv2d(max_mid, max_out, 1, 1, c.w_bits)
         self.bn3 = SwitchableBN(max_out, bn_keys)
+        self.out_quant = ActQuantizers([STREAM_BITS])  # used when the active block is residual
         self.plan: BlockPlan | None = None
 
     def set_active(self, plan: BlockPlan | None, expand: int, quantize: bool, bn_per_bits: bool) -> None:
@@ -67,7 +68,8 @@ class SuperMBConv(nn.Module):
         if plan is None:
             return
         e, d, p = plan.layers
-        for q, bits in ((self.in_quant, e.a_bits), (self.act1, d.a_bits), (self.act2, p.a_bits)):
+        for q, bits in ((self.in_quant, e.a_bits), (self.act1, d.a_bits), (self.act2, p.a_bits),
+                        (self.out_quant, STREAM_BITS)):
             q.active_bits = bits if quantize else None
         for conv, spec in ((self.expand, e), (self.dw, d), (self.project, p)):
             conv.spec, conv.quantize = spec, quantize
@@ -75,10 +77,11 @@ class SuperMBConv(nn.Module):
             bn.key = _bn_key(expand, spec.w_bits, quantize, bn_per_bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.act1(self.bn1(self.expand(self.in_quant(x))))
+        xq = self.in_quant(x)
+        h = self.act1(self.bn1(self.expand(xq)))
         h = self.act2(self.bn2(self.dw(h)))
         h = self.bn3(self.project(h))
-        return x + h if self.plan.residual else h
+        return xq + self.out_quant(h) if self.plan.residual else h
 
     def active_state(self) -> dict[str, torch.Tensor]:
         """State entries of :class:`qnas.quant.build.MBConv` for the active configuration."""
@@ -90,6 +93,8 @@ class SuperMBConv(nn.Module):
             "act2": self.act2.active_state(), "project": self.project.active_state(),
             "bn3": self.bn3.active_state(p.cout),
         }
+        if self.plan.residual:
+            parts["out_quant"] = self.out_quant.active_state()
         return {f"{m}.{k}": v for m, sd in parts.items() for k, v in sd.items()}
 
     def active_batchnorms(self) -> list[tuple[nn.BatchNorm2d, int]]:
@@ -135,10 +140,12 @@ class Supernet(nn.Module):
                 self.blocks[f"s{si}_b{j}"] = SuperMBConv(cin, max_stage[si], s.stride if j == 0 else 1, self.space,
                                                          bn_per_bits, kernel_transform)
                 cin = max_stage[si]
+        self.pool_quant = ActQuantizers([STREAM_BITS])
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head_quant = ActQuantizers(c.stem_head_a_bits)
         # The head reads the last stage's output, or the stem's when every block can be skipped.
         self.head = DynamicQLinear(max(max_stage[-1], max_stem), c.num_classes, c.stem_head_w_bits)
+        self.logit_quant = ActQuantizers([STREAM_BITS])
         self._active: ActiveConfig | None = None
         self._order: list[SuperMBConv] = []
         self.set_active(self.space.uniform(max(c.w_bits), max(c.a_bits)))
@@ -170,6 +177,7 @@ class Supernet(nn.Module):
         self.stem.spec, self.stem.quantize = plan.stem, quantize
         self.stem_bn.key = _bn_key(None, plan.stem.w_bits, quantize, self.bn_per_bits)
         self.head_quant.active_bits = plan.head.a_bits if quantize else None
+        self.pool_quant.active_bits = self.logit_quant.active_bits = STREAM_BITS if quantize else None
         self.head.spec, self.head.quantize = plan.head, quantize
         self._order = order
         self._active = ActiveConfig(arch, quantize, plan)
@@ -180,8 +188,8 @@ class Supernet(nn.Module):
         x = self.stem_act(self.stem_bn(self.stem(self.input_quant(x))))
         for blk in self._order:
             x = blk(x)
-        x = torch.flatten(self.pool(x), 1)
-        return self.head(self.head_quant(x))
+        x = torch.flatten(self.pool(self.pool_quant(x)), 1)
+        return self.logit_quant(self.head(self.head_quant(x)))
 
     # ---- extraction ----------------------------------------------------
     def active_state(self) -> dict[str, torch.Tensor]:
@@ -193,6 +201,7 @@ class Supernet(nn.Module):
             "input_quant": self.input_quant.active_state(), "stem": self.stem.active_state(),
             "stem_bn": self.stem_bn.active_state(plan.stem.cout),
             "head_quant": self.head_quant.active_state(), "head": self.head.active_state(),
+            "pool_quant": self.pool_quant.active_state(), "logit_quant": self.logit_quant.active_state(),
         }
         for i, blk in enumerate(self._order):
             parts[f"blocks.{i}"] = blk.active_state()
