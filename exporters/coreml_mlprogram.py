@@ -14,9 +14,14 @@ The MIL program is written op by op from the :class:`~qnas.quant.build.QuantNet`
   per-tensor scale and zero point 0, preceded by a float ``clip`` to
   ``[qmin*s, qmax*s]`` when the quantizer's integer range is narrower than int8
   (4-bit activations) — the same values as Brevitas' ``clamp(round(x/s))*s``;
+* the 8-bit stream quantizers that feed no conv (a residual block's
+  ``out_quant``, ``pool_quant`` before the pooling, ``logit_quant`` after the
+  head) are the same int8 ``quantize -> dequantize`` pairs; a residual block's
+  ``add`` sums its quantized input (the ``in_quant`` output) and its quantized
+  output, and the program's output ``logits`` is ``logit_quant``'s dequantize;
 * BatchNorm stays a ``batch_norm`` op (folding it into the weights would change
-  the codes), then ``relu``, residual ``add``, ``reduce_mean`` pooling and a
-  ``linear`` head with its float bias.
+  the codes), then ``relu``, ``reduce_mean`` pooling and a ``linear`` head with
+  its float bias.
 
 Prediction needs the CoreML runtime, which exists only on macOS. Elsewhere
 :meth:`CoreMLExporter.check_codes` re-opens the saved package, reads every
@@ -69,16 +74,33 @@ class CoreMLLayer:
 
 
 @dataclass
+class CoreMLActivation:
+    """How one activation quantizer that feeds no weight layer (residual output, pooled
+    features, logits) is stored."""
+
+    quantizer: str
+    """module path, e.g. ``blocks.1.out_quant``"""
+    a_bits: int
+    role: str
+    act_storage: str
+
+    def __str__(self) -> str:
+        return f"{self.quantizer} ({self.role}): a{self.a_bits} -> {self.act_storage}"
+
+
+@dataclass
 class CoreMLReport:
     """Per-layer storage of one CoreML export."""
 
     path: str
     target: str = "iOS18"
     layers: list[CoreMLLayer] = field(default_factory=list)
+    activations: list[CoreMLActivation] = field(default_factory=list)
+    """the stream quantizers (``out_quant`` of residual blocks, ``pool_quant``, ``logit_quant``)"""
     notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        return [str(m) for m in self.layers] + self.notes
+        return [str(m) for m in self.layers] + [str(a) for a in self.activations] + self.notes
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -222,6 +244,41 @@ def _layers(model: nn.Module) -> list[tuple[str, nn.Module, str, Any]]:
     return out
 
 
+def _stream_quants(model: nn.Module) -> list[tuple[str, str]]:
+    """``(module path, role)`` of every activation quantizer that feeds no weight layer, in
+    program order: each residual block's ``out_quant``, then ``pool_quant`` and ``logit_quant``."""
+    for attr in ("blocks", "pool_quant", "logit_quant"):
+        if not hasattr(model, attr):
+            raise ExportError(f"the coreml exporter writes qnas QuantNet models; this model has no '{attr}'")
+    out: list[tuple[str, str]] = []
+    for i, blk in enumerate(model.blocks):
+        if getattr(blk, "residual", False):
+            if not hasattr(blk, "out_quant"):
+                raise ExportError(f"residual block blocks.{i} has no out_quant; re-build the model with qnas.quant.build")
+            out.append((f"blocks.{i}.out_quant", "residual block output, added to the quantized block input"))
+    out += [("pool_quant", "features before global average pooling"), ("logit_quant", f"logits (output '{OUTPUT_NAME}')")]
+    return out
+
+
+def _act_paths(model: nn.Module) -> list[str]:
+    """Every activation quantizer of the model (those feeding a weight layer, then the stream ones)."""
+    return [a for _, _, a, _ in _layers(model)] + [a for a, _ in _stream_quants(model)]
+
+
+def _act_op_name(a_path: str, kind: str) -> str:
+    """The name of an activation quantizer's ``quantize`` / ``dequantize`` (or ``clip``) op;
+    ``logit_quant``'s dequantize is the program's output and is named ``logits``."""
+    if a_path == "logit_quant" and kind == "dequantize":
+        return OUTPUT_NAME
+    return f"{a_path.replace('.', '_')}_{kind}"
+
+
+def _act_storage(q: _ActQ) -> str:
+    full, dt = ((-128, 127), "int8") if q.signed else ((0, 255), "uint8")
+    return (f"{dt} quantize/dequantize, scale {float(q.scale):.6g}"
+            + (f", clipped to [{q.qmin}, {q.qmax}]" if (q.qmin, q.qmax) != full else ""))
+
+
 def model_codes(model: nn.Module) -> dict[str, _WeightQ]:
     """The learned integer codes and scales of every quantized weight layer, by module path."""
     return {name: _weight_q(layer, name) for name, layer, _, _ in _layers(model)}
@@ -230,7 +287,7 @@ def model_codes(model: nn.Module) -> dict[str, _WeightQ]:
 # ----------------------------------------------------------------------------- program
 
 
-def _build_program(model: nn.Module, shape: tuple[int, ...]) -> tuple[Any, list[CoreMLLayer]]:
+def _build_program(model: nn.Module, shape: tuple[int, ...]) -> tuple[Any, list[CoreMLLayer], list[CoreMLActivation]]:
     ct = _coremltools()
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.mil import types
@@ -238,7 +295,10 @@ def _build_program(model: nn.Module, shape: tuple[int, ...]) -> tuple[Any, list[
     modules = dict(model.named_modules())
     layers = _layers(model)
     report: list[CoreMLLayer] = []
-    acts: dict[str, _ActQ] = {a: _act_q(modules[a], a) for _, _, a, _ in layers}
+    streams = _stream_quants(model)
+    acts: dict[str, _ActQ] = {a: _act_q(modules[a], a) for a in _act_paths(model)}
+    act_report = [CoreMLActivation(quantizer=a, a_bits=acts[a].bits, role=role, act_storage=_act_storage(acts[a]))
+                  for a, role in streams]
 
     def act(x: Any, path: str, relu: bool = False) -> Any:
         q = acts[path]
@@ -247,21 +307,17 @@ def _build_program(model: nn.Module, shape: tuple[int, ...]) -> tuple[Any, list[
         lo, hi = (-128, 127) if q.signed else (0, 255)
         if (q.qmin, q.qmax) != (lo, hi):
             x = mb.clip(x=x, alpha=np.float32(q.qmin * q.scale), beta=np.float32(q.qmax * q.scale),
-                        name=f"{path.replace('.', '_')}_clip")
+                        name=_act_op_name(path, "clip"))
         dt, zp = ("int8", np.int8(0)) if q.signed else ("uint8", np.uint8(0))
-        x = mb.quantize(input=x, scale=q.scale, zero_point=zp, output_dtype=dt, name=f"{path.replace('.', '_')}_quantize")
-        return mb.dequantize(input=x, scale=q.scale, zero_point=zp, name=f"{path.replace('.', '_')}_dequantize")
+        x = mb.quantize(input=x, scale=q.scale, zero_point=zp, output_dtype=dt, name=_act_op_name(path, "quantize"))
+        return mb.dequantize(input=x, scale=q.scale, zero_point=zp, name=_act_op_name(path, "dequantize"))
 
     def weight(path: str, layer: nn.Module, a_path: str, spec: Any) -> Any:
         wq = _weight_q(layer, path)
         kind = _weight_storage(wq.bits, wq.codes)
-        q = acts[a_path]
-        full, dt = ((-128, 127), "int8") if q.signed else ((0, 255), "uint8")
         report.append(CoreMLLayer(
             layer=path, w_bits=int(spec.w_bits), a_bits=int(spec.a_bits), weight_op=_op_name(path),
-            weight_storage=_STORAGE_TEXT[kind],
-            act_storage=(f"{dt} quantize/dequantize, scale {float(q.scale):.6g}"
-                         + (f", clipped to [{q.qmin}, {q.qmax}]" if (q.qmin, q.qmax) != full else ""))))
+            weight_storage=_STORAGE_TEXT[kind], act_storage=_act_storage(acts[a_path])))
         if kind == "lut2":
             cout = wq.codes.shape[0]
             lut = (np.arange(-2, 2, dtype=np.float32).reshape(1, 4) * wq.scale.reshape(cout, 1)).astype(np.float32)
@@ -297,22 +353,27 @@ def _build_program(model: nn.Module, shape: tuple[int, ...]) -> tuple[Any, list[
         x = mb.relu(x=bn(x, "stem_bn", model.stem_bn), name="stem_act")
         for i, blk in enumerate(model.blocks):
             b = f"blocks.{i}"
-            h = act(x, f"{b}.in_quant")
-            h = bn(conv(h, f"{b}.expand", *by_path[f"{b}.expand"]), f"{b}.bn1", blk.bn1)
+            xq = act(x, f"{b}.in_quant")
+            h = bn(conv(xq, f"{b}.expand", *by_path[f"{b}.expand"]), f"{b}.bn1", blk.bn1)
             h = act(h, f"{b}.act1", relu=True)
             h = bn(conv(h, f"{b}.dw", *by_path[f"{b}.dw"]), f"{b}.bn2", blk.bn2)
             h = act(h, f"{b}.act2", relu=True)
             h = bn(conv(h, f"{b}.project", *by_path[f"{b}.project"]), f"{b}.bn3", blk.bn3)
-            x = mb.add(x=x, y=h, name=f"blocks_{i}_add") if blk.residual else h
+            if blk.residual:  # quantized input + 8-bit quantized output, as in MBConv.forward
+                x = mb.add(x=xq, y=act(h, f"{b}.out_quant"), name=f"blocks_{i}_add")
+            else:
+                x = h
+        x = act(x, "pool_quant")
         x = mb.reduce_mean(x=x, axes=[2, 3], keep_dims=False, name="pool")
         x = act(x, "head_quant")
         w = weight("head", *by_path["head"])
         bias = model.head.bias
         b = (bias.detach().cpu().float().numpy().astype(np.float32) if bias is not None
              else np.zeros(model.head.out_features, np.float32))
-        return mb.linear(x=x, weight=w, bias=b, name=OUTPUT_NAME)
+        x = mb.linear(x=x, weight=w, bias=b, name="head")
+        return act(x, "logit_quant")  # its dequantize op is named OUTPUT_NAME
 
-    return prog, report
+    return prog, report, act_report
 
 
 def _check_supported(model: nn.Module) -> None:
@@ -520,7 +581,7 @@ class CoreMLExporter(Exporter):
         model.eval()
         try:
             shape = (1,) + tuple(int(s) for s in example_input.shape[1:])
-            prog, layers = _build_program(model, shape)
+            prog, layers, activations = _build_program(model, shape)
             with _quiet_progress():
                 mlmodel = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18,
                                      compute_precision=ct.precision.FLOAT32, pass_pipeline=ct.PassPipeline.EMPTY,
@@ -534,7 +595,7 @@ class CoreMLExporter(Exporter):
             raise ExportError(f"CoreML export failed ({type(e).__name__}: {first[:160]})") from None
         finally:
             model.train(was_training)
-        report = CoreMLReport(path=str(out), layers=layers, notes=[
+        report = CoreMLReport(path=str(out), layers=layers, activations=activations, notes=[
             f"input '{INPUT_NAME}' shape {list(shape)} fp32, output '{OUTPUT_NAME}'; compute precision fp32; "
             "BatchNorm kept as batch_norm ops (not folded, so the codes stay the model's)",
         ])
@@ -546,7 +607,8 @@ class CoreMLExporter(Exporter):
 
     def check_codes(self, path: str | Path, model: nn.Module) -> CodeCheck:
         """Compare every stored weight's integer codes (exactly) and per-channel scales
-        (relative error < 1e-6) and every activation scale with the model's."""
+        (relative error < 1e-6) and every activation scale with the model's, the 8-bit stream
+        quantizers (residual ``out_quant``, ``pool_quant``, ``logit_quant``) included."""
         path = Path(path)
         weights, act_scales = stored_codes(path)
         modules = dict(model.named_modules())
@@ -578,11 +640,11 @@ class CoreMLExporter(Exporter):
             if not rel < SCALE_RTOL:
                 check.mismatches.append(f"{name}: per-channel scale rel err {rel:.3g} >= {SCALE_RTOL:g}")
         n_act = 0
-        for _, _, a_path, _ in _layers(model):
+        for a_path in _act_paths(model):  # incl. the residual out_quant, pool_quant and logit_quant
             q = _act_q(modules[a_path], a_path)
             n_act += 1
             for kind in ("quantize", "dequantize"):
-                op = f"{a_path.replace('.', '_')}_{kind}"
+                op = _act_op_name(a_path, kind)
                 if op not in act_scales:
                     check.mismatches.append(f"{a_path}: no activation {kind} op '{op}' in {path.name}")
                     continue

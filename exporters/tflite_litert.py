@@ -24,17 +24,20 @@ Mapping decisions (reported per layer in :attr:`TFLiteLitertExporter.last_report
 * TFLite int8 tensors always span ``[-128, 127]``; a 4-bit activation becomes int8 with
   its learned scale plus an integer ``MINIMUM``/``MAXIMUM`` clamp to ``[-8, 7]``
   (``[0, 7]`` after ReLU), so the codes equal Brevitas' exactly.
-* Sub-8-bit weights are stored as int8 codes inside their narrow range (``[-1, 1]`` for
-  2 bits, ``[-7, 7]`` for 4 bits): the litert-torch PT2E lowering has no int4 storage
-  type (and Edge TPU has no int4 weights), so ``int4`` weights are not emitted.
-* Tensors the Brevitas model keeps in float (BN outputs feeding the residual stream, the
-  residual sums, the pooled features before ``head_quant``) must be int8 in a
-  full-integer file. They take the scale of the learned quantizer that consumes them
-  (next block's ``in_quant`` or ``head_quant``) over the full int8 range, so the
-  consumer's codes are reproduced except where the stream's rounding moves a value
-  across a rounding boundary.
-* The logits have no quantizer in the model; their int8 scale is a data-free bound
-  (see :func:`logit_scale`), unless ``output_scale`` is given.
+* Sub-8-bit weights are stored as int8 (the litert-torch PT2E lowering has no int4 storage
+  type, and Edge TPU has no int4 weights). Each output channel is stored as ``k * code`` at
+  ``scale / k`` with ``k = 127 // max|code|``: identical weight values, but the int32 bias
+  unit ``input scale * weight scale`` and TFLite's requantization step (its double rounding
+  errs by up to about one accumulator unit) become ``k`` times finer. Without it a
+  2-bit layer after BN folding had an accumulator unit of up to ~9 output codes.
+* Every tensor has a learned scale (the model quantizes its residual stream, pooled
+  features and logits too): a conv (+ folded BN, + fused ReLU) output is requantized
+  straight to the scale of the quantizer consuming it (the next ``act``/``in_quant``, a
+  residual block's ``out_quant``, or ``pool_quant``); a residual ``ADD`` takes ``xq``
+  (``in_quant`` scale) and ``out_quant``'s output and produces its consumer's scale;
+  ``MEAN`` goes from ``pool_quant``'s scale to ``head_quant``'s; ``FULLY_CONNECTED``
+  outputs ``logit_quant``'s scale, which is the file's output scale. Nothing is
+  calibrated or bounded from data.
 
 The converter emits int8 input/output tensors. With ``int8_io=False`` (default) the
 file gets a float input with a ``QUANTIZE`` op in front and a ``DEQUANTIZE`` op at the
@@ -198,10 +201,22 @@ class QAct(nn.Module):
         return x
 
 
-class QLayer(nn.Module):
-    """Conv2d / Linear on Q/DQ'd per-channel weights (float bias), optional ReLU, output Q/DQ."""
+def weight_storage_factor(codes: torch.Tensor) -> torch.Tensor:
+    """Per output channel, the largest integer ``k`` with ``k * max|code| <= 127`` (127 for an all-zero channel)."""
+    amax = codes.reshape(codes.shape[0], -1).abs().amax(1).to(torch.int64)
+    return torch.where(amax > 0, 127 // amax.clamp(min=1), torch.full_like(amax, 127))
 
-    def __init__(self, name: str, fw: FoldedWeight, out: QAct, relu: bool, conv: dict[str, int] | None,
+
+class QLayer(nn.Module):
+    """Conv2d / Linear on Q/DQ'd per-channel weights (float bias), optional ReLU, output Q/DQ.
+
+    ``codes``/``w_scale`` are the model's (BN folded). In the file each channel is stored as
+    ``k * codes`` at ``w_scale / k`` (:func:`weight_storage_factor`): the same weight values
+    and the same products, but an int32 bias unit (``input scale * weight scale``) ``k`` times
+    finer. Sub-8-bit codes leave most of the int8 range free, and BN folding can make that
+    unit coarser than the output scale, so without ``k`` the bias would round by whole output codes."""
+
+    def __init__(self, name: str, fw: FoldedWeight, out: QAct, relu: bool, conv: dict[str, Any] | None,
                  requested: tuple[int, int]):
         super().__init__()
         self.layer_name = name
@@ -212,16 +227,25 @@ class QLayer(nn.Module):
         self.requested = requested
         """(w_bits, a_bits) of the plan"""
         shape = [-1] + [1] * (fw.codes.dim() - 1)
+        k = weight_storage_factor(fw.codes)
         self.register_buffer("codes", fw.codes.clone())
         self.register_buffer("w_scale", fw.scale.clone())
+        self.register_buffer("k", k)
+        self.register_buffer("stored_scale", (fw.scale.double() / k.double()).float())
         self.register_buffer("w_zp", torch.zeros(fw.scale.numel(), dtype=torch.int64))
-        self.register_buffer("w_float", fw.codes.float() * fw.scale.view(shape))
+        self.register_buffer("w_float", (fw.codes.to(torch.int64) * k.view(shape)).float()
+                             * self.stored_scale.view(shape))
         self.register_buffer("bias", (fw.bias if fw.bias is not None else torch.zeros(fw.scale.numel())).float().clone())
+
+    def stored_codes(self) -> torch.Tensor:
+        """The int8 codes written to the file: ``k * codes`` per channel."""
+        shape = [-1] + [1] * (self.codes.dim() - 1)
+        return (self.codes.to(torch.int64) * self.k.view(shape)).to(torch.int8)
 
     def weight(self) -> torch.Tensor:
         qd = _decomposed_ops()
-        w = qd.quantize_per_channel(self.w_float, self.w_scale, self.w_zp, 0, -127, 127, torch.int8)
-        return qd.dequantize_per_channel(w, self.w_scale, self.w_zp, 0, -127, 127, torch.int8)
+        w = qd.quantize_per_channel(self.w_float, self.stored_scale, self.w_zp, 0, -127, 127, torch.int8)
+        return qd.dequantize_per_channel(w, self.stored_scale, self.w_zp, 0, -127, 127, torch.int8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.conv is not None:
@@ -234,141 +258,101 @@ class QLayer(nn.Module):
 
 
 class QBlock(nn.Module):
-    def __init__(self, in_act: QAct | None, expand: QLayer, dw: QLayer, project: QLayer, residual: bool,
-                 out_scale: float):
+    """One MBConv. Its input arrives already quantized at the block's ``in_quant`` scale
+    (the producer requantizes straight to it), so that tensor is also ``xq`` of the
+    residual. A residual block's ``project`` outputs at ``out_quant``'s scale and the ADD
+    requantizes to the next consumer (``add_out``); otherwise ``project`` outputs at the
+    next consumer's scale directly."""
+
+    def __init__(self, expand: QLayer, dw: QLayer, project: QLayer, residual: bool, add_out: QAct | None):
         super().__init__()
-        self.in_act = in_act if in_act is not None else nn.Identity()
         self.expand, self.dw, self.project = expand, dw, project
         self.residual = residual
-        self.out_scale = out_scale
+        self.add_out = add_out if add_out is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.project(self.dw(self.expand(self.in_act(x))))
-        return _qdq(x + h, self.out_scale) if self.residual else h
+        h = self.project(self.dw(self.expand(x)))
+        return self.add_out(x + h) if self.residual else h
 
 
 class TFLiteReference(nn.Module):
-    """The QuantNet in PT2E converted form (int8 Q/DQ, BN folded); what litert-torch converts."""
+    """The QuantNet in PT2E converted form (int8 Q/DQ, BN folded); what litert-torch converts.
 
-    def __init__(self, input_act: QAct, stem: QLayer, blocks: list[QBlock], pool_scale: float,
-                 head_act: QAct | None, head: QLayer, pool_hw: int):
+    Every int8 tensor carries the scale of a learned quantizer: the stem and block outputs
+    that of their consumer (next ``in_quant`` or ``pool_quant``), the pooled features
+    ``head_quant``'s, the logits ``logit_quant``'s."""
+
+    def __init__(self, input_act: QAct, stem: QLayer, blocks: list[QBlock], head_act: QAct, head: QLayer):
         super().__init__()
         self.input_act, self.stem = input_act, stem
         self.blocks = nn.Sequential(*blocks)
-        self.pool_scale = pool_scale
-        self.head_act = head_act if head_act is not None else nn.Identity()
+        self.head_act = head_act
         self.head = head
-        self.pool_hw = pool_hw
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.stem(self.input_act(x)))
-        x = _qdq(torch.flatten(F.avg_pool2d(x, self.pool_hw), 1), self.pool_scale)
-        return self.head(self.head_act(x))
+        x = self.head_act(torch.mean(x, dim=(2, 3)))
+        return self.head(x)
 
     def layers(self) -> list[QLayer]:
         return [m for m in self.modules() if isinstance(m, QLayer)]
 
 
-def _consumer_act(stream: QAct, consumer: ActQ) -> QAct | None:
-    """The consumer's own quantizer applied to a stream tensor already at its scale: a clamp, if any."""
-    if consumer.lo == INT8_MIN and consumer.hi == INT8_MAX and consumer.scale == stream.scale:
-        return None
-    return QAct(consumer.scale, consumer.lo, consumer.hi)
+def _qact(a: ActQ, relu: bool = False) -> QAct:
+    """The learned quantizer as int8 Q/DQ plus clamp (``lo >= 0`` when fed by a ReLU)."""
+    return QAct(a.scale, max(0, a.lo) if relu else a.lo, a.hi)
 
 
-def _relu_act(a: ActQ) -> QAct:
-    return QAct(a.scale, max(0, a.lo), a.hi)
-
-
-def logit_scale(model: nn.Module, head_in: ActQ, fw: FoldedWeight) -> float:
-    """A data-free int8 scale for the logits: the largest |logit| any input can produce
-    (head input codes in ``[lo, hi]``, the file's weights and bias) over 127."""
-    w = fw.codes.float() * fw.scale.view(-1, 1)
-    amax = max(abs(head_in.lo), abs(head_in.hi)) * head_in.scale
-    bound = float((w.abs().sum(1) * amax + fw.bias.abs()).max()) if fw.bias is not None else float(w.abs().sum(1).max() * amax)
-    return max(bound, 1e-8) / INT8_MAX
-
-
-def _bn_amax(bn: nn.BatchNorm2d, relu: bool = False, sigmas: float = 4.0) -> float:
-    """A bound on |BN output| from the BN's own learned state: ``|beta| + sigmas * |gamma|`` per channel."""
-    gamma = bn.weight.detach().float().abs() if bn.affine else torch.ones_like(bn.running_var)
-    beta = bn.bias.detach().float() if bn.affine else torch.zeros_like(gamma)
-    hi = beta + sigmas * gamma
-    if relu:
-        return float(hi.clamp(min=0).max())
-    return float(torch.maximum(hi.abs(), (beta - sigmas * gamma).abs()).max())
-
-
-def stream_scales(model: nn.Module, sigmas: float = 4.0) -> list[float]:
-    """int8 scales of the tensors the model keeps in float: the stem output, then each block's output.
-
-    Each is the coarser of (a) the scale of the learned quantizer consuming the tensor and
-    (b) a range bound from the BatchNorm statistics the model learned (``|beta| + sigmas*|gamma|``
-    per channel; residual sums add the bounds of both inputs) over 127. No data is used."""
-    blocks = list(model.blocks)
-    consumers = [act_q(b.in_quant) for b in blocks] + [act_q(model.head_quant)]
-    amax = _bn_amax(model.stem_bn, relu=True, sigmas=sigmas)
-    scales = [max(consumers[0].scale, amax / INT8_MAX)]
-    for i, blk in enumerate(blocks):
-        h = _bn_amax(blk.bn3, sigmas=sigmas)
-        amax = amax + h if blk.residual else h
-        scales.append(max(consumers[i + 1].scale, amax / INT8_MAX))
-    return scales
-
-
-def build_reference(model: nn.Module, output_scale: float | None = None,
-                    scales: list[float] | None = None) -> TFLiteReference:
+def build_reference(model: nn.Module) -> TFLiteReference:
     """The plain-torch Q/DQ module equivalent to a trained :class:`QuantNet` (eval mode).
 
-    ``scales`` overrides :func:`stream_scales` (stem output, then each block's output)."""
-    for attr in ("input_quant", "stem", "stem_bn", "blocks", "head_quant", "head", "plan"):
+    Nothing is invented: each conv/FC output (BN folded, ReLU fused) and each residual sum
+    is requantized straight to the learned quantizer that consumes it."""
+    for attr in ("input_quant", "stem", "stem_bn", "blocks", "pool_quant", "head_quant", "head", "logit_quant",
+                 "plan"):
         if not hasattr(model, attr):
             raise ExportError(f"TFLite export supports qnas QuantNet models; {type(model).__name__} has no {attr!r}")
     if not isinstance(model.stem_act, nn.ReLU):
         raise ExportError("TFLite export expects a ReLU after the stem BatchNorm")
+    pool = getattr(model, "pool", None)
+    if not isinstance(pool, nn.AdaptiveAvgPool2d) or pool.output_size not in (1, (1, 1)):
+        raise ExportError("TFLite export expects a global average pool before the head")
     plan = model.plan
     blocks = list(model.blocks)
-    head_q = act_q(model.head_quant)
-    # the learned quantizer that consumes each float stream tensor
-    consumers = [act_q(b.in_quant) for b in blocks] + [head_q]
-    scales = list(scales) if scales is not None else stream_scales(model)
-    if len(scales) != len(blocks) + 1:
-        raise ExportError(f"need {len(blocks) + 1} stream scales, got {len(scales)}")
+    # the learned quantizer consuming the stem output, then each block's output
+    consumers = [act_q(b.in_quant) for b in blocks] + [act_q(model.pool_quant)]
 
-    a_in = act_q(model.input_quant)
-    input_act = QAct(a_in.scale, a_in.lo, a_in.hi)
-    stream = QAct(scales[0])
-    stem_conv = dict(stride=model.stem.stride, padding=model.stem.padding, groups=model.stem.groups)
-    stem = QLayer("stem", fold_weight(model.stem, model.stem_bn), stream, True, stem_conv,
-                  (plan.stem.w_bits, plan.stem.a_bits))
+    def conv_of(layer: nn.Module) -> dict[str, Any]:
+        return dict(stride=layer.stride, padding=layer.padding, groups=layer.groups)
+
+    input_act = _qact(act_q(model.input_quant))
+    stem = QLayer("stem", fold_weight(model.stem, model.stem_bn), _qact(consumers[0], relu=True), True,
+                  conv_of(model.stem), (plan.stem.w_bits, plan.stem.a_bits))
     qblocks = []
     for i, (blk, bplan) in enumerate(zip(blocks, plan.blocks)):
-        in_act = _consumer_act(stream, consumers[i])
-        out = QAct(scales[i + 1])
-        e, d, p = bplan.layers
-        convs = []
-        for name, conv, bn, act, spec in (("expand", blk.expand, blk.bn1, _relu_act(act_q(blk.act1)), e),
-                                          ("dw", blk.dw, blk.bn2, _relu_act(act_q(blk.act2)), d),
-                                          ("project", blk.project, blk.bn3, out, p)):
-            convs.append(QLayer(f"blocks.{i}.{name}", fold_weight(conv, bn), act, act is not out,
-                                dict(stride=conv.stride, padding=conv.padding, groups=conv.groups),
-                                (spec.w_bits, spec.a_bits)))
         if blk.residual and blk.expand.in_channels != blk.project.out_channels:
             raise ExportError(f"blocks.{i}: residual with different channel counts")
-        qblocks.append(QBlock(in_act, *convs, residual=blk.residual, out_scale=out.scale))
-        stream = out
-    head_act = _consumer_act(stream, head_q)
-    fw = fold_weight(model.head, None)
-    s_out = float(output_scale) if output_scale is not None else logit_scale(model, head_q, fw)
-    head = QLayer("head", fw, QAct(s_out), False, None, (plan.head.w_bits, plan.head.a_bits))
-    pool_hw = _last_hw(model, plan)
-    ref = TFLiteReference(input_act, stem, qblocks, stream.scale, head_act, head, pool_hw)
+        nxt = _qact(consumers[i + 1])
+        if blk.residual:
+            if not hasattr(blk, "out_quant"):
+                raise ExportError(f"blocks.{i}: residual block without out_quant; rebuild the model with this qnas")
+            proj_out, add_out = _qact(act_q(blk.out_quant)), nxt
+        else:
+            proj_out, add_out = nxt, None
+        e, d, p = bplan.layers
+        convs = []
+        for name, conv, bn, act, relu, spec in (
+                ("expand", blk.expand, blk.bn1, _qact(act_q(blk.act1), relu=True), True, e),
+                ("dw", blk.dw, blk.bn2, _qact(act_q(blk.act2), relu=True), True, d),
+                ("project", blk.project, blk.bn3, proj_out, False, p)):
+            convs.append(QLayer(f"blocks.{i}.{name}", fold_weight(conv, bn), act, relu, conv_of(conv),
+                                (spec.w_bits, spec.a_bits)))
+        qblocks.append(QBlock(*convs, residual=blk.residual, add_out=add_out))
+    head_act = _qact(act_q(model.head_quant))
+    head = QLayer("head", fold_weight(model.head, None), _qact(act_q(model.logit_quant)), False, None,
+                  (plan.head.w_bits, plan.head.a_bits))
+    ref = TFLiteReference(input_act, stem, qblocks, head_act, head)
     return ref.eval()
-
-
-def _last_hw(model: nn.Module, plan: Any) -> int:
-    specs = [plan.stem] + [l for b in plan.blocks for l in b.layers]
-    return int(specs[-1].hw_out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -642,14 +626,15 @@ def _layer_report(ref: TFLiteReference, path: Path, int8_io: bool) -> TFLiteRepo
         else:
             how = f"{np.dtype(in_t['dtype']).name} x {np.dtype(wt['dtype']).name}"
             if w_bits < 8:
-                how += f" (w{w_bits} codes in [-{2 ** (w_bits - 1) - 1}, {2 ** (w_bits - 1) - 1}] stored as int8; no int4)"
+                how += (f" (w{w_bits} codes in [-{2 ** (w_bits - 1) - 1}, {2 ** (w_bits - 1) - 1}] stored as int8 "
+                        f"k * code at scale / k, k = 127 // max|code| per channel; no int4)")
             if a_bits < 8:
                 how += f" (a{a_bits} input clamped to its {a_bits}-bit range by MINIMUM/MAXIMUM)"
         rep.layers.append(TFLiteLayer(l.layer_name, op.op, w_bits, a_bits, how))
     if len(wops) != len(layers):
         rep.notes.append(f"{len(wops)} conv/FC ops in the file for {len(layers)} model layers")
-    rep.notes.append("float tensors of the model (residual stream, pooled features) run as int8 at the scale of the "
-                     "learned quantizer consuming them; logits use a data-free int8 scale")
+    rep.notes.append("every int8 tensor uses a learned scale: conv/ADD outputs that of the quantizer consuming "
+                     "them, MEAN head_quant's, the logits logit_quant's")
     return rep
 
 
@@ -690,15 +675,14 @@ class TFLiteLitertExporter(Exporter):
     """Full-integer int8 TFLite via litert-torch, verified with ai-edge-litert.
 
     ``int8_io=True`` keeps int8 input/output tensors (Edge TPU); the default wraps them
-    in float ``QUANTIZE``/``DEQUANTIZE``. ``output_scale`` overrides the data-free logits
+    in float ``QUANTIZE``/``DEQUANTIZE``; the logits scale is the model's ``logit_quant``
     scale. The per-layer mapping of the last export is :attr:`last_report`."""
 
     suffix = ".tflite"
     extra = EXTRA
 
-    def __init__(self, int8_io: bool = False, output_scale: float | None = None):
+    def __init__(self, int8_io: bool = False):
         self.int8_io = bool(int8_io)
-        self.output_scale = output_scale
         self.last_report: TFLiteReport | None = None
 
     def runtime_available(self) -> bool:
@@ -717,7 +701,7 @@ class TFLiteLitertExporter(Exporter):
         was_training = model.training
         model.eval()
         try:
-            ref = build_reference(model, self.output_scale)
+            ref = build_reference(model)
             example = example_input[:1].detach().float()
             try:
                 blob = convert_reference(ref, example)
@@ -759,7 +743,7 @@ class TFLiteLitertExporter(Exporter):
         was_training = model.training
         model.eval()
         try:
-            ref = build_reference(model, self.output_scale)
+            ref = build_reference(model)
         finally:
             model.train(was_training)
         it = interpreter(path, delegates=False)
@@ -786,10 +770,14 @@ class TFLiteLitertExporter(Exporter):
             if vals.shape != exp.shape:
                 check.mismatches.append(f"{l.layer_name}: shape {tuple(vals.shape)} in the file, expected {tuple(exp.shape)}")
                 continue
-            n_bad = int((vals.astype(np.int32) != exp.astype(np.int32)).sum())
+            kshape = (-1,) + (1,) * (exp.ndim - 1)
+            k = l.k.numpy().reshape(kshape)
+            if op == "DEPTHWISE_CONV_2D":
+                k = k.reshape(1, 1, 1, -1)
+            n_bad = int((vals.astype(np.int32) != exp.astype(np.int32) * k).sum())
             if n_bad:
                 check.mismatches.append(f"{l.layer_name}: {n_bad}/{exp.size} integer codes differ")
-            want = l.w_scale.double().numpy()
+            want = l.w_scale.double().numpy() / l.k.double().numpy()
             if scales.size != want.size:
                 check.mismatches.append(f"{l.layer_name}: {scales.size} scales in the file, expected {want.size}")
                 continue
@@ -800,7 +788,8 @@ class TFLiteLitertExporter(Exporter):
             if zps.size and np.any(zps != 0):
                 check.mismatches.append(f"{l.layer_name}: non-zero weight zero points")
         check.notes.append("scales compared after BatchNorm folding: file scale = learned weight scale * "
-                           "|gamma/sqrt(var+eps)|, codes negated on channels with a negative BN factor")
+                           "|gamma/sqrt(var+eps)| / k, file codes = k * codes, negated on channels with a negative "
+                           "BN factor (k: per-channel integer storage factor, 127 // max|code|)")
         return check
 
 

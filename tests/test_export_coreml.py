@@ -34,6 +34,12 @@ def _n_quant_layers(model):
     return 2 + 3 * len(model.blocks)  # stem + (expand, dw, project) per block + head
 
 
+def _stream_quants(model):
+    """The 8-bit quantizers that feed no weight layer: residual out_quant, pool_quant, logit_quant."""
+    return ([f"blocks.{i}.out_quant" for i, b in enumerate(model.blocks) if b.residual]
+            + ["pool_quant", "logit_quant"])
+
+
 def _tampered(path, tmp_path, find, edit):
     """A copy of the package whose weight blob has ``find`` (bytes) replaced by ``edit(find)``."""
     copy_path = tmp_path / "tampered.mlpackage"
@@ -70,6 +76,14 @@ def test_stored_codes_and_scales_equal_the_models(exported, trained_digits_model
     assert check.ok, check.mismatches
     assert check.tensors == _n_quant_layers(model) == 17
     assert check.max_scale_rel_err < 1e-6
+    n_act = _n_quant_layers(model) + len(_stream_quants(model))
+    assert _stream_quants(model) == ["blocks.0.out_quant", "blocks.2.out_quant", "pool_quant", "logit_quant"]
+    assert any(f"{n_act} activation scales compared" in n for n in check.notes), check.notes
+    _, act_scales = cml.stored_codes(path)
+    for q in _stream_quants(model):  # the stream quantizers' scales are in the file too
+        s = float(getattr(model.get_submodule(q), "act_quant").scale())
+        assert act_scales[cml._act_op_name(q, "quantize")] == pytest.approx(s, rel=1e-6), q
+        assert act_scales[cml._act_op_name(q, "dequantize")] == pytest.approx(s, rel=1e-6), q
     if sys.platform != "darwin":
         assert any("prediction was NOT run" in n for n in check.notes)
     # the file really holds int8 / int4 codes and a 2-bit LUT, per the plan's bit widths
@@ -127,6 +141,51 @@ def test_a_model_with_one_changed_code_does_not_match(exported, trained_digits_m
     assert [m.split(":")[0] for m in check.mismatches] == [name]
 
 
+@pytest.mark.parametrize("which", ["residual", "pool_quant", "logit_quant"])
+def test_a_model_with_a_changed_stream_scale_does_not_match(exported, trained_digits_model, which):
+    """check_codes compares the scales of the quantizers that feed no conv (residual output,
+    pooled features, logits) as well."""
+    path, _, exporter = exported
+    _, _, model = trained_digits_model
+    other = copy.deepcopy(model)
+    name = next(q for q in _stream_quants(other) if q.endswith("out_quant")) if which == "residual" else which
+    quant = other.get_submodule(name)
+    before = float(quant.act_quant.scale())
+    impl = quant.act_quant.fused_activation_quant_proxy.tensor_quant.scaling_impl
+    with torch.no_grad():  # Brevitas reads the stats buffer until collect_stats_steps, then the learned value
+        if impl.counter <= impl.collect_stats_steps:
+            impl.buffer.mul_(1.001)
+        else:
+            impl.value.mul_(1.001)
+    assert float(quant.act_quant.scale()) != before
+    check = exporter.check_codes(path, other)
+    assert not check.ok and check.max_scale_rel_err > 1e-6
+    assert {m.split(":")[0] for m in check.mismatches} == {name}, check.mismatches
+
+
+def test_program_adds_the_quantized_block_input_to_the_quantized_output(exported, trained_digits_model):
+    """The stored wiring follows QuantNet.forward: residual add of in_quant and out_quant outputs,
+    pool_quant before the pooling, logit_quant's dequantize as the program output."""
+    path, _, _ = exported
+    _, _, model = trained_digits_model
+    fn = cml._load_program(path).functions["main"]
+    ops = {op.name: op for op in fn.operations}
+    producer = lambda v: v.op.name  # noqa: E731
+    for i, blk in enumerate(model.blocks):
+        if blk.residual:
+            add = ops[f"blocks_{i}_add"]
+            assert {producer(add.x), producer(add.y)} == {f"blocks_{i}_in_quant_dequantize",
+                                                          f"blocks_{i}_out_quant_dequantize"}
+            assert producer(ops[f"blocks_{i}_out_quant_quantize"].input) == f"blocks_{i}_bn3"
+        else:
+            assert f"blocks_{i}_add" not in ops and f"blocks_{i}_out_quant_quantize" not in ops
+    assert producer(ops["pool"].x) == "pool_quant_dequantize"
+    assert producer(ops["pool_quant_quantize"].input) == f"blocks_{len(model.blocks) - 1}" + (
+        "_add" if model.blocks[-1].residual else "_bn3")
+    assert producer(ops["logit_quant_quantize"].input) == "head"
+    assert [v.name for v in fn.outputs] == [cml.OUTPUT_NAME] and fn.outputs[0].op.op_type == "dequantize"
+
+
 def test_refuses_to_overwrite_an_existing_path(trained_digits_model, tmp_path):
     exporter = create_exporter("coreml")
     _, arch, model = trained_digits_model
@@ -163,6 +222,12 @@ def test_report_names_palettized_int4_and_int8_layers(exported, trained_digits_m
         assert ("clipped to [-8, 7]" in m.act_storage) == (m.a_bits == 4)
     assert seen == {2, 4, 8}
     assert report.to_dict()["layers"][0]["layer"] == "stem"
+    # the stream quantizers (no weight layer of their own) are reported too, after the layers
+    assert [a.quantizer for a in report.activations] == _stream_quants(model)
+    for a, line in zip(report.activations, lines[len(report.layers):]):
+        assert a.a_bits == 8 and "int8 quantize/dequantize" in a.act_storage and "clipped" not in a.act_storage
+        assert line.startswith(a.quantizer) and "\n" not in line
+    assert [a["quantizer"] for a in report.to_dict()["activations"]] == _stream_quants(model)
 
 
 def test_stored_program_computes_the_model_on_digits(exported, trained_digits_model, digits_splits):
@@ -173,8 +238,13 @@ def test_stored_program_computes_the_model_on_digits(exported, trained_digits_mo
     with torch.no_grad():
         ref = model(test.images)
     got = cml.simulate(path, test.images)
-    assert (ref.argmax(1) == got.argmax(1)).float().mean() >= 0.995
-    assert float((ref - got).abs().max()) < 1e-3
+    agreement, max_diff = float((ref.argmax(1) == got.argmax(1)).float().mean()), float((ref - got).abs().max())
+    print(f"simulate vs PyTorch on {len(test.labels)} digits: agreement {agreement:.4f}, max |dlogit| {max_diff:.3g}")
+    assert agreement >= 0.995
+    assert max_diff < 1e-3
+    # the logits are 8-bit quantized, so both sides give integer multiples of logit_quant's scale
+    step = float(model.logit_quant.act_quant.scale())
+    assert torch.allclose(got / step, torch.round(got / step), atol=1e-3)
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="off macOS only: checks the message pointing at check_codes")

@@ -10,8 +10,9 @@ import qnas.exporters.tflite_litert as tfl
 from qnas.errors import QnasError
 from qnas.exporters import create_exporter
 
-AGREEMENT_GAP = ("the Brevitas model keeps its residual stream / BN outputs in float; a full-integer int8 file must "
-                 "round them, and this mixed W2/W4 A4 model flips predictions on a few % of samples (measured ~0.89)")
+AGREEMENT_GAP = ("TFLite's integer requantization (int32 bias at in*w scale, double rounding) errs by up to ~0.01 "
+                 "output codes on 8-bit-input layers; codes flipped near rounding boundaries are amplified by the "
+                 "coarse 4-bit activations of this mixed W2/W4 A4 model (measured agreement ~0.975)")
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +133,8 @@ def test_reference_module_reproduces_codes_after_bn_fold(trained_digits_model):
         w = layer.weight()
         shape = [-1] + [1] * (w.dim() - 1)
         assert torch.equal(torch.round(w / layer.w_scale.view(shape)).to(torch.int8), layer.codes)
+        assert torch.equal(torch.round(w / layer.stored_scale.view(shape)).to(torch.int8), layer.stored_codes())
+        assert int(layer.stored_codes().abs().max()) <= 127
     # stem: folded codes are the model's codes up to per-channel sign
     codes, _, _, _ = tfl.weight_codes(model.stem)
     assert torch.equal(ref.stem.codes.abs(), codes.abs())
