@@ -1,0 +1,576 @@
+"""Finishing a searched arch into the model that gets exported: QAT or PTQ.
+
+* :func:`finish_qat` -- quantization-aware training (:func:`qnas.quant.qat.qat`) from the
+  supernet's weights (or a PTQ calibration of float weights, or scratch), with knowledge
+  distillation from a float teacher, BN frozen late, resumable;
+* :func:`finish_ptq` -- post-training quantization (:func:`qnas.quant.ptq.ptq`: min-max,
+  + bias correction, + GPTQ) of float weights on a calibration set.
+
+``run_or_arch`` is a run directory (``arch.json`` -- else the most accurate Pareto-front
+arch within the search's budgets --, ``config.json`` for the data and space, and the
+weights a search left: ``supernet/supernet.pt`` or ``candidates/UID.pt``), an arch JSON
+file (with ``space``/``data`` given or the defaults), or a finished ``model.pt``.
+
+The result is a :func:`qnas.model_io.save_model` checkpoint (``RUN/model.pt`` by
+default) that ``qnas export`` and :func:`qnas.model_io.load_model` read.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qnas.arch import Arch
+from qnas.data import Splits
+from qnas.errors import CheckpointError, ConfigError
+from qnas.quant.build import build_model
+from qnas.quant.checkpoint import load_checkpoint, load_state
+from qnas.quant.qat import QATConfig, qat
+from qnas.quant.train import TrainConfig, evaluate, train
+from qnas.space import SearchSpace
+
+TEACHERS = ("auto", "float", "supernet", "none")
+INITS = ("auto", "supernet", "ptq", "scratch")
+PTQ_METHODS = ("minmax", "bias_correction", "gptq")
+
+
+# ---- what to finish ------------------------------------------------------------
+@dataclass
+class FinishSource:
+    """An arch with its space, data and whatever weights the run left for it."""
+
+    space: SearchSpace
+    arch: Arch
+    data: str = "digits"
+    data_path: str | None = None
+    seed: int = 0
+    batch_size: int = 64
+    run_dir: Path | None = None
+    supernet_path: Path | None = None
+    state_path: Path | None = None  # candidates/UID.pt or a finished model.pt
+    note: str = ""
+
+    @property
+    def has_weights(self) -> bool:
+        return self.supernet_path is not None or self.state_path is not None
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read {what} {path} ({type(e).__name__}); pass a run directory from "
+                          "qnas search/demo or an arch JSON file") from None
+
+
+def _space_arg(space: SearchSpace | str | Path | None) -> SearchSpace | None:
+    if space is None or isinstance(space, SearchSpace):
+        return space
+    return SearchSpace.from_yaml(space)
+
+
+def _pick_from_front(run: Path, cfg: dict[str, Any]) -> tuple[Arch, str]:
+    front_path = run / "front.json"
+    if not front_path.is_file():
+        raise ConfigError(f"run directory {run} has neither arch.json nor front.json; pass a finished search "
+                          "run or an arch JSON file")
+    front = _read_json(front_path, "Pareto front")
+    lim = {"latency_ms": cfg.get("latency_budget_ms"), "size_kb": cfg.get("size_budget_kb"),
+           "peak_act_kb": cfg.get("memory_budget_kb")}
+    ok = [r for r in front if all(v is None or r.get(k, 0) <= v for k, v in lim.items())]
+    if not ok:
+        raise ConfigError(f"no arch on the Pareto front of {run} meets the search's budgets; write the arch you "
+                          "want to RUN/arch.json or pass an arch JSON file")
+    best = max(ok, key=lambda r: (r["val_acc"], -r["latency_ms"]))
+    return Arch.from_dict(best["arch"]), f"arch: the most accurate front arch within the budgets ({best['uid']})"
+
+
+def resolve_source(run_or_arch: str | Path, space: SearchSpace | str | Path | None = None, data: str | None = None,
+                   data_path: str | None = None, seed: int | None = None,
+                   batch_size: int | None = None) -> FinishSource:
+    """Read what to finish from a run directory, an arch JSON file or a ``model.pt`` (see the module docstring).
+    Explicit ``space``/``data``/``data_path``/``seed``/``batch_size`` override what the run recorded."""
+    p = Path(run_or_arch)
+    sp = _space_arg(space)
+    cfg: dict[str, Any] = {}
+    run_dir = supernet_path = state_path = None
+    note = ""
+    if p.is_dir():
+        run_dir = p
+        if (p / "config.json").is_file():
+            cfg = _read_json(p / "config.json", "run config")
+            if not isinstance(cfg, dict):
+                raise ConfigError(f"{p / 'config.json'} is not a JSON object; pass a qnas run directory")
+        if sp is None and cfg.get("space"):
+            sp = SearchSpace.from_dict(cfg["space"])
+        if (p / "arch.json").is_file():
+            arch = Arch.from_dict(_read_json(p / "arch.json", "arch"))
+        else:
+            arch, note = _pick_from_front(p, cfg)
+        if (p / "supernet" / "supernet.pt").is_file():
+            supernet_path = p / "supernet" / "supernet.pt"
+        elif cfg.get("accuracy") == "supernet" and cfg.get("accuracy_path"):
+            ap = Path(cfg["accuracy_path"])
+            ap = ap / "supernet.pt" if ap.is_dir() else ap
+            supernet_path = ap if ap.is_file() else None
+        if (p / "candidates" / f"{arch.uid}.pt").is_file():
+            state_path = p / "candidates" / f"{arch.uid}.pt"
+    elif p.is_file() and p.suffix == ".pt":
+        _, meta = load_checkpoint(p)
+        if "arch" not in meta or "space" not in meta:
+            raise CheckpointError(f"{p} is not a finished qnas model (no arch/space); pass a run directory or arch JSON")
+        sp = sp or SearchSpace.from_dict(meta["space"])
+        arch = Arch.from_dict(meta["arch"])
+        d = meta.get("data") or {}
+        cfg = {"data": d.get("data"), "data_path": d.get("data_path"), "seed": d.get("split_seed")}
+        state_path = p
+    elif p.is_file():
+        d = _read_json(p, "arch")
+        if isinstance(d, dict) and "arch" in d and "resolution" not in d:
+            d = d["arch"]
+        arch = Arch.from_dict(d)
+    else:
+        raise ConfigError(f"{run_or_arch} is neither a run directory, an arch JSON file nor a model.pt")
+    sp = sp or SearchSpace()
+    sp.validate(arch)
+    pick = lambda given, key, default: given if given is not None else (  # noqa: E731
+        cfg.get(key) if cfg.get(key) is not None else default)
+    return FinishSource(sp, arch, pick(data, "data", "digits"), pick(data_path, "data_path", None),
+                        int(pick(seed, "seed", 0)), int(pick(batch_size, "batch_size", 64)), run_dir,
+                        supernet_path, state_path, note)
+
+
+# ---- models -------------------------------------------------------------------------
+class FloatTeacher(nn.Module):
+    """A qnas model run with every quantizer off (:func:`qnas.quant.ptq.float_mode`)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from qnas.quant.ptq import float_mode
+
+        with float_mode(self.model):
+            return self.model(x)
+
+
+class SupernetTeacher(nn.Module):
+    """An arch of a supernet in float mode (default: the largest of the whole space, the
+    in-place distillation teacher it was trained with), fed at that arch's resolution."""
+
+    def __init__(self, supernet: nn.Module, arch: Arch | None = None):
+        super().__init__()
+        from qnas.supernet import full_space_largest
+
+        self.supernet = supernet
+        self.arch = arch or full_space_largest(supernet.space)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.supernet
+        if net.active_arch != self.arch or net.quantize:
+            net.set_active(self.arch, quantize=False)
+        r = self.arch.resolution
+        if tuple(x.shape[-2:]) != (r, r):
+            x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False, antialias=r < x.shape[-1])
+        return net(x)
+
+
+@dataclass
+class ArchData:
+    """The splits of a data set at an arch's resolution (``part("train")`` ...)."""
+
+    splits: Splits
+    arch: Arch
+
+    def part(self, name: str):
+        return getattr(self.splits, name).at_resolution(self.arch.resolution)
+
+
+def _load_splits(src: FinishSource, splits: Splits | None) -> Splits:
+    if splits is not None:
+        return splits
+    from qnas.searching import prepare_data
+
+    return prepare_data(src.data, src.data_path, src.seed)
+
+
+def _run_weights(src: FinishSource, splits: Splits) -> tuple[nn.Module | None, str]:
+    """The model the run's weights give for the arch: the supernet's extraction (BN recalibrated as in
+    search), a candidate's trained state or a finished model; else None."""
+    if src.supernet_path is not None:
+        from qnas.supernet import SupernetEvaluator, load_supernet
+
+        supernet = load_supernet(src.supernet_path)
+        if supernet.space.to_dict() != src.space.to_dict():
+            raise ConfigError(f"the supernet at {src.supernet_path} was trained on another search space")
+        return SupernetEvaluator(supernet, splits, batch_size=src.batch_size, seed=src.seed).extract(src.arch), "supernet"
+    if src.state_path is not None:
+        state, _ = load_checkpoint(src.state_path)
+        return load_state(build_model(src.space, src.arch), state, str(src.state_path)), str(src.state_path.name)
+    return None, "scratch"
+
+
+def train_float(model: nn.Module, data: ArchData, epochs: int, seed: int, batch_size: int, progress: bool,
+                lr: float = 3e-3) -> nn.Module:
+    """Train ``model``'s float weights in place with every quantizer off, then re-estimate its BN
+    statistics (float) on up to 1024 training images; returns it in eval mode."""
+    from qnas.quant.ptq import float_mode, recalibrate_bn
+
+    train_ds = data.part("train")
+    with float_mode(model):
+        train(model, train_ds.loader(batch_size, True, seed), None,
+              TrainConfig(epochs=epochs, lr=lr, seed=seed, progress=progress, desc="float model"))
+    recalibrate_bn(model, train_ds.images[:1024], batch_size)
+    model.eval()
+    return model
+
+
+def float_accuracy(model: nn.Module, loader: Any) -> float:
+    from qnas.quant.ptq import float_mode
+
+    with float_mode(model):
+        return evaluate(model, loader)
+
+
+def _calibration(calib: Any, src: FinishSource, splits: Splits, n: int = 512):
+    """A :class:`CalibrationSet` from a path, a set, or (None) ``n`` class-balanced training images."""
+    from qnas.calib_data.calibration import CalibrationSet
+
+    if calib is None:
+        from qnas.calib_data.build import build_calibration_set
+
+        cs = build_calibration_set(src.data, src.data_path, n=min(n, len(splits.train)), resolution=src.arch.resolution,
+                                   seed=src.seed, split_seed=src.seed, mean=splits.train.mean, std=splits.train.std)
+    elif isinstance(calib, CalibrationSet):
+        cs = calib
+    else:
+        cs = CalibrationSet.load(calib)
+    return cs.check_for(src.space.config.in_channels, src.arch.resolution, splits.train.mean, splits.train.std)
+
+
+# ---- results --------------------------------------------------------------------------
+@dataclass
+class FinishResult:
+    """Where the finished model went and how good it is (accuracies in [0, 1])."""
+
+    path: Path
+    method: str
+    val_acc: float
+    test_acc: float
+    seconds: float
+    float_val_acc: float | None = None
+    float_test_acc: float | None = None
+    started_from_val_acc: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    model: nn.Module | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "method": self.method, "val_acc": self.val_acc, "test_acc": self.test_acc,
+                "float_val_acc": self.float_val_acc, "float_test_acc": self.float_test_acc,
+                "started_from_val_acc": self.started_from_val_acc, "seconds": round(self.seconds, 2),
+                **self.details}
+
+    def lines(self) -> list[str]:
+        out = [f"finished ({self.method}) -> {self.path}",
+               f"  val acc {100 * self.val_acc:.2f} %, test acc {100 * self.test_acc:.2f} %  ({self.seconds:.1f} s)"]
+        if self.float_test_acc is not None:
+            out.append(f"  float model: val acc {100 * self.float_val_acc:.2f} %, test acc {100 * self.float_test_acc:.2f} %")
+        if self.started_from_val_acc is not None:
+            out.append(f"  started from val acc {100 * self.started_from_val_acc:.2f} %")
+        return out
+
+
+def _out_path(src: FinishSource, out: str | Path | None, overwrite: bool) -> Path:
+    if out is None:
+        if src.run_dir is None:
+            raise ConfigError("pass out=... (--out PATH): finishing an arch file has no run directory to write into")
+        out = src.run_dir / "model.pt"
+    path = Path(out)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; pass the path of the model file to write (e.g. {path}/model.pt)")
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path} already exists; choose another --out or pass --force (overwrite=True)")
+    return path
+
+
+def _save(path: Path, model: nn.Module, src: FinishSource, splits: Splits, test_acc: float, val_acc: float,
+          finish: dict[str, Any], overwrite: bool) -> None:
+    from qnas.model_io import save_model
+
+    data_meta = {"data": src.data, "data_path": src.data_path, "split_seed": src.seed,
+                 "mean": list(splits.train.mean), "std": list(splits.train.std)}
+    save_model(path, model, src.space, src.arch,
+               {"data": data_meta, "test_acc": test_acc, "val_acc": val_acc, "finish": finish}, overwrite=overwrite)
+
+
+# ---- QAT -------------------------------------------------------------------------------
+def finish_qat(
+    run_or_arch: str | Path,
+    *,
+    out: str | Path | None = None,
+    epochs: int = 10,
+    lr: float = 2e-3,
+    teacher: str | None = "auto",
+    init: str = "auto",
+    calib: Any = None,
+    kd_weight: float = 0.5,
+    kd_temperature: float = 2.0,
+    freeze_bn_fraction: float | None = 0.7,
+    float_epochs: int | None = None,
+    space: SearchSpace | str | Path | None = None,
+    data: str | None = None,
+    data_path: str | None = None,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    splits: Splits | None = None,
+    qat_config: QATConfig | None = None,
+) -> FinishResult:
+    """QAT-finish an arch and save it (default ``RUN/model.pt``).
+
+    ``teacher``: ``"supernet"`` (the run supernet's largest subnet in float mode), ``"float"`` (the same
+    arch trained ``float_epochs`` in float mode from the run's weights or scratch), ``None``/``"none"``
+    (labels only) or ``"auto"`` (supernet if the run has one, else float).
+    ``init``: ``"supernet"`` (the run's weights: supernet extraction, the candidate's state or a
+    finished model), ``"ptq"`` (min-max PTQ of the float weights on ``calib``: a calibration-set path,
+    a :class:`CalibrationSet` or None for 512 training images), ``"scratch"``, or ``"auto"``
+    (the run's weights if any, else PTQ of the float model if one is trained, else scratch).
+    ``qat_config`` overrides epochs/lr/kd settings. The run is resumable: a killed finish continues from
+    ``OUT.qat-state.pt`` (removed when done). ``splits`` skips re-loading the data (the demo)."""
+    t0 = time.perf_counter()
+    teacher = "none" if teacher is None else teacher
+    if teacher not in TEACHERS:
+        raise ConfigError(f"unknown teacher {teacher!r}; choose one of {list(TEACHERS)}")
+    if init not in INITS:
+        raise ConfigError(f"unknown init {init!r}; choose one of {list(INITS)}")
+    src = resolve_source(run_or_arch, space, data, data_path, seed, batch_size)
+    cfg = qat_config or QATConfig(epochs=epochs, lr=lr, kd_weight=kd_weight, kd_temperature=kd_temperature,
+                                  freeze_bn_fraction=freeze_bn_fraction, seed=src.seed)
+    cfg = replace(cfg, progress=progress, desc="finish (QAT)").validate()
+    path = _out_path(src, out, overwrite)
+    if teacher == "auto":
+        teacher = "supernet" if src.supernet_path is not None else "float"
+    if teacher == "supernet" and src.supernet_path is None:
+        raise ConfigError(f"teacher='supernet' needs a run with a supernet; {run_or_arch} has none "
+                          "(use teacher='float' or 'none')")
+    if init == "supernet" and not src.has_weights:
+        raise ConfigError(f"init='supernet' needs a run with weights (a supernet or a candidate state); "
+                          f"{run_or_arch} has none (use init='ptq' or 'scratch')")
+    splits = _load_splits(src, splits)
+    d = ArchData(splits, src.arch)
+    val_loader = d.part("val").loader(512, False)
+
+    torch.manual_seed(src.seed)
+    base, base_from = _run_weights(src, splits) if src.has_weights else (None, "scratch")
+    need_float = teacher == "float" or (init == "ptq" and base is None)
+    if init == "auto":
+        init = "supernet" if base is not None else ("ptq" if need_float else "scratch")
+    float_model = None
+    float_val = float_test = None
+    if need_float:
+        torch.manual_seed(src.seed)
+        float_model = copy.deepcopy(base) if base is not None else build_model(src.space, src.arch)
+        train_float(float_model, d, float_epochs if float_epochs is not None else cfg.epochs, src.seed,
+                    src.batch_size, progress)
+        float_val = float_accuracy(float_model, val_loader)
+        float_test = float_accuracy(float_model, d.part("test").loader(512, False))
+
+    if init == "scratch":
+        torch.manual_seed(src.seed)
+        model = build_model(src.space, src.arch)
+    elif init == "supernet":
+        model = base
+    else:  # ptq
+        from qnas.quant.ptq import PTQConfig, ptq
+
+        model = copy.deepcopy(float_model if float_model is not None else base)
+        ptq(model, _calibration(calib, src, splits).images, PTQConfig(method="minmax", progress=progress))
+    started = evaluate(model, val_loader)
+
+    teacher_module = None
+    teacher_desc = None
+    if teacher == "supernet":
+        from qnas.supernet import load_supernet
+
+        teacher_module = SupernetTeacher(load_supernet(src.supernet_path))
+        teacher_desc = f"supernet largest subnet, float ({teacher_module.arch.describe()})"
+    elif teacher == "float":
+        teacher_module = FloatTeacher(float_model)
+        teacher_desc = "same arch, float mode"
+
+    state_path = path.with_name(path.stem + ".qat-state.pt")
+    if state_path.exists() and overwrite and not _state_fits(state_path, cfg):
+        state_path.unlink()
+    t_qat = time.perf_counter()
+    hist = qat(model, d.part("train").loader(src.batch_size, True, src.seed), val_loader, cfg,
+               teacher=teacher_module, state_path=state_path)
+    t_qat = time.perf_counter() - t_qat
+    model.eval()
+    val_acc = evaluate(model, val_loader)
+    test_acc = evaluate(model, d.part("test").loader(512, False))
+    finish = {"method": "qat", "init": init, "init_weights": base_from if init == "supernet" else init,
+              "teacher": teacher_desc, "config": cfg.to_dict(), **hist.summary(),
+              "float_val_acc": float_val, "float_test_acc": float_test}
+    _save(path, model, src, splits, test_acc, val_acc, finish, overwrite=True)
+    state_path.unlink(missing_ok=True)
+    details = {"init": init, "teacher": teacher_desc, "qat_seconds": round(t_qat, 2),
+               "history": hist.to_dicts(), "resumed_from_epoch": hist.resumed_from_epoch}
+    if src.note:
+        details["note"] = src.note
+    return FinishResult(path, "qat", val_acc, test_acc, time.perf_counter() - t0, float_val, float_test, started,
+                        details, model)
+
+
+def _state_fits(state_path: Path, cfg: QATConfig) -> bool:
+    try:
+        payload = torch.load(state_path, map_location="cpu", weights_only=True)
+        return json.loads(payload["config_json"]) == json.loads(json.dumps(cfg.fingerprint()))
+    except Exception:
+        return False
+
+
+# ---- PTQ -------------------------------------------------------------------------------
+def finish_ptq(
+    run_or_arch: str | Path,
+    calib: Any = None,
+    method: str = "gptq",
+    *,
+    out: str | Path | None = None,
+    float_epochs: int = 10,
+    batch_size_calib: int = 64,
+    space: SearchSpace | str | Path | None = None,
+    data: str | None = None,
+    data_path: str | None = None,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    splits: Splits | None = None,
+) -> FinishResult:
+    """PTQ-finish an arch and save it (default ``RUN/model.pt``).
+
+    The float weights come from the run (the supernet's extraction, a candidate's state or a finished
+    model) or, for a bare arch, from ``float_epochs`` of float training. ``calib``: a calibration-set
+    path (``qnas calib build``), a :class:`CalibrationSet`, or None for 512 class-balanced training
+    images. ``method``: ``minmax``, ``bias_correction`` or ``gptq`` (cumulative)."""
+    from qnas.quant.ptq import PTQConfig, ptq
+
+    t0 = time.perf_counter()
+    if method not in PTQ_METHODS:
+        raise ConfigError(f"unknown PTQ method {method!r}; choose one of {list(PTQ_METHODS)}")
+    src = resolve_source(run_or_arch, space, data, data_path, seed, batch_size)
+    path = _out_path(src, out, overwrite)
+    splits = _load_splits(src, splits)
+    cs = _calibration(calib, src, splits)
+    d = ArchData(splits, src.arch)
+    val_loader = d.part("val").loader(512, False)
+    test_loader = d.part("test").loader(512, False)
+    torch.manual_seed(src.seed)
+    model, base_from = _run_weights(src, splits) if src.has_weights else (None, "scratch")
+    trained_float = model is None
+    if model is None:
+        model = build_model(src.space, src.arch)
+        train_float(model, d, float_epochs, src.seed, src.batch_size, progress)
+    float_val = float_accuracy(model, val_loader)
+    float_test = float_accuracy(model, test_loader)
+    t_ptq = time.perf_counter()
+    ptq(model, cs.images, PTQConfig(method=method, batch_size=batch_size_calib, progress=progress))
+    t_ptq = time.perf_counter() - t_ptq
+    model.eval()
+    val_acc = evaluate(model, val_loader)
+    test_acc = evaluate(model, test_loader)
+    finish = {"method": f"ptq:{method}", "weights": "float training" if trained_float else base_from,
+              "float_epochs": float_epochs if trained_float else 0, "calibration": cs.meta,
+              "float_val_acc": float_val, "float_test_acc": float_test}
+    _save(path, model, src, splits, test_acc, val_acc, finish, overwrite=True)
+    details = {"weights": finish["weights"], "ptq_seconds": round(t_ptq, 2), "calibration_n": len(cs)}
+    if src.note:
+        details["note"] = src.note
+    return FinishResult(path, f"ptq:{method}", val_acc, test_acc, time.perf_counter() - t0, float_val, float_test,
+                        None, details, model)
+
+
+# ---- CLI ---------------------------------------------------------------------------------
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN_OR_ARCH",
+                   help="run directory (arch.json, config.json, supernet/), arch JSON file or model.pt")
+    p.add_argument("--calib", metavar="NPZ", help="calibration set (`qnas calib build`); default: 512 "
+                                                  "class-balanced training images")
+    p.add_argument("--out", help="model file to write (default: RUN/model.pt)")
+    p.add_argument("--space", metavar="YAML", help="search-space config (default: the run's, else the embedded one)")
+    p.add_argument("--data", choices=["digits", "imagefolder", "cifar10", "npz"],
+                   help="data set kind (default: the run's, else digits)")
+    p.add_argument("--data-path", help="path for imagefolder / cifar10 / npz data")
+    p.add_argument("--seed", type=int, help="split and training seed (default: the run's, else 0)")
+    p.add_argument("--batch-size", type=int, help="training batch size (default: the run's, else 64)")
+    p.add_argument("--float-epochs", type=int, help="float training epochs when the run has no weights")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _positive_int(v: str) -> int:
+    try:
+        i = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {v!r}") from None
+    if i < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v!r}")
+    return i
+
+
+def cmd_finish(a: argparse.Namespace) -> int:
+    common = dict(out=a.out, space=a.space, data=a.data, data_path=a.data_path, seed=a.seed,
+                  batch_size=a.batch_size, overwrite=a.force, progress=not a.no_progress)
+    if a.batch_size is not None and a.batch_size < 2:
+        raise ConfigError(f"--batch-size must be at least 2, got {a.batch_size}")
+    if a.finish_method == "qat":
+        res = finish_qat(a.run, epochs=a.epochs, lr=a.lr, teacher=a.teacher, init=a.init, calib=a.calib,
+                         kd_weight=a.kd_weight, kd_temperature=a.kd_temperature, float_epochs=a.float_epochs,
+                         **common)
+    else:
+        res = finish_ptq(a.run, a.calib, a.method,
+                         **({"float_epochs": a.float_epochs} if a.float_epochs is not None else {}), **common)
+    print("\n".join(res.lines()))
+    print(f"export it with: qnas export onnx {res.path} --out model.onnx")
+    return 0
+
+
+def add_finish_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``finish {qat,ptq}`` to a ``qnas`` sub-command parser; ``args.func`` is :func:`cmd_finish`."""
+    f = subparsers.add_parser("finish", help="finish a searched arch with QAT or PTQ into a model.pt",
+                              description="Finish an arch (run directory, arch JSON or model.pt) into the "
+                                          "quantized model that `qnas export` reads.")
+    fsub = f.add_subparsers(dest="finish_method", required=True, metavar="METHOD")
+    q = fsub.add_parser("qat", help="quantization-aware training with distillation from a float teacher",
+                        description="QAT from the run's weights (or PTQ of float weights, or scratch), knowledge "
+                                    "distillation from a float teacher, cosine schedule, BN frozen late; "
+                                    "resumable (rerun the same command after an interruption).")
+    _add_common(q)
+    q.add_argument("--epochs", type=_positive_int, default=10, help="QAT epochs (default 10)")
+    q.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    q.add_argument("--teacher", default="auto", choices=list(TEACHERS),
+                   help="float teacher: the supernet's largest subnet, the same arch trained in float, none, or "
+                        "auto (supernet if the run has one, else float)")
+    q.add_argument("--init", default="auto", choices=list(INITS),
+                   help="start from the run's weights (supernet), PTQ of the float weights, or scratch")
+    q.add_argument("--kd-weight", type=float, default=0.5, help="distillation weight alpha (default 0.5)")
+    q.add_argument("--kd-temperature", type=float, default=2.0, help="distillation temperature (default 2)")
+    q.set_defaults(func=cmd_finish)
+    p = fsub.add_parser("ptq", help="post-training quantization (min-max, bias correction, GPTQ)",
+                        description="Quantize the float weights of the run (or of float training) with Brevitas "
+                                    "PTQ on a calibration set.")
+    _add_common(p)
+    p.add_argument("--method", default="gptq", choices=list(PTQ_METHODS),
+                   help="minmax, + bias correction, + GPTQ (default gptq)")
+    p.set_defaults(func=cmd_finish)
+    return f

@@ -1,0 +1,251 @@
+"""Quantization-aware training to finish a searched model.
+
+:func:`qat` continues training a Brevitas model (from supernet weights, a PTQ
+calibration or scratch) with
+
+* knowledge distillation from a float teacher:
+  ``(1 - a) * CE(student, labels) + a * T^2 * KL(teacher/T || student/T)``;
+* a cosine learning-rate schedule per step (:func:`qnas.quant.train.cosine_lr`);
+* batch norm frozen for the last part of training: from ``bn_freeze_start()``
+  on, every BN layer runs in eval mode (normalises with, and no longer updates,
+  its running statistics), so the statistics the exported model folds in are
+  the ones the last epochs were trained against;
+* resumable state: after every epoch ``{model, optimizer, epoch, history, rng}``
+  is written atomically to ``state_path``; when that file exists at the start
+  the run continues from it, and gives the same weights as an uninterrupted
+  run (for a model whose quantizers are past Brevitas' statistics-collection
+  steps, as every supernet-extracted or PTQ-calibrated model is).
+
+The training loop itself is :func:`qnas.quant.train.train`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from qnas.quant.checkpoint import atomic_write, load_state
+from qnas.quant.errors import CheckpointError, QnasError
+from qnas.quant.train import EpochStats, TrainConfig, TrainResult, make_optimizer, train
+
+STATE_FORMAT = "qnas-qat-state"
+STATE_VERSION = 1
+_RUN_ONLY = ("progress", "desc")
+
+
+@dataclass
+class QATConfig:
+    """QAT settings. BN statistics freeze from epoch ``freeze_bn_epoch`` (0-based; ``None``:
+    ``round(freeze_bn_fraction * epochs)``; neither: never). ``kd_weight`` is the
+    distillation weight ``a`` (used only when a teacher is given)."""
+
+    epochs: int = 10
+    lr: float = 2e-3
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    kd_weight: float = 0.5
+    kd_temperature: float = 2.0
+    freeze_bn_epoch: int | None = None
+    freeze_bn_fraction: float | None = 0.7
+    label_smoothing: float = 0.0
+    warmup_epochs: float = 0.0
+    seed: int = 0
+    progress: bool = True
+    desc: str = "QAT"
+
+    def validate(self) -> "QATConfig":
+        self.train_config().validate()
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int):
+            raise QnasError(f"epochs must be an integer >= 0, got {self.epochs!r}")
+        if not (isinstance(self.kd_weight, (int, float)) and 0.0 <= self.kd_weight <= 1.0):
+            raise QnasError(f"kd_weight must be in [0, 1], got {self.kd_weight!r}")
+        if not (isinstance(self.kd_temperature, (int, float)) and self.kd_temperature > 0
+                and math.isfinite(self.kd_temperature)):
+            raise QnasError(f"kd_temperature must be a positive number, got {self.kd_temperature!r}")
+        if self.freeze_bn_epoch is not None and (isinstance(self.freeze_bn_epoch, bool)
+                                                 or not isinstance(self.freeze_bn_epoch, int)
+                                                 or self.freeze_bn_epoch < 0):
+            raise QnasError(f"freeze_bn_epoch must be an integer >= 0 or None, got {self.freeze_bn_epoch!r}")
+        if self.freeze_bn_fraction is not None and not (isinstance(self.freeze_bn_fraction, (int, float))
+                                                        and 0.0 <= self.freeze_bn_fraction <= 1.0):
+            raise QnasError(f"freeze_bn_fraction must be in [0, 1] or None, got {self.freeze_bn_fraction!r}")
+        return self
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, lr=self.lr, optimizer=self.optimizer, momentum=self.momentum,
+                           weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
+                           warmup_epochs=self.warmup_epochs, seed=self.seed, progress=self.progress,
+                           desc=self.desc)
+
+    def bn_freeze_start(self) -> int:
+        """The first (0-based) epoch with frozen BN; ``epochs`` when BN is never frozen."""
+        if self.freeze_bn_epoch is not None:
+            return min(self.freeze_bn_epoch, self.epochs)
+        if self.freeze_bn_fraction is not None:
+            return min(self.epochs, int(round(self.freeze_bn_fraction * self.epochs)))
+        return self.epochs
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must match for a resume: everything but progress bar settings."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RUN_ONLY}
+
+
+@dataclass
+class QATResult(TrainResult):
+    """Per-epoch stats plus where the run resumed and from which epoch (1-based) BN was frozen."""
+
+    resumed_from_epoch: int = 0
+    bn_frozen_from_epoch: int | None = None
+    distilled: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        return {"epochs": self.to_dicts(), "resumed_from_epoch": self.resumed_from_epoch,
+                "bn_frozen_from_epoch": self.bn_frozen_from_epoch, "distilled": self.distilled}
+
+
+def kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor, kd_weight: float,
+            temperature: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """``(1 - a) * CE(logits, labels) + a * T^2 * KL(softmax(teacher/T) || softmax(logits/T))``;
+    plain CE when ``teacher_logits`` is None."""
+    if teacher_logits is None or kd_weight == 0:
+        return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    t = temperature
+    kl = F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(teacher_logits.detach() / t, 1),
+                  reduction="batchmean", log_target=True)
+    loss = kd_weight * t * t * kl
+    if kd_weight < 1:
+        loss = loss + (1.0 - kd_weight) * F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    return loss
+
+
+def freeze_batchnorm(model: nn.Module) -> int:
+    """Put every BN layer of ``model`` in eval mode: it normalises with its running
+    statistics and no longer updates them (affine weights still train). Returns how many."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, _BatchNorm):
+            m.eval()
+            n += 1
+    return n
+
+
+# ---- resumable state ------------------------------------------------------------
+def _loader_generator(loader: Iterable) -> torch.Generator | None:
+    gen = getattr(loader, "generator", None)
+    return gen if isinstance(gen, torch.Generator) else None
+
+
+def save_qat_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
+                   history: TrainResult, cfg: QATConfig, loader_gen: torch.Generator | None) -> Path:
+    """Write ``{model, optimizer, epoch, history, rng}`` atomically (tensors and plain data only)."""
+    payload = {
+        "format": STATE_FORMAT, "version": STATE_VERSION, "epoch": int(epoch),
+        "config_json": json.dumps(cfg.fingerprint()),
+        "history_json": json.dumps(history.to_dicts()),
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "rng": {"torch": torch.get_rng_state(),
+                "loader": loader_gen.get_state() if loader_gen is not None else torch.zeros(0, dtype=torch.uint8)},
+    }
+    return atomic_write(path, lambda p: torch.save(payload, p))
+
+
+def load_qat_state(path: str | Path, model: nn.Module, cfg: QATConfig,
+                   loader_gen: torch.Generator | None) -> tuple[int, TrainResult, torch.optim.Optimizer]:
+    """Restore model, optimizer and RNG from ``path``; returns ``(epochs done, history, optimizer)``.
+
+    The optimizer is made after the model state is loaded: loading a Brevitas state
+    dict replaces some parameters (quantizer scales), which an earlier optimizer would miss."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path} is not a readable QAT state ({first[:160]}); delete it to start over") from None
+    if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path} is not a qnas QAT state file; delete it or pass another state path")
+    if payload.get("version") != STATE_VERSION:
+        raise CheckpointError(f"{path} has QAT state version {payload.get('version')}, this qnas reads {STATE_VERSION}")
+    saved_cfg = json.loads(payload["config_json"])
+    if saved_cfg != json.loads(json.dumps(cfg.fingerprint())):
+        diff = sorted(k for k in set(saved_cfg) | set(cfg.fingerprint())
+                      if saved_cfg.get(k) != cfg.fingerprint().get(k))
+        raise CheckpointError(f"{path} was written with other QAT settings ({', '.join(diff)}); resume with the "
+                              "same settings or delete it to start over")
+    load_state(model, payload["model"], source=str(path))
+    optimizer = make_optimizer(model, cfg.train_config())
+    try:
+        optimizer.load_state_dict(payload["optimizer"])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{path} holds an optimizer state that does not fit this model ({e})") from None
+    torch.set_rng_state(payload["rng"]["torch"])
+    if loader_gen is not None and payload["rng"]["loader"].numel():
+        loader_gen.set_state(payload["rng"]["loader"])
+    history = TrainResult([EpochStats(**d) for d in json.loads(payload["history_json"])])
+    return int(payload["epoch"]), history, optimizer
+
+
+# ---- the run -----------------------------------------------------------------------
+def qat(
+    model: nn.Module,
+    train_loader: Iterable,
+    val_loader: Iterable | None = None,
+    config: QATConfig | None = None,
+    teacher: nn.Module | None = None,
+    state_path: str | Path | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> QATResult:
+    """QAT ``model`` in place; see the module docstring. ``teacher(x)`` gives the float logits
+    for a batch (run in eval mode without gradients). Raises :class:`TrainingError` when the
+    loss becomes NaN/Inf and :class:`CheckpointError` for a ``state_path`` from other settings."""
+    cfg = (config or QATConfig()).validate()
+    tcfg = cfg.train_config()
+    gen = _loader_generator(train_loader)
+    if state_path is not None and Path(state_path).is_file():
+        start, history, optimizer = load_qat_state(state_path, model, cfg, gen)
+    else:
+        start, history, optimizer = 0, TrainResult(), make_optimizer(model, tcfg)
+
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    if teacher is not None and cfg.kd_weight > 0:
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+
+        def distill(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                t_logits = teacher(x)
+            t_logits = t_logits.value if hasattr(t_logits, "value") else t_logits
+            return kd_loss(logits, t_logits.float(), y, cfg.kd_weight, cfg.kd_temperature, cfg.label_smoothing)
+
+        loss_fn = distill
+
+    freeze_at = cfg.bn_freeze_start()
+
+    def on_start(epoch: int) -> None:
+        if epoch >= freeze_at:
+            freeze_batchnorm(model)
+
+    def on_end(stats: EpochStats) -> None:
+        if state_path is not None:
+            save_qat_state(state_path, model, optimizer, stats.epoch, history, cfg, gen)
+        if on_epoch:
+            on_epoch(stats)
+
+    # a fresh start seeds torch with cfg.seed (in train()); a resume has restored the RNG instead
+    train(model, train_loader, val_loader, tcfg, loss_fn, on_end, optimizer=optimizer, start_epoch=start,
+          history=history, on_epoch_start=on_start)
+    return QATResult(history.epochs, resumed_from_epoch=start,
+                     bn_frozen_from_epoch=freeze_at + 1 if freeze_at < cfg.epochs else None,
+                     distilled=loss_fn is not None)
