@@ -37,6 +37,7 @@ def main() -> None:
     from qnas.model_io import LoadedModel
     from qnas.latency import create_latency_model
     from qnas.quant.build import build_model
+    from qnas.quant.integer_grid import snap_biases
     from qnas.quant.checkpoint import atomic_write
     from qnas.quant.train import TrainConfig, train
     from qnas.space import SearchSpace
@@ -63,6 +64,7 @@ def main() -> None:
             train(model, tr.loader(64, True), None, TrainConfig(epochs=a.epochs, progress=False))
             recalibrate_bn(model, tr.loader(64, True), batches=10)
             model.eval()
+            snap_biases(model)  # as the finishing pass does
             loaded = LoadedModel(model, space, ar, {"data": {"data": "digits", "split_seed": 0}})
             predicted = latency.predict(space.plan(ar))
             for backend in available_exporters():

@@ -46,7 +46,6 @@ TPU) the IO stays int8 and callers quantize with :func:`io_quantization`.
 """
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -60,6 +59,7 @@ from torch import nn
 
 from qnas.exporters.base import CodeCheck, Exporter, ParityReport, compare_logits, import_sdk, register
 from qnas.quant.checkpoint import atomic_write
+from qnas.quant.integer_grid import grid_offsets
 from qnas.quant.errors import ExportError
 
 EXTRA = "tflite"
@@ -734,7 +734,15 @@ class TFLiteLitertExporter(Exporter):
             report.notes.append(f"max |dlogit| = {report.max_abs_logit_diff:.3g} absolute")
         report.notes.append(f"run with ai-edge-litert {getattr(import_sdk('ai_edge_litert', EXTRA), '__version__', '')} "
                             f"interpreter, {'int8' if q is not None else 'float'} input/output")
+        off = max((o.max_offset_steps for o in grid_offsets(model)), default=0.0)
+        if off > 0.01:
+            report.notes.append(f"the model's biases lie up to {off:.2f} accumulator steps off their int32 grid, so the "
+                                f"integer file rounds them differently; finish the model with `qnas finish` (or call "
+                                f"qnas.quant.integer_grid.snap_biases) to make them exact")
         return report
+
+    def measure_latency_ms(self, path: str | Path, input_shape: tuple[int, ...]) -> float | None:
+        return measure_latency_ms(path, input_shape)
 
     def check_codes(self, path: str | Path, model: nn.Module) -> CodeCheck:
         """Weight codes and per-channel scales in the file vs the model's, BatchNorm folded the

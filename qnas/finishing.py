@@ -33,6 +33,7 @@ from qnas.data import Splits
 from qnas.errors import CheckpointError, ConfigError
 from qnas.quant.build import build_model
 from qnas.quant.checkpoint import load_checkpoint, load_state
+from qnas.quant.integer_grid import snap_biases
 from qnas.quant.qat import QATConfig, qat
 from qnas.quant.train import TrainConfig, evaluate, train
 from qnas.space import SearchSpace
@@ -416,6 +417,7 @@ def finish_qat(
                teacher=teacher_module, state_path=state_path)
     t_qat = time.perf_counter() - t_qat
     model.eval()
+    snap_biases(model)  # last step: integer runtimes then add the biases exactly (see qnas.quant.integer_grid)
     val_acc = evaluate(model, val_loader)
     test_acc = evaluate(model, d.part("test").loader(512, False))
     finish = {"method": "qat", "init": init, "init_weights": base_from if init == "supernet" else init,
@@ -487,6 +489,7 @@ def finish_ptq(
     ptq(model, cs.images, PTQConfig(method=method, batch_size=batch_size_calib, progress=progress))
     t_ptq = time.perf_counter() - t_ptq
     model.eval()
+    snap_biases(model)
     val_acc = evaluate(model, val_loader)
     test_acc = evaluate(model, test_loader)
     finish = {"method": f"ptq:{method}", "weights": "float training" if trained_float else base_from,

@@ -18,6 +18,7 @@ def trained_digits_model(digits_splits):
     """A small mixed-precision model QAT-trained on digits for 3 epochs (shared by export tests)."""
     from qnas.arch import Arch, Block
     from qnas.quant.build import build_model
+    from qnas.quant.integer_grid import snap_biases
     from qnas.quant.train import TrainConfig, train
     from qnas.space import SearchSpace
 
@@ -34,4 +35,5 @@ def trained_digits_model(digits_splits):
     train(model, digits_splits.train.at_resolution(16).loader(64, True), None,
           TrainConfig(epochs=3, progress=False))
     model.eval()
+    snap_biases(model)  # as the finishing pass does: integer runtimes then add the biases exactly
     return space, arch, model

@@ -10,11 +10,6 @@ import qnas.exporters.tflite_litert as tfl
 from qnas.errors import QnasError
 from qnas.exporters import create_exporter
 
-AGREEMENT_GAP = ("TFLite's integer requantization (int32 bias at in*w scale, double rounding) errs by up to ~0.01 "
-                 "output codes on 8-bit-input layers; codes flipped near rounding boundaries are amplified by the "
-                 "coarse 4-bit activations of this mixed W2/W4 A4 model (measured agreement ~0.975)")
-
-
 @pytest.fixture(scope="module")
 def float_io_export(trained_digits_model, digits_splits, tmp_path_factory):
     _, arch, model = trained_digits_model
@@ -71,7 +66,6 @@ def test_verify_runs_on_the_digits_test_split(trained_digits_model, digits_split
     assert any("output-scale units" in n for n in report.notes)
 
 
-@pytest.mark.xfail(strict=True, reason=AGREEMENT_GAP)
 def test_tflite_predictions_match_pytorch_995(trained_digits_model, digits_splits, float_io_export):
     _, arch, model = trained_digits_model
     exporter, path = float_io_export
