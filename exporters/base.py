@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -82,6 +86,35 @@ class Exporter(ABC):
     @abstractmethod
     def verify(self, path: str | Path, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> ParityReport:
         """Run the exported file on ``images`` and compare with ``model``."""
+
+
+@contextmanager
+def quiet_native_output() -> Iterator[None]:
+    """Silence what vendor SDKs print (C++ logs, progress lines) while they run.
+
+    Both file descriptors 1 and 2 go to a temporary file; if the block raises,
+    the captured text is replayed on stderr so nothing that explains the error
+    is lost."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            if failed:
+                sink.seek(0)
+                sys.stderr.write(sink.read().decode(errors="replace")[-4000:])
 
 
 def import_sdk(module: str, extra: str) -> Any:

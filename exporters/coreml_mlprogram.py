@@ -109,7 +109,7 @@ class CoreMLReport:
 def _coremltools() -> Any:
     """``import coremltools`` (lazily), without its import-time log lines about the missing
     macOS runtime and untested torch / scikit-learn versions."""
-    if "coremltools" in sys.modules:
+    if sys.modules.get("coremltools") is not None:
         return sys.modules["coremltools"]
     log = logging.getLogger("coremltools")
     level = log.level

@@ -57,7 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qnas.exporters.base import CodeCheck, Exporter, ParityReport, compare_logits, import_sdk, register
+from qnas.exporters.base import (CodeCheck, Exporter, ParityReport, compare_logits, import_sdk, quiet_native_output,
+                                 register)
 from qnas.quant.checkpoint import atomic_write
 from qnas.quant.integer_grid import grid_offsets
 from qnas.quant.errors import ExportError
@@ -653,13 +654,14 @@ def _static_quant_config() -> Any:
 
 def convert_reference(ref: TFLiteReference, example: torch.Tensor) -> bytes:
     """litert-torch conversion of the Q/DQ reference module to int8-IO TFLite bytes."""
-    litert_torch = import_sdk("litert_torch", EXTRA)
     import logging
     import os
 
-    logging.getLogger("litert_torch").setLevel(logging.ERROR)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    edge = litert_torch.convert(ref, (example,), quant_config=_static_quant_config())
+    with quiet_native_output():  # litert-torch and TF print progress and C++ logs to stdout/stderr
+        litert_torch = import_sdk("litert_torch", EXTRA)
+        logging.getLogger("litert_torch").setLevel(logging.ERROR)
+        edge = litert_torch.convert(ref, (example,), quant_config=_static_quant_config())
     if hasattr(edge, "tflite_model"):
         return bytes(edge.tflite_model())
     import tempfile

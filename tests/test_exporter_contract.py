@@ -80,9 +80,9 @@ def test_missing_sdk_names_the_extra_to_install(monkeypatch, trained_digits_mode
     _, arch, model = trained_digits_model
     for mod in ("coremltools", "litert_torch", "ai_edge_litert"):
         monkeypatch.setitem(sys.modules, mod, None)  # makes `import mod` raise ImportError
+    exporter = create_exporter(backend)
     with pytest.raises(ExportError, match=rf'pip install "qnas\[{backend}\]"'):
-        create_exporter(backend).export(model, torch.zeros(1, 1, arch.resolution, arch.resolution),
-                                        tmp_path / "m.out")
+        exporter.export(model, torch.zeros(1, 1, arch.resolution, arch.resolution), tmp_path / f"m{exporter.suffix}")
     assert list(tmp_path.iterdir()) == []
 
 
