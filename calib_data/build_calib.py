@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -78,43 +77,32 @@ def add_calib_parser(subparsers) -> argparse.ArgumentParser:
     code, raising :class:`qnas.errors.QnasError` on user errors)."""
     c = subparsers.add_parser("calib", help="build and inspect calibration sets for PTQ / TFLite",
                               description="Class-balanced, seeded calibration sets drawn from the training split.")
-    csub = c.add_subparsers(dest="calib_command", required=True, metavar="ACTION")
-    b = csub.add_parser("build", help="sample a calibration set and write it as .npz",
-                        description="Sample N images, balanced over classes, from the seeded training split; "
-                                    "resize to the model's resolution and normalize as the model expects.")
-    _add_build_args(b)
-    b.set_defaults(func=cmd_calib_build)
-    s = csub.add_parser("show", help="print a calibration set's metadata and per-class counts")
-    s.add_argument("path", metavar="PATH", help="calibration .npz")
-    s.set_defaults(func=cmd_calib_show)
+    _add_actions(c)
     return c
 
 
-def build_parser(prog: str = "python -m qnas.calib_data") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Build and inspect qnas calibration sets.")
-    sub = p.add_subparsers(dest="calib_command", required=True, metavar="ACTION")
-    b = sub.add_parser("build", help="sample a calibration set and write it as .npz")
+def _add_actions(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="calib_command", required=True, metavar="ACTION")
+    b = sub.add_parser("build", help="sample a calibration set and write it as .npz",
+                       description="Sample N images, balanced over classes, from the seeded training split; "
+                                   "resize to the model's resolution and normalize as the model expects.")
     _add_build_args(b)
     b.set_defaults(func=cmd_calib_build)
     s = sub.add_parser("show", help="print a calibration set's metadata and per-class counts")
     s.add_argument("path", metavar="PATH", help="calibration .npz")
     s.set_defaults(func=cmd_calib_show)
+
+
+def build_parser(prog: str = "python -m qnas.calib_data") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Build and inspect qnas calibration sets.")
+    _add_actions(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m qnas.calib_data") -> int:
-    from qnas.errors import QnasError
+    from qnas.cli import run_parsed
 
-    args = build_parser(prog).parse_args(argv)
-    warnings.filterwarnings("ignore", message=".*fast_hadamard_transform.*")
-    try:
-        return int(args.func(args) or 0)
-    except QnasError as e:
-        print(f"qnas: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("qnas: interrupted", file=sys.stderr)
-        return 130
+    return run_parsed(build_parser(prog).parse_args(argv))
 
 
 if __name__ == "__main__":

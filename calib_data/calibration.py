@@ -28,6 +28,7 @@ from typing import Any, Iterator, Sequence, Union
 import numpy as np
 import torch
 
+from qnas.data import open_npz
 from qnas.errors import DataError
 from qnas.quant.checkpoint import atomic_write
 
@@ -256,14 +257,7 @@ class CalibrationSet:
             raise _err(f"calibration set not found: {p}; build one with `qnas calib build`")
         if p.is_dir():
             raise _err(f"calibration set path is a directory: {p}; pass the .npz file")
-        try:
-            z = np.load(p, allow_pickle=False)
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise _err(f"{p} is not an npz file ({type(exc).__name__}); build a calibration set "
-                       "with `qnas calib build`") from None
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise _err(f"{p} is a single .npy array, not an npz file; build a calibration set "
-                       "with `qnas calib build`")
+        z = open_npz(p, "build a calibration set with `qnas calib build`")
         with z:
             missing = [k for k in ("images", "labels", "meta") if k not in z.files]
             if missing:
@@ -281,22 +275,6 @@ class CalibrationSet:
                     raise _err(f"array {k!r} in {p} is corrupt ({type(exc).__name__}); "
                                "rebuild the set with `qnas calib build`") from None
         images, labels, meta_arr = arrays["images"], arrays["labels"], arrays["meta"]
-        if images.ndim != 4:
-            raise _err(f"images in {p} have shape {images.shape}; expected 4-D (N, C, H, W), "
-                       "rebuild the set with `qnas calib build`")
-        if images.dtype not in (np.float32, np.float64):
-            raise _err(f"images in {p} have dtype {images.dtype}; expected float32 (normalized), "
-                       "rebuild the set with `qnas calib build`")
-        if images.shape[0] == 0 or 0 in images.shape:
-            raise _err(f"{p} holds no images (shape {images.shape}); rebuild it with a larger --n")
-        if not np.isfinite(images).all():
-            raise _err(f"images in {p} contain NaN or Inf values; rebuild the set from clean data")
-        if labels.ndim != 1 or labels.dtype.kind not in "iu":
-            raise _err(f"labels in {p} have shape {labels.shape} and dtype {labels.dtype}; expected "
-                       "1-D integers, rebuild the set with `qnas calib build`")
-        if labels.shape[0] != images.shape[0]:
-            raise _err(f"{p} has {images.shape[0]} images but {labels.shape[0]} labels; "
-                       "rebuild the set so there is one label per image")
         if meta_arr.dtype.kind != "U" or meta_arr.size != 1:
             raise _err(f"metadata in {p} is not a JSON string (dtype {meta_arr.dtype}, shape "
                        f"{meta_arr.shape}); rebuild the set with `qnas calib build`")
@@ -313,10 +291,16 @@ class CalibrationSet:
         if int(meta.get("version", CALIB_VERSION)) > CALIB_VERSION:
             raise _err(f"{p} has calibration-set version {meta.get('version')}, this qnas reads "
                        f"up to {CALIB_VERSION}; upgrade qnas or rebuild the set")
-        if labels.dtype == np.uint64 and int(labels.max()) > np.iinfo(np.int64).max:
+        if labels.dtype == np.uint64 and labels.size and int(labels.max()) > np.iinfo(np.int64).max:
             raise _err(f"labels in {p} are too large for class indices; rebuild the set")
-        cs = cls(torch.from_numpy(np.ascontiguousarray(images)),
-                 torch.from_numpy(np.ascontiguousarray(labels.astype(np.int64))), meta)
+        if labels.dtype.kind not in "iu":
+            raise _err(f"labels in {p} have dtype {labels.dtype}; expected integers, rebuild the set with "
+                       "`qnas calib build`")
+        try:  # the constructor checks shapes, dtypes, NaN/Inf and lengths
+            cs = cls(torch.from_numpy(np.ascontiguousarray(images)),
+                     torch.from_numpy(np.ascontiguousarray(labels.astype(np.int64))), meta)
+        except DataError as e:
+            raise _err(f"{p}: {e}") from None
         res = meta.get("resolution")
         if res is not None and isinstance(res, int) and res != cs.resolution[0]:
             raise _err(f"{p} says resolution {res} but its images are "

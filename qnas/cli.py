@@ -421,8 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return run_parsed(build_parser().parse_args(argv))
+
+
+def run_parsed(args: argparse.Namespace) -> int:
+    """Run a parsed command; a user error prints one line and exits 2."""
     warnings.filterwarnings("ignore", message=".*fast_hadamard_transform.*")
     try:
         return int(args.func(args) or 0)

@@ -523,6 +523,17 @@ def _npz_get(z: Any, keys: tuple[str, ...], p: Path, what: str) -> np.ndarray:
                f"{', '.join(z.files) or 'none'}); save the {what} under key {keys[0]!r}")
 
 
+def open_npz(p: Path, fix: str) -> Any:
+    """``np.load`` an .npz without pickles; anything else is a one-line DataError ending in ``fix``."""
+    try:
+        z = np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise _err(f"{p} is not an npz file ({type(exc).__name__}); {fix}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise _err(f"{p} is a single .npy array, not an npz file; {fix}")
+    return z
+
+
 def load_npz(path: PathLike, mean: Sequence[float] | None = None,
              std: Sequence[float] | None = None) -> ImageDataset:
     """Load images and labels from a NumPy ``.npz`` archive (never unpickles).
@@ -536,14 +547,7 @@ def load_npz(path: PathLike, mean: Sequence[float] | None = None,
     p = _existing(path, "npz file")
     if p.is_dir():
         raise _err(f"npz path is a directory, not a file: {p}; pass the .npz file itself")
-    try:
-        z = np.load(p, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise _err(f"{p} is not a valid .npz file ({type(exc).__name__}); save the data with "
-                   "numpy.savez(path, images=..., labels=...)") from exc
-    if not isinstance(z, np.lib.npyio.NpzFile):
-        raise _err(f"{p} is a single .npy array, not a valid .npz file; save the data with "
-                   "numpy.savez(path, images=..., labels=...)")
+    z = open_npz(p, "save the data with numpy.savez(path, images=..., labels=...)")
     with z:
         try:
             files = z.files

@@ -114,15 +114,15 @@ def _meta(**kw) -> np.ndarray:
 
 
 @pytest.mark.parametrize("case,arrays,match", [
-    ("dtype", dict(images=np.zeros((4, 1, 8, 8), np.uint8), labels=np.arange(4), meta=_meta()), "dtype uint8"),
+    ("dtype", dict(images=np.zeros((4, 1, 8, 8), np.uint8), labels=np.arange(4), meta=_meta()), "must be float32"),
     ("shape", dict(images=np.zeros((4, 8, 8), np.float32), labels=np.arange(4), meta=_meta()), "4-D"),
     ("nan", dict(images=np.full((4, 1, 8, 8), np.nan, np.float32), labels=np.arange(4), meta=_meta()), "NaN or Inf"),
     ("inf", dict(images=np.full((4, 1, 8, 8), np.inf, np.float32), labels=np.arange(4), meta=_meta()), "NaN or Inf"),
     ("labels", dict(images=np.zeros((4, 1, 8, 8), np.float32), labels=np.arange(3), meta=_meta()), "4 images but 3 labels"),
-    ("float-labels", dict(images=np.zeros((4, 1, 8, 8), np.float32), labels=np.zeros(4), meta=_meta()), "1-D integers"),
+    ("float-labels", dict(images=np.zeros((4, 1, 8, 8), np.float32), labels=np.zeros(4), meta=_meta()), "expected integers"),
     ("keys", dict(images=np.zeros((4, 1, 8, 8), np.float32), labels=np.arange(4)), "lacks 'meta'"),
     ("meta", dict(images=np.zeros((4, 1, 8, 8), np.float32), labels=np.arange(4), meta=np.array(["{oops"])), "not valid JSON"),
-    ("empty", dict(images=np.zeros((0, 1, 8, 8), np.float32), labels=np.arange(0), meta=_meta()), "no images"),
+    ("empty", dict(images=np.zeros((0, 1, 8, 8), np.float32), labels=np.arange(0), meta=_meta()), "empty"),
 ])
 def test_load_rejects_bad_files(tmp_path, case, arrays, match):
     p = _write(tmp_path / f"{case}.npz", **arrays)
