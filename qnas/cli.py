@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     snt.set_defaults(func=cmd_supernet_train)
 
     from qnas.calib_data.build_calib import add_calib_parser
-    from qnas.finishing import add_finish_parser
+    from qnas.finishing_cli import add_finish_parser
 
     add_finish_parser(sub)  # qnas finish {qat,ptq}
     add_calib_parser(sub)  # qnas calib {build,show}

@@ -227,7 +227,7 @@ def test_finish_from_a_supernet_run_qat_and_ptq(tmp_path, digits_splits):
 
 
 def test_finish_cli_parser_and_bad_input(tmp_path, capsys):
-    from qnas.finishing import add_finish_parser
+    from qnas.finishing_cli import add_finish_parser
 
     parser = argparse.ArgumentParser(prog="qnas")
     add_finish_parser(parser.add_subparsers(dest="command", required=True))
@@ -247,3 +247,10 @@ def test_finish_cli_parser_and_bad_input(tmp_path, capsys):
         parser.parse_args(["finish", "ptq", "x", "--method", "adaround"])
     with pytest.raises(SystemExit):
         parser.parse_args(["finish", "qat", "x", "--epochs", "-1"])
+
+
+def test_cli_module_spells_the_ptq_methods_like_quant():
+    from qnas.finishing_cli import PTQ_METHODS as cli_methods
+    from qnas.quant.ptq import PTQ_METHODS
+
+    assert cli_methods == PTQ_METHODS
