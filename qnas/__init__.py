@@ -35,6 +35,10 @@ _API = {
     "load_dataset": "qnas.data",
     "create_latency_model": "qnas.latency",
     "create_exporter": "qnas.exporters",
+    "export_model": "qnas.exporting",
+    "precision_map": "qnas.precision_map",
+    "finish_qat": "qnas.finishing",
+    "finish_ptq": "qnas.finishing",
     "QnasError": "qnas.errors",
 }
 
