@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from tqdm.auto import tqdm
 
 from qnas.arch import Arch
@@ -219,7 +220,9 @@ def obtain_supernet(cfg: SearchConfig, space: SearchSpace, splits: Splits, run: 
             raise ConfigError(f"the supernet at {cfg.accuracy_path} was trained on another search space")
         return supernet
     ckpt_dir = run.file("supernet") if run else None
-    supernet = Supernet(space)
+    with torch.random.fork_rng():  # the same seed gives the same initial weights, in any process
+        torch.manual_seed(cfg.seed)
+        supernet = Supernet(space)
     train_supernet(supernet, splits, SupernetTrainConfig(
         phases=progressive_phases(cfg.supernet_epochs), batch_size=cfg.batch_size, seed=cfg.seed,
         checkpoint_dir=str(ckpt_dir) if ckpt_dir else None,

@@ -72,3 +72,23 @@ def test_ray_executor_gives_identical_results(finished_run, tmp_path):
     _, local = finished_run
     remote = search(out=tmp_path / "ray", executor="ray", **SMALL)
     assert _strip(remote.records) == _strip(local.records)
+
+
+def test_supernet_initial_weights_depend_only_on_the_seed(monkeypatch, digits_splits):
+    """Two processes (here: two global RNG states) with the same seed start from the same supernet."""
+    import torch
+
+    import qnas.supernet
+    from qnas.searching import SearchConfig, obtain_supernet
+    from qnas.space import SearchSpace
+
+    monkeypatch.setattr(qnas.supernet, "train_supernet", lambda *a, **k: None)
+    cfg = SearchConfig(accuracy="supernet", seed=3)
+    states = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        states.append(obtain_supernet(cfg, SearchSpace(), digits_splits, None, False).state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    cfg2 = SearchConfig(accuracy="supernet", seed=4)
+    other = obtain_supernet(cfg2, SearchSpace(), digits_splits, None, False).state_dict()
+    assert not all(torch.equal(states[0][k], other[k]) for k in states[0])
