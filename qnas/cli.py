@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--supernet-epochs", type=int, default=1, help="supernet epochs per shrinking phase (default 1)")
     d.add_argument("--candidates", type=int, default=24, help="archs to evaluate (default 24)")
     d.add_argument("--search-epochs", type=int, default=3, help="training epochs per candidate with --accuracy train")
-    d.add_argument("--finish-epochs", type=int, default=10, help="QAT epochs for the chosen arch (default 10)")
+    d.add_argument("--finish-epochs", type=int, default=20, help="QAT epochs for the chosen arch (default 20)")
     d.add_argument("--budget-ms", type=_positive_float, help="latency budget (default: median of the candidates)")
     d.set_defaults(func=cmd_demo)
 

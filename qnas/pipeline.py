@@ -31,7 +31,7 @@ class DemoConfig:
     """The search (a :class:`SearchConfig`) plus the finishing pass and the run directory."""
 
     search: SearchConfig = field(default_factory=demo_search_config)
-    finish_epochs: int = 10
+    finish_epochs: int = 20  # the supernet is trained briefly: the chosen arch needs a full QAT
     finish_lr: float = 2e-3
     # distil from the supernet's largest float subnet (when the run has a supernet); off by default: after the
     # demo's short supernet training it costs ~30 % more finish time and did not raise test accuracy
