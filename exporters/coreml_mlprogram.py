@@ -45,7 +45,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from qnas.exporters.base import CodeCheck, Exporter, ParityReport, compare_logits, import_sdk, register
+from qnas.exporters.base import (CodeCheck, Exporter, ParityReport, compare_logits, import_sdk, quiet_native_output,
+                                 register)
 from qnas.quant.errors import ExportError
 
 INPUT_NAME = "input"
@@ -115,18 +116,20 @@ def _coremltools() -> Any:
     level = log.level
     log.setLevel(logging.ERROR)
     try:
-        return import_sdk("coremltools", "coreml")
+        with quiet_native_output():  # import-time warnings of torch/coremltools version checks
+            return import_sdk("coremltools", "coreml")
     finally:
         log.setLevel(level)
 
 
 @contextlib.contextmanager
 def _quiet_progress() -> Iterator[None]:
-    """Hide coremltools' per-pipeline tqdm bars (``TQDM_DISABLE``) while converting."""
+    """Hide coremltools' per-pipeline tqdm bars while converting."""
     old = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"
     try:
-        yield
+        with quiet_native_output():  # TQDM_DISABLE only reaches bars created after tqdm reads it
+            yield
     finally:
         if old is None:
             os.environ.pop("TQDM_DISABLE", None)

@@ -49,6 +49,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -450,6 +451,9 @@ def add_float_io(buf: bytes) -> bytes:
 
 def interpreter(path: str | Path, threads: int = 1, delegates: bool = True) -> Any:
     """An allocated ai-edge-litert interpreter (``delegates=False``: builtin kernels only, ops visible)."""
+    if sys.modules.get("ai_edge_litert.interpreter") is None:
+        with quiet_native_output():  # TF's C++ start-up log lines
+            import_sdk("ai_edge_litert.interpreter", EXTRA)
     mod = import_sdk("ai_edge_litert.interpreter", EXTRA)
     kw: dict[str, Any] = {"model_path": str(path), "num_threads": threads}
     if not delegates:
@@ -662,14 +666,14 @@ def convert_reference(ref: TFLiteReference, example: torch.Tensor) -> bytes:
         litert_torch = import_sdk("litert_torch", EXTRA)
         logging.getLogger("litert_torch").setLevel(logging.ERROR)
         edge = litert_torch.convert(ref, (example,), quant_config=_static_quant_config())
-    if hasattr(edge, "tflite_model"):
-        return bytes(edge.tflite_model())
-    import tempfile
+        if hasattr(edge, "tflite_model"):
+            return bytes(edge.tflite_model())
+        import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="qnas_tfl_") as d:
-        p = Path(d) / "m.tflite"
-        edge.export(str(p))
-        return p.read_bytes()
+        with tempfile.TemporaryDirectory(prefix="qnas_tfl_") as d:
+            p = Path(d) / "m.tflite"
+            edge.export(str(p))
+            return p.read_bytes()
 
 
 @register("tflite")
@@ -698,8 +702,9 @@ class TFLiteLitertExporter(Exporter):
         out = Path(out)
         if out.exists() and not overwrite:
             raise ExportError(f"{out} already exists; choose another path or pass overwrite=True (--force)")
-        import_sdk("litert_torch", EXTRA)
-        import_sdk("ai_edge_litert", EXTRA)
+        with quiet_native_output():  # the SDKs' import-time log lines
+            import_sdk("litert_torch", EXTRA)
+            import_sdk("ai_edge_litert", EXTRA)
         was_training = model.training
         model.eval()
         try:
