@@ -414,28 +414,24 @@ def add_float_io(buf: bytes) -> bytes:
         sg.tensors.append(nt)
         return len(sg.tensors) - 1
 
-    new_inputs, pre = [], []
-    for idx in sg.inputs:
-        if sg.tensors[idx].type != schema.TensorType.INT8:
-            new_inputs.append(idx)
-            continue
-        f = float_twin(idx)
-        op = schema.OperatorT()
-        op.opcodeIndex, op.inputs, op.outputs = q_op, [f], [idx]
-        pre.append(op)
-        remap[idx] = f
-        new_inputs.append(f)
-    new_outputs, post = [], []
-    for idx in sg.outputs:
-        if sg.tensors[idx].type != schema.TensorType.INT8:
-            new_outputs.append(idx)
-            continue
-        f = float_twin(idx)
-        op = schema.OperatorT()
-        op.opcodeIndex, op.inputs, op.outputs = dq_op, [idx], [f]
-        post.append(op)
-        remap[idx] = f
-        new_outputs.append(f)
+    def wrap(ends: list[int], opcode: int, is_input: bool) -> tuple[list[int], list[Any]]:
+        """Give each int8 graph input (output) a float twin behind a QUANTIZE (DEQUANTIZE)."""
+        new_ends, ops = [], []
+        for idx in ends:
+            if sg.tensors[idx].type != schema.TensorType.INT8:
+                new_ends.append(idx)
+                continue
+            f = float_twin(idx)
+            op = schema.OperatorT()
+            op.opcodeIndex = opcode
+            op.inputs, op.outputs = ([f], [idx]) if is_input else ([idx], [f])
+            ops.append(op)
+            remap[idx] = f
+            new_ends.append(f)
+        return new_ends, ops
+
+    new_inputs, pre = wrap(sg.inputs, q_op, is_input=True)
+    new_outputs, post = wrap(sg.outputs, dq_op, is_input=False)
     sg.inputs, sg.outputs = new_inputs, new_outputs
     sg.operators = pre + list(sg.operators) + post
     for sd in m.signatureDefs or []:
@@ -451,10 +447,10 @@ def add_float_io(buf: bytes) -> bytes:
 
 def interpreter(path: str | Path, threads: int = 1, delegates: bool = True) -> Any:
     """An allocated ai-edge-litert interpreter (``delegates=False``: builtin kernels only, ops visible)."""
-    if sys.modules.get("ai_edge_litert.interpreter") is None:
+    mod = sys.modules.get("ai_edge_litert.interpreter")
+    if mod is None:
         with quiet_native_output():  # TF's C++ start-up log lines
-            import_sdk("ai_edge_litert.interpreter", EXTRA)
-    mod = import_sdk("ai_edge_litert.interpreter", EXTRA)
+            mod = import_sdk("ai_edge_litert.interpreter", EXTRA)
     kw: dict[str, Any] = {"model_path": str(path), "num_threads": threads}
     if not delegates:
         kw["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
