@@ -230,7 +230,7 @@ def test_script_entry_points(tmp_path):
                         "--resolution", "12", "--out", str(out)], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert CalibrationSet.load(out).meta["n"] == 40
-    script = Path(__file__).resolve().parents[1] / "calib_data" / "build_calib.py"
+    script = Path(__file__).resolve().parents[2] / "calib_data" / "build_calib.py"
     junk = tmp_path / "junk.npz"
     junk.write_text("nope")
     r = subprocess.run([sys.executable, str(script), "show", str(junk)], capture_output=True, text=True,
