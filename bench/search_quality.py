@@ -286,7 +286,7 @@ def enumerate_space(space) -> np.ndarray:
                 blocks = []
                 for op in range(n_op):
                     if op == len(space.ops):
-                        if space._skip_allowed(si, j):
+                        if space.skip_allowed(si, j):
                             blocks.append((op,) + (0,) * 6)
                         continue
                     for bits in itertools.product(*[range(len(c.w_bits))] * 3, *[range(len(c.a_bits))] * 3):

@@ -49,16 +49,16 @@ def count_costs(plan: NetworkPlan) -> Costs:
     # An activation is stored at the bit width of the layer that consumes it.
     def consumer_bits(i: int) -> int:
         for nxt in layers[i + 1:]:
-            if nxt.op in ("conv", "dwconv", "pwconv", "fc"):
+            if nxt.weighted:
                 return nxt.a_bits
         return 32
 
     peak = 0
     residual_keep = 0  # block input kept alive for the residual add
     in_residual = {l.name for b in plan.blocks if b.residual for l in b.layers}
-    in_residual |= {b.project.name.rsplit(".", 1)[0] + ".add" for b in plan.blocks if b.residual}
+    in_residual |= {f"{b.name}.add" for b in plan.blocks if b.residual}
     for i, l in enumerate(layers):
-        in_bits = l.a_bits if l.op in ("conv", "dwconv", "pwconv", "fc") else consumer_bits(i)
+        in_bits = l.a_bits if l.weighted else consumer_bits(i)
         live = l.in_elems * in_bits + l.out_elems * consumer_bits(i)
         if l.name in in_residual:
             if l.name.endswith(".expand"):

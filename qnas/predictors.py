@@ -41,8 +41,6 @@ from qnas.space import SearchSpace
 
 SCHEMA = "qnas-accuracy-predictor"
 VERSION = 1
-_HEADER_GENES = 6
-_GENES_PER_BLOCK = 7
 
 
 # ---- features -------------------------------------------------------------------
@@ -51,26 +49,11 @@ class ArchFeaturizer:
 
     def __init__(self, space: SearchSpace):
         self.space = space
-        c = space.config
+        self.layout = space.genes
         self.bounds = np.asarray(space.bounds(), dtype=np.int64)
         self.n_genes = len(self.bounds)
         self.offsets = np.concatenate([[0], np.cumsum(self.bounds + 1)[:-1]]).astype(np.int64)
         self.dim = int((self.bounds + 1).sum())
-        # gene layout (that of SearchSpace.encode): header, then per stage a depth gene and max-depth blocks
-        self.depth_gene: list[int] = []
-        self.blocks: list[tuple[int, int, int]] = []  # (stage, position, first gene)
-        g = _HEADER_GENES
-        for si, s in enumerate(c.stages):
-            self.depth_gene.append(g)
-            g += 1
-            for j in range(max(s.depths)):
-                self.blocks.append((si, j, g))
-                g += _GENES_PER_BLOCK
-        if g != self.n_genes:
-            raise QnasError(f"ArchFeaturizer expects {g} genes, the space encodes {self.n_genes}; "
-                            "update qnas.predictors to the new gene layout")
-        self.depth_values = [np.asarray(s.depths, dtype=np.int64) for s in c.stages]
-        self.skip_op = len(space.ops) if c.allow_skip else None
 
     def genes(self, archs: "Sequence[Arch] | np.ndarray") -> np.ndarray:
         """``[N, n_genes]`` int matrix: ``encode`` of each arch, or a gene matrix passed through."""
@@ -87,16 +70,7 @@ class ArchFeaturizer:
 
     def active(self, X: np.ndarray) -> np.ndarray:
         """``[N, n_genes]`` bool: which genes change the decoded arch."""
-        act = np.ones(X.shape, dtype=bool)
-        for si, j, g in self.blocks:
-            depth = self.depth_values[si][X[:, self.depth_gene[si]]]
-            on = depth > j
-            act[:, g] = on
-            bits_on = on
-            if self.skip_op is not None and self.space._skip_allowed(si, j):
-                bits_on = on & (X[:, g] != self.skip_op)
-            act[:, g + 1:g + _GENES_PER_BLOCK] = bits_on[:, None]
-        return act
+        return self.layout.active(X)
 
     def __call__(self, archs: "Sequence[Arch] | np.ndarray") -> np.ndarray:
         X = self.genes(archs)

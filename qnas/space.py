@@ -11,6 +11,7 @@ import numpy as np
 
 from qnas.arch import Arch, Block
 from qnas.errors import ArchError, ConfigError
+from qnas.genes import GeneLayout, skip_allowed
 from qnas.quant.plan import BlockPlan, LayerSpec, NetworkPlan
 
 SUPPORTED_W_BITS = (2, 4, 8)
@@ -56,6 +57,33 @@ class SpaceConfig:
 _FIELDS = {f for f in SpaceConfig.__dataclass_fields__}
 
 
+@dataclass(frozen=True)
+class BlockGeometry:
+    """Where block position ``pos`` of stage ``stage`` sits at one (resolution, width).
+
+    It is the same in every arch of the space: a stage's first block is never
+    skipped, so a block's input channels depend only on the width and its
+    position, and its spatial size only on the resolution and the strides of
+    the stage-first blocks."""
+
+    stage: int
+    pos: int
+    cin: int
+    cout: int
+    hw_in: int
+    hw_out: int
+    stride: int
+
+    @property
+    def name(self) -> str:
+        """The block's name, also its module path in models (``s1.b0``)."""
+        return f"s{self.stage}.b{self.pos}"
+
+    @property
+    def residual(self) -> bool:
+        return self.stride == 1 and self.cin == self.cout
+
+
 def make_divisible(v: float, divisor: int = 8) -> int:
     return max(divisor, int(v + divisor / 2) // divisor * divisor)
 
@@ -78,7 +106,9 @@ class SearchSpace:
         _validate_config(self.config)
         c = self.config
         self.ops: tuple[tuple[int, int], ...] = tuple((k, e) for k in c.kernels for e in c.expands)
-        self._bounds = self._gene_bounds()
+        #: the gene vector's layout (:class:`~qnas.genes.GeneLayout`): which integer means what
+        self.genes = GeneLayout(c, self.ops)
+        self._geometry: dict[tuple[int, float], list[BlockGeometry]] = {}
 
     # ---- construction -------------------------------------------------
     @classmethod
@@ -128,13 +158,14 @@ class SearchSpace:
         """Stem and per-stage output channels at a width multiplier."""
         return make_divisible(self.config.stem_channels * width), [make_divisible(s.channels * width) for s in self.config.stages]
 
-    def _skip_allowed(self, stage: int, index: int) -> bool:
-        return self.config.allow_skip and index > 0
+    def skip_allowed(self, stage: int, pos: int) -> bool:
+        """Whether block ``pos`` of ``stage`` may be a skip (never a stage's first block)."""
+        return skip_allowed(self.config, stage, pos)
 
     def sample(self, rng: Any = None) -> Arch:
         """A uniformly random arch (each gene drawn independently)."""
         g = _rng(rng)
-        return self.decode([int(g.integers(0, hi + 1)) for hi in self._bounds])
+        return self.decode(self.genes.fill(lambda gene: g.integers(0, gene.n_choices)))
 
     def mutate(self, arch: Arch, rng: Any = None, prob: float | None = None) -> Arch:
         """Resample each gene with probability ``prob`` (default 1/#genes); never returns ``arch`` itself."""
@@ -142,7 +173,7 @@ class SearchSpace:
         vec = self.encode(arch)
         p = prob if prob is not None else 1.0 / len(vec)
         for _ in range(100):
-            new = [int(g.integers(0, hi + 1)) if g.random() < p else v for v, hi in zip(vec, self._bounds)]
+            new = [int(g.integers(0, gene.n_choices)) if g.random() < p else v for v, gene in zip(vec, self.genes.genes)]
             child = self.decode(new)
             if child != arch:
                 return child
@@ -157,76 +188,21 @@ class SearchSpace:
 
     def bounds(self) -> list[int]:
         """Inclusive upper bound of each position of :meth:`encode`'s vector (lower bounds are 0)."""
-        return list(self._bounds)
-
-    def _op_choices(self) -> int:
-        return len(self.ops) + (1 if self.config.allow_skip else 0)
-
-    def _gene_bounds(self) -> list[int]:
-        c = self.config
-        b = [len(c.resolutions) - 1, len(c.widths) - 1,
-             len(c.stem_head_w_bits) - 1, len(c.stem_head_a_bits) - 1,
-             len(c.stem_head_w_bits) - 1, len(c.stem_head_a_bits) - 1]
-        for s in c.stages:
-            b.append(len(s.depths) - 1)
-            for _ in range(max(s.depths)):
-                b.append(self._op_choices() - 1)
-                b.extend([len(c.w_bits) - 1] * 3)
-                b.extend([len(c.a_bits) - 1] * 3)
-        return b
+        return self.genes.bounds()
 
     def encode(self, arch: Arch) -> list[int]:
-        """Fixed-length integer vector (indices into the choice lists); inactive blocks encode as 0."""
+        """Fixed-length integer vector (indices into the choice lists, :attr:`genes` layout);
+        inactive blocks encode as 0."""
         self.validate(arch)
-        c = self.config
-        v = [c.resolutions.index(arch.resolution), _index(c.widths, arch.width),
-             c.stem_head_w_bits.index(arch.stem_bits[0]), c.stem_head_a_bits.index(arch.stem_bits[1]),
-             c.stem_head_w_bits.index(arch.head_bits[0]), c.stem_head_a_bits.index(arch.head_bits[1])]
-        for s, blocks in zip(c.stages, arch.stages):
-            v.append(s.depths.index(len(blocks)))
-            for j in range(max(s.depths)):
-                if j >= len(blocks):
-                    v.extend([0] * 7)
-                    continue
-                blk = blocks[j]
-                if blk.is_skip:
-                    v.append(len(self.ops))
-                    v.extend([0] * 6)
-                else:
-                    v.append(self.ops.index((blk.kernel, blk.expand)))
-                    v.extend(c.w_bits.index(w) for w in blk.w_bits)
-                    v.extend(c.a_bits.index(a) for a in blk.a_bits)
-        return v
+        return self.genes.encode(arch)
 
     def decode(self, vec: Sequence[int]) -> Arch:
         """Inverse of :meth:`encode`; raises :class:`ArchError` on a wrong length or out-of-range gene."""
-        vec = [int(x) for x in vec]
-        if len(vec) != len(self._bounds):
-            raise ArchError(f"gene vector has length {len(vec)}, this space needs {len(self._bounds)}")
-        for i, (x, hi) in enumerate(zip(vec, self._bounds)):
-            if not 0 <= x <= hi:
-                raise ArchError(f"gene {i} is {x}, allowed 0..{hi}")
-        c = self.config
-        it = iter(vec)
-        res, wid = c.resolutions[next(it)], c.widths[next(it)]
-        stem = (c.stem_head_w_bits[next(it)], c.stem_head_a_bits[next(it)])
-        head = (c.stem_head_w_bits[next(it)], c.stem_head_a_bits[next(it)])
-        stages = []
-        for si, s in enumerate(c.stages):
-            depth = s.depths[next(it)]
-            blocks = []
-            for j in range(max(s.depths)):
-                op = next(it)
-                wb = tuple(c.w_bits[next(it)] for _ in range(3))
-                ab = tuple(c.a_bits[next(it)] for _ in range(3))
-                if j >= depth:
-                    continue
-                if op == len(self.ops):
-                    blocks.append(Block.skip() if self._skip_allowed(si, j) else Block(*self.ops[0], wb, ab))
-                else:
-                    blocks.append(Block(*self.ops[op], wb, ab))
-            stages.append(tuple(blocks))
-        return Arch(res, wid, tuple(stages), stem, head)
+        return self.genes.decode(vec)
+
+    def canonical(self, vec: Sequence[int]) -> list[int]:
+        """``encode(decode(vec))``: genes that do not change the arch set to 0."""
+        return self.genes.canonical(vec)
 
     def validate(self, arch: Arch) -> Arch:
         """Raise :class:`ArchError` naming the first field this space does not allow."""
@@ -247,7 +223,7 @@ class SearchSpace:
             for j, b in enumerate(blocks):
                 where = f"stages[{i}][{j}]"
                 if b.is_skip:
-                    if not self._skip_allowed(i, j):
+                    if not self.skip_allowed(i, j):
                         raise ArchError(f"{where} is a skip, allowed only when allow_skip is set and not on a stage's first block")
                     continue
                 _check(f"{where}.kernel", b.kernel, c.kernels)
@@ -271,33 +247,55 @@ class SearchSpace:
         return self.validate(arch)
 
     # ---- arch -> layers ----------------------------------------------
+    def block_geometry(self, resolution: int, width: float) -> list[BlockGeometry]:
+        """Every block position (in gene order) at ``resolution`` and ``width``."""
+        key = (resolution, float(width))
+        if key not in self._geometry:
+            c = self.config
+            stem_c, stage_c = self.channels(width)
+            hw, cin = _out(resolution, c.stem_stride), stem_c
+            out = []
+            for si, s in enumerate(c.stages):
+                for j in range(max(s.depths)):
+                    stride = s.stride if j == 0 else 1
+                    ho = _out(hw, stride)
+                    out.append(BlockGeometry(si, j, cin, stage_c[si], hw, ho, stride))
+                    hw, cin = ho, stage_c[si]
+            self._geometry[key] = out
+        return self._geometry[key]
+
+    def stem_layer(self, resolution: int, width: float, bits: tuple[int, int]) -> LayerSpec:
+        c = self.config
+        return LayerSpec("stem", "conv", c.in_channels, self.channels(width)[0], resolution,
+                         _out(resolution, c.stem_stride), 3, c.stem_stride, 1, *bits)
+
+    def head_layer(self, cin: int, bits: tuple[int, int]) -> LayerSpec:
+        return LayerSpec("head", "fc", cin, self.config.num_classes, 1, 1, 1, 1, 1, *bits)
+
+    @staticmethod
+    def block_layers(geo: BlockGeometry, block: Block) -> BlockPlan:
+        """The three layers of a (non-skipped) MBConv ``block`` at position ``geo``:
+        expand 1x1 -> depthwise kxk -> project 1x1, each with its own bits."""
+        mid = geo.cin * block.expand
+        n, (we, wd, wp), (ae, ad, ap) = geo.name, block.w_bits, block.a_bits
+        return BlockPlan(
+            LayerSpec(f"{n}.expand", "pwconv", geo.cin, mid, geo.hw_in, geo.hw_in, 1, 1, 1, we, ae),
+            LayerSpec(f"{n}.dw", "dwconv", mid, mid, geo.hw_in, geo.hw_out, block.kernel, geo.stride, mid, wd, ad),
+            LayerSpec(f"{n}.project", "pwconv", mid, geo.cout, geo.hw_out, geo.hw_out, 1, 1, 1, wp, ap),
+            residual=geo.residual,
+        )
+
     def plan(self, arch: Arch) -> NetworkPlan:
         """The layer-by-layer plan (shapes and bits) that builders, cost counters and latency models read."""
         self.validate(arch)
         c = self.config
-        stem_c, stage_c = self.channels(arch.width)
-        hw = arch.resolution
-        hw_out = _out(hw, c.stem_stride)
-        stem = LayerSpec("stem", "conv", c.in_channels, stem_c, hw, hw_out, 3, c.stem_stride, 1, *arch.stem_bits)
-        hw, cin = hw_out, stem_c
+        stem = self.stem_layer(arch.resolution, arch.width, arch.stem_bits)
         blocks: list[BlockPlan] = []
-        for si, (s, genes) in enumerate(zip(c.stages, arch.stages)):
-            cout = stage_c[si]
-            for j, b in enumerate(genes):
-                if b.is_skip:
-                    continue
-                stride = s.stride if j == 0 else 1
-                mid = cin * b.expand
-                ho = _out(hw, stride)
-                name = f"s{si}.b{j}"
-                blocks.append(BlockPlan(
-                    LayerSpec(f"{name}.expand", "pwconv", cin, mid, hw, hw, 1, 1, 1, b.w_bits[0], b.a_bits[0]),
-                    LayerSpec(f"{name}.dw", "dwconv", mid, mid, hw, ho, b.kernel, stride, mid, b.w_bits[1], b.a_bits[1]),
-                    LayerSpec(f"{name}.project", "pwconv", mid, cout, ho, ho, 1, 1, 1, b.w_bits[2], b.a_bits[2]),
-                    residual=(stride == 1 and cin == cout),
-                ))
-                hw, cin = ho, cout
-        head = LayerSpec("head", "fc", cin, c.num_classes, 1, 1, 1, 1, 1, *arch.head_bits)
+        for geo in self.block_geometry(arch.resolution, arch.width):
+            genes = arch.stages[geo.stage]
+            if geo.pos < len(genes) and not genes[geo.pos].is_skip:
+                blocks.append(self.block_layers(geo, genes[geo.pos]))
+        head = self.head_layer(blocks[-1].project.cout if blocks else stem.cout, arch.head_bits)
         return NetworkPlan(c.in_channels, arch.resolution, c.num_classes, stem, tuple(blocks), head)
 
     def size(self) -> float:
@@ -310,7 +308,7 @@ class SearchSpace:
             for d in s.depths:
                 n = 1
                 for j in range(d):  # a skip is one more choice, bit-free, and never a stage's first block
-                    n *= per_block + (1 if self._skip_allowed(si, j) else 0)
+                    n *= per_block + (1 if self.skip_allowed(si, j) else 0)
                 count += n
             total += math.log10(count)
         return total
@@ -321,13 +319,6 @@ class SearchSpace:
 
 def _out(hw: int, stride: int) -> int:
     return (hw + stride - 1) // stride
-
-
-def _index(choices: Sequence[float], v: float) -> int:
-    for i, c in enumerate(choices):
-        if math.isclose(c, v):
-            return i
-    raise ArchError(f"width={v} is not allowed; choose one of {list(choices)}")
 
 
 def _check(name: str, value: Any, allowed: Sequence[Any]) -> None:

@@ -10,7 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+#: Every layer kind a plan can hold; latency profiles, tables and cost counters key on these names.
 OpKind = Literal["conv", "dwconv", "pwconv", "fc", "add", "pool"]
+OP_KINDS: tuple[str, ...] = ("conv", "dwconv", "pwconv", "fc", "add", "pool")
+#: Kinds with quantized weights (a conv or a linear layer, fed by an activation quantizer).
+WEIGHTED_OPS: tuple[str, ...] = ("conv", "dwconv", "pwconv", "fc")
+#: Kinds without weights; they run at the bits of the tensors they read.
+WEIGHTLESS_OPS: tuple[str, ...] = ("add", "pool")
+CONV_OPS: tuple[str, ...] = ("conv", "dwconv", "pwconv")
 
 
 @dataclass(frozen=True)
@@ -35,8 +42,12 @@ class LayerSpec:
     a_bits: int = 32
 
     @property
+    def weighted(self) -> bool:
+        return self.op in WEIGHTED_OPS
+
+    @property
     def macs(self) -> int:
-        if self.op in ("conv", "dwconv", "pwconv"):
+        if self.op in CONV_OPS:
             return self.hw_out * self.hw_out * self.cout * (self.cin // self.groups) * self.k * self.k
         if self.op == "fc":
             return self.cin * self.cout
@@ -44,7 +55,7 @@ class LayerSpec:
 
     @property
     def params(self) -> int:
-        if self.op in ("conv", "dwconv", "pwconv"):
+        if self.op in CONV_OPS:
             return self.cout * (self.cin // self.groups) * self.k * self.k
         if self.op == "fc":
             return self.cin * self.cout + self.cout  # float bias
@@ -73,6 +84,11 @@ class BlockPlan:
     residual: bool
 
     @property
+    def name(self) -> str:
+        """The block's name (``s1.b0``), the prefix of its layers' names."""
+        return self.expand.name.rsplit(".", 1)[0]
+
+    @property
     def layers(self) -> tuple[LayerSpec, ...]:
         return (self.expand, self.depthwise, self.project)
 
@@ -96,11 +112,22 @@ class NetworkPlan:
             out.extend(block.layers)
             if block.residual:
                 p = block.project
-                out.append(LayerSpec(p.name.rsplit(".", 1)[0] + ".add", "add", p.cout, p.cout, p.hw_out, p.hw_out))
+                out.append(add_layer(block.name, p.cout, p.hw_out))
         last = self.blocks[-1].project if self.blocks else self.stem
-        out.append(LayerSpec("pool", "pool", last.cout, last.cout, last.hw_out, 1))
+        out.append(pool_layer(last.cout, last.hw_out))
         out.append(self.head)
         return out
 
     def quantized_layers(self) -> list[LayerSpec]:
-        return [l for l in self.layers() if l.op in ("conv", "dwconv", "pwconv", "fc")]
+        return [l for l in self.layers() if l.weighted]
+
+
+def add_layer(block: str, channels: int, hw: int, bits: int = 32) -> LayerSpec:
+    """The residual add of block ``block`` (``s1.b1`` -> ``s1.b1.add``); ``bits`` 32 until
+    the bits of the tensors it adds are known (``inherit_weightless_bits``)."""
+    return LayerSpec(f"{block}.add", "add", channels, channels, hw, hw, w_bits=bits, a_bits=bits)
+
+
+def pool_layer(channels: int, hw: int, bits: int = 32) -> LayerSpec:
+    """The global average pool over an ``hw x hw`` map of ``channels``."""
+    return LayerSpec("pool", "pool", channels, channels, hw, 1, w_bits=bits, a_bits=bits)

@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from qnas.errors import QnasError
+from qnas.quant.plan import WEIGHTLESS_OPS
 
 if TYPE_CHECKING:  # the plan types live in qnas.quant; only needed for annotations here
     from qnas.quant.plan import LayerSpec, NetworkPlan
 
     PlanLike = NetworkPlan | Sequence[LayerSpec] | LayerSpec
-
-WEIGHTLESS_OPS = ("add", "pool")
 
 
 @dataclass(frozen=True)

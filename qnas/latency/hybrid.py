@@ -36,6 +36,7 @@ from qnas.arch import Arch
 from qnas.errors import LatencyTableError, QnasError
 from qnas.latency.analytic import activation_bytes, weight_count
 from qnas.latency.base import LatencyModel, LayerCost, as_layers
+from qnas.quant.plan import OP_KINDS
 
 if TYPE_CHECKING:
     from qnas.latency.base import PlanLike
@@ -44,8 +45,7 @@ if TYPE_CHECKING:
 FORMAT = "qnas-hybrid-latency"
 VERSION = 1
 
-OP_TYPES = ("conv", "dwconv", "pwconv", "fc", "add", "pool")
-_WEIGHTED = ("conv", "dwconv", "pwconv", "fc")
+OP_TYPES = OP_KINDS  # one count / base-latency feature per layer kind
 
 #: the correction's inputs, in order (saved in the JSON and checked on load)
 FEATURES: tuple[str, ...] = (
@@ -71,7 +71,7 @@ def plan_features(costs: Sequence[LayerCost], resolution: float = 0.0) -> np.nda
         f[f"n_{op}"] += 1
         f["act_kelems"] += (l.in_elems * (2 if l.op == "add" else 1) + l.out_elems) / 1e3
         f["act_kbytes"] += activation_bytes(l, min(l.a_bits, 32)) / 1024
-        if l.op in _WEIGHTED:
+        if l.weighted:
             if l.w_bits >= 16 or l.a_bits >= 16:
                 f["n_float"] += 1
             else:

@@ -53,11 +53,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from qnas.errors import LatencyTableError, QnasError, UnknownDeviceError
+from qnas.quant.plan import OP_KINDS, WEIGHTED_OPS, WEIGHTLESS_OPS
 
 SCHEMA_VERSION = 1
-OPS: tuple[str, ...] = ("conv", "dwconv", "pwconv", "fc", "add", "pool")
-WEIGHTED_OPS: tuple[str, ...] = ("conv", "dwconv", "pwconv", "fc")
-WEIGHTLESS_OPS: tuple[str, ...] = ("add", "pool")
+OPS = OP_KINDS  # the layer kinds a profile prices (defined with the plan)
 W_GRID: tuple[int, ...] = (2, 4, 8, 16, 32)
 A_GRID: tuple[int, ...] = (4, 8, 16, 32)
 CONFIDENCE_LEVELS: tuple[str, ...] = ("rough", "estimated", "documented", "measured")

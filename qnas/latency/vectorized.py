@@ -30,52 +30,39 @@ the planned arch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from qnas.errors import ArchError, LatencyTableError
-from qnas.quant.plan import LayerSpec
+from qnas.genes import BLOCK_CONVS
+from qnas.quant.plan import LayerSpec, add_layer, pool_layer
 
 if TYPE_CHECKING:
     import torch
 
     from qnas.arch import Arch
-    from qnas.space import SearchSpace
+    from qnas.space import BlockGeometry, SearchSpace
 
-CONVS = ("expand", "dw", "project")
-_HEADER_GENES = 6  # resolution, width, stem w, stem a, head w, head a
-_GENES_PER_BLOCK = 7  # op, 3 x w_bits, 3 x a_bits
-
-
-@dataclass(frozen=True)
-class _Position:
-    """One block position at one (resolution, width)."""
-
-    stage: int
-    index: int
-    cin: int
-    cout: int
-    hw: int
-    ho: int
-    stride: int
-    residual: bool
+CONVS = BLOCK_CONVS  # the convs of a block, in gene order
 
 
 class SpaceGeometry:
-    """Layer shapes of every slot of a search space, and the gene layout.
+    """Layer shapes of every slot of a search space, indexed like its genes.
 
-    ``slots()`` yields ``(slot, index, LayerSpec)`` for every layer an arch of
-    the space can contain (with add/pool bits already inherited from their
-    consumer); the arrays of :class:`VectorizedTablePredictor` and
+    Positions, gene indices and layer shapes all come from the space itself
+    (``space.genes``, ``space.block_geometry``, ``space.block_layers``,
+    ``space.stem_layer``, ``space.head_layer``). ``slots()`` yields
+    ``(slot, index, LayerSpec)`` for every layer an arch of the space can
+    contain (with add/pool bits already inherited from their consumer); the
+    arrays of :class:`VectorizedTablePredictor` and
     :func:`qnas.latency.table.space_layer_keys` are both built from it."""
 
     def __init__(self, space: "SearchSpace"):
-        from qnas.arch import Arch, Block
-
         self.space = space
         c = self.config = space.config
+        layout = self.layout = space.genes
         self.ops = tuple(space.ops)
         self.n_ops = len(self.ops)
         self.skip_col = c.allow_skip  # the op gene has an extra "skip" value
@@ -89,52 +76,24 @@ class SpaceGeometry:
         self.head_a_u = np.array([self.union_a.index(a) for a in c.stem_head_a_bits], dtype=np.intp)
         self.max_depths = [max(s.depths) for s in c.stages]
         self.n_stages = len(c.stages)
-        # (stage, index) of every block position in gene order, and its genes' offset
-        self.positions: list[tuple[int, int]] = []
-        self.depth_gene: list[int] = []
-        self.block_gene: list[int] = []
-        g = _HEADER_GENES
-        for si, s in enumerate(c.stages):
-            self.depth_gene.append(g)
-            g += 1
-            for j in range(max(s.depths)):
-                self.positions.append((si, j))
-                self.block_gene.append(g)
-                g += _GENES_PER_BLOCK
-        self.n_genes = g
-        self.n_pos = len(self.positions)
-        if self.n_genes != len(space.bounds()):  # the gene layout changed under us
-            raise ArchError(f"SpaceGeometry expects {self.n_genes} genes, the space encodes {len(space.bounds())}; "
-                            "update qnas.latency.vectorized to the new gene layout")
-
-        # Geometry per (resolution, width), read from the space's own plan of a max-depth arch.
-        k0, e0 = self.ops[0]
-        w0, a0 = c.w_bits[0], c.a_bits[0]
-        sh = (c.stem_head_w_bits[0], c.stem_head_a_bits[0])
-        self.stem: list[LayerSpec] = []  # per rw, bits to be replaced
-        self.head: list[LayerSpec] = []
+        self.blocks = layout.blocks  # gene indices of every block position, in gene order
+        self.n_genes = layout.n_genes
+        self.n_pos = len(self.blocks)
+        # geometry per (resolution, width) index rw = r * W + w
+        self.pos_geo: list[list[BlockGeometry]] = []  # [rw][p]
+        self.stem_cout: list[int] = []
+        self.head_cin: list[int] = []
         self.final_hw: list[int] = []
-        self.pos_geo: list[list[_Position]] = []  # [rw][p]
+        self.rw_pairs: list[tuple[int, float]] = []
         for r in c.resolutions:
             for w in c.widths:
-                stages = tuple(tuple(Block(k0, e0, (w0,) * 3, (a0,) * 3) for _ in range(d)) for d in self.max_depths)
-                plan = space.plan(Arch(r, w, stages, sh, sh))
-                if len(plan.blocks) != self.n_pos:
-                    raise ArchError("SpaceGeometry: the max-depth plan has an unexpected number of blocks")
-                geo = []
-                for (si, j), b in zip(self.positions, plan.blocks):
-                    geo.append(_Position(si, j, b.expand.cin, b.project.cout, b.expand.hw_in,
-                                         b.depthwise.hw_out, b.depthwise.stride, b.residual))
+                geo = space.block_geometry(r, w)
+                self.rw_pairs.append((r, w))
                 self.pos_geo.append(geo)
-                self.stem.append(plan.stem)
-                self.head.append(plan.head)
-                last = plan.blocks[-1].project if plan.blocks else plan.stem
-                self.final_hw.append(last.hw_out)
+                self.head_cin.append(geo[-1].cout)
+                self.final_hw.append(geo[-1].hw_out)
 
     # ---- which genes mean what ----------------------------------------------
-    def skip_allowed(self, stage: int, index: int) -> bool:
-        return self.space._skip_allowed(stage, index)
-
     def add_consumers(self, stage: int, index: int) -> tuple[bool, bool]:
         """(a block can consume, the head can consume) the output of the add at this position."""
         depths = self.config.stages[stage].depths
@@ -153,49 +112,35 @@ class SpaceGeometry:
             u |= set(self.head_a_u.tolist())
         return sorted(u)
 
-    # ---- layer constructors ----------------------------------------------------
-    def conv_layer(self, conv: str, pos: _Position, op: int, w_bits: int, a_bits: int) -> LayerSpec:
+    # ---- layers ------------------------------------------------------------------
+    def block_layers(self, geo: BlockGeometry, op: int, w_bits: int, a_bits: int) -> tuple[LayerSpec, ...]:
+        """The three convs of op ``op`` at ``geo`` with every conv at ``(w_bits, a_bits)``."""
+        from qnas.arch import Block
+
         k, e = self.ops[op]
-        name = f"s{pos.stage}.b{pos.index}"
-        mid = pos.cin * e
-        if conv == "expand":
-            return LayerSpec(f"{name}.expand", "pwconv", pos.cin, mid, pos.hw, pos.hw, 1, 1, 1, w_bits, a_bits)
-        if conv == "dw":
-            return LayerSpec(f"{name}.dw", "dwconv", mid, mid, pos.hw, pos.ho, k, pos.stride, mid, w_bits, a_bits)
-        return LayerSpec(f"{name}.project", "pwconv", mid, pos.cout, pos.ho, pos.ho, 1, 1, 1, w_bits, a_bits)
-
-    @staticmethod
-    def add_layer(pos: _Position, bits: int) -> LayerSpec:
-        return LayerSpec(f"s{pos.stage}.b{pos.index}.add", "add", pos.cout, pos.cout, pos.ho, pos.ho,
-                         w_bits=bits, a_bits=bits)
-
-    def pool_layer(self, rw: int, bits: int) -> LayerSpec:
-        c = self.head[rw].cin
-        return LayerSpec("pool", "pool", c, c, self.final_hw[rw], 1, w_bits=bits, a_bits=bits)
+        return self.space.block_layers(geo, Block(k, e, (w_bits,) * 3, (a_bits,) * 3)).layers
 
     def slots(self) -> Iterator[tuple[str, tuple[int, ...], LayerSpec]]:
         """Every (array name, index, layer) the space needs, in a fixed order."""
-        from dataclasses import replace
-
-        c = self.config
-        for rw in range(self.RW):
+        c, sp = self.config, self.space
+        for rw, (r, w) in enumerate(self.rw_pairs):
             for i, wb in enumerate(c.stem_head_w_bits):
                 for j, ab in enumerate(c.stem_head_a_bits):
-                    yield "stem", (rw, i, j), replace(self.stem[rw], w_bits=wb, a_bits=ab)
-            for p, pos in enumerate(self.pos_geo[rw]):
+                    yield "stem", (rw, i, j), sp.stem_layer(r, w, (wb, ab))
+            for p, geo in enumerate(self.pos_geo[rw]):
                 for o in range(self.n_ops):
                     for i, wb in enumerate(c.w_bits):
                         for j, ab in enumerate(c.a_bits):
-                            for conv in CONVS:
-                                yield conv, (p, rw, o, i, j), self.conv_layer(conv, pos, o, wb, ab)
-                if pos.residual:
-                    for u in self.add_union_bits(pos.stage, pos.index):
-                        yield "add", (p, rw, u), self.add_layer(pos, self.union_a[u])
+                            for conv, layer in zip(CONVS, self.block_layers(geo, o, wb, ab)):
+                                yield conv, (p, rw, o, i, j), layer
+                if geo.residual:
+                    for u in self.add_union_bits(geo.stage, geo.pos):
+                        yield "add", (p, rw, u), add_layer(geo.name, geo.cout, geo.hw_out, self.union_a[u])
             for u in self.head_a_u.tolist():
-                yield "pool", (rw, u), self.pool_layer(rw, self.union_a[u])
+                yield "pool", (rw, u), pool_layer(self.head_cin[rw], self.final_hw[rw], self.union_a[u])
             for i, wb in enumerate(c.stem_head_w_bits):
                 for j, ab in enumerate(c.stem_head_a_bits):
-                    yield "head", (rw, i, j), replace(self.head[rw], w_bits=wb, a_bits=ab)
+                    yield "head", (rw, i, j), sp.head_layer(self.head_cin[rw], (wb, ab))
 
     def array_shapes(self) -> dict[str, tuple[int, ...]]:
         blk = (self.n_pos, self.RW, self.n_ops, self.n_w, self.n_a)
@@ -242,7 +187,6 @@ class VectorizedTablePredictor:
             self.arrays[name][idx] = cache[key]
         self.n_keys = len(cache)
         self._flat = {k: np.ascontiguousarray(v).ravel() for k, v in self.arrays.items()}
-        self._bounds = np.asarray(space.bounds(), dtype=np.int64)
         c = space.config
         self._depth_values = [np.asarray(s.depths, dtype=np.int64) for s in c.stages]
         self._torch_cache: dict[Any, dict[str, Any]] = {}
@@ -254,44 +198,35 @@ class VectorizedTablePredictor:
     # ---- numpy -------------------------------------------------------------------
     def predict_encoded(self, X: np.ndarray) -> np.ndarray:
         """Latency in ms of each row of ``X`` (``[N, n_genes]``, rows = ``space.encode(arch)``)."""
-        g = self.geo
-        X = np.asarray(X)
-        if X.ndim == 1:
-            X = X[None, :]
-        if X.ndim != 2 or X.shape[1] != g.n_genes:
-            raise ArchError(f"gene matrix has shape {X.shape}, this space needs [N, {g.n_genes}]")
-        X = X.astype(np.int64, copy=False)
-        if X.size and ((X < 0).any() or (X > self._bounds).any()):
-            bad = np.argwhere((X < 0) | (X > self._bounds))[0]
-            raise ArchError(f"gene {bad[1]} of row {bad[0]} is {X[bad[0], bad[1]]}, allowed 0..{self._bounds[bad[1]]}")
+        g, L = self.geo, self.space.genes
+        X = L.check_matrix(X)
         f = self._flat
         n_w, n_a, n_ops, n_u, RW = g.n_w, g.n_a, g.n_ops, g.n_u, g.RW
-        rw = X[:, 0] * g.W + X[:, 1]
-        total = f["stem"][(rw * g.n_sw + X[:, 2]) * g.n_sa + X[:, 3]]
-        total = total + f["head"][(rw * g.n_sw + X[:, 4]) * g.n_sa + X[:, 5]]
-        carry = g.head_a_u[X[:, 5]]  # union index of the a bits of the next consumer
+        rw = X[:, L.resolution] * g.W + X[:, L.width]
+        total = f["stem"][(rw * g.n_sw + X[:, L.stem_w]) * g.n_sa + X[:, L.stem_a]]
+        total = total + f["head"][(rw * g.n_sw + X[:, L.head_w]) * g.n_sa + X[:, L.head_a]]
+        carry = g.head_a_u[X[:, L.head_a]]  # union index of the a bits of the next consumer
         total = total + f["pool"][rw * n_u + carry]
         block_a_u = g.block_a_u
         fe, fd, fp, fa = f["expand"], f["dw"], f["project"], f["add"]
         for p in range(g.n_pos - 1, -1, -1):
-            si, j = g.positions[p]
-            b = g.block_gene[p]
-            depth = self._depth_values[si][X[:, g.depth_gene[si]]]
-            active = depth > j
-            op = X[:, b]
+            b = g.blocks[p]
+            depth = self._depth_values[b.stage][X[:, L.depth[b.stage]]]
+            active = depth > b.pos
+            op = X[:, b.op]
             if g.skip_col:
                 is_skip = op == n_ops
-                live = active & ~is_skip if g.skip_allowed(si, j) else active
+                live = active & ~is_skip if b.skip_allowed else active
                 op = np.where(is_skip, 0, op)  # decode: a skip where none is allowed is ops[0]
             else:
                 live = active
             base = ((p * RW + rw) * n_ops + op) * n_w
-            cost = (fe[(base + X[:, b + 1]) * n_a + X[:, b + 4]]
-                    + fd[(base + X[:, b + 2]) * n_a + X[:, b + 5]]
-                    + fp[(base + X[:, b + 3]) * n_a + X[:, b + 6]]
+            cost = (fe[(base + X[:, b.w[0]]) * n_a + X[:, b.a[0]]]
+                    + fd[(base + X[:, b.w[1]]) * n_a + X[:, b.a[1]]]
+                    + fp[(base + X[:, b.w[2]]) * n_a + X[:, b.a[2]]]
                     + fa[(p * RW + rw) * n_u + carry])
             total = total + np.where(live, cost, 0.0)
-            carry = np.where(live, block_a_u[X[:, b + 4]], carry)
+            carry = np.where(live, block_a_u[X[:, b.a[0]]], carry)
         return total
 
     def predict_archs(self, archs: Iterable["Arch"]) -> np.ndarray:
@@ -344,7 +279,7 @@ class VectorizedTablePredictor:
             depth_vals = torch.as_tensor(s.depths, device=p_rw.device)
             ops = dist.op[si]
             if g.skip_col:
-                allowed = torch.as_tensor([g.skip_allowed(si, j) for j in range(D)], device=p_rw.device)
+                allowed = torch.as_tensor([b.skip_allowed for b in self.space.genes.stage_blocks(si)], device=p_rw.device)
                 p_skip = torch.where(allowed, ops[:, g.n_ops], torch.zeros_like(ops[:, g.n_ops]))
                 # a skip gene where no skip is allowed decodes to ops[0]
                 fold = torch.where(allowed, torch.zeros_like(p_skip), ops[:, g.n_ops])
@@ -417,28 +352,21 @@ class ArchDistribution:
     op: list
     w_bits: list
     a_bits: list
+    #: the space's :class:`~qnas.genes.GeneLayout` (which gene reads which row); not a tensor
+    layout: Any = field(default=None, repr=False, compare=False)
 
     # ---- constructors ----------------------------------------------------------
     @staticmethod
     def shapes(space: "SearchSpace") -> dict[str, Any]:
-        c = space.config
-        n_op = len(space.ops) + (1 if c.allow_skip else 0)
-        return {
-            "resolution": (len(c.resolutions),), "width": (len(c.widths),),
-            "stem_w": (len(c.stem_head_w_bits),), "stem_a": (len(c.stem_head_a_bits),),
-            "head_w": (len(c.stem_head_w_bits),), "head_a": (len(c.stem_head_a_bits),),
-            "depth": [(len(s.depths),) for s in c.stages],
-            "op": [(max(s.depths), n_op) for s in c.stages],
-            "w_bits": [(max(s.depths), 3, len(c.w_bits)) for s in c.stages],
-            "a_bits": [(max(s.depths), 3, len(c.a_bits)) for s in c.stages],
-        }
+        """Shape of each field (:meth:`qnas.genes.GeneLayout.group_shapes`)."""
+        return space.genes.group_shapes()
 
     @classmethod
     def _build(cls, space: "SearchSpace", make: Callable[[tuple[int, ...]], "torch.Tensor"]) -> "ArchDistribution":
-        kw = {}
+        kw: dict[str, Any] = {}
         for name, shp in cls.shapes(space).items():
             kw[name] = [make(s) for s in shp] if isinstance(shp, list) else make(shp)
-        return cls(**kw)
+        return cls(**kw, layout=space.genes)
 
     @classmethod
     def uniform(cls, space: "SearchSpace", dtype: Any = None, requires_grad: bool = False) -> "ArchDistribution":
@@ -463,42 +391,23 @@ class ArchDistribution:
 
         from qnas.arch import Arch
 
-        dtype = dtype or torch.float64
-        vec = space.encode(arch) if isinstance(arch, Arch) else [int(v) for v in arch]
-        geo_bounds = space.bounds()
-        if len(vec) != len(geo_bounds):
-            raise ArchError(f"gene vector has length {len(vec)}, this space needs {len(geo_bounds)}")
-
-        def oh(idx: int, n: int) -> "torch.Tensor":
-            t = torch.zeros(n, dtype=dtype)
-            t[idx] = 1
-            return t
-
-        sh = cls.shapes(space)
-        it = iter(vec)
-        head = [oh(next(it), sh[k][0]) for k in ("resolution", "width", "stem_w", "stem_a", "head_w", "head_a")]
-        depth, op, wb, ab = [], [], [], []
-        for si in range(len(space.config.stages)):
-            depth.append(oh(next(it), sh["depth"][si][0]))
-            D, n_op = sh["op"][si]
-            n_w, n_a = sh["w_bits"][si][2], sh["a_bits"][si][2]
-            ops, ws, as_ = [], [], []
-            for _ in range(D):
-                ops.append(oh(next(it), n_op))
-                ws.append(torch.stack([oh(next(it), n_w) for _ in range(3)]))
-                as_.append(torch.stack([oh(next(it), n_a) for _ in range(3)]))
-            op.append(torch.stack(ops))
-            wb.append(torch.stack(ws))
-            ab.append(torch.stack(as_))
-        return cls(*head, depth, op, wb, ab)
+        dist = cls._build(space, lambda s: torch.zeros(s, dtype=dtype or torch.float64))
+        layout = space.genes
+        vec = space.encode(arch) if isinstance(arch, Arch) else layout.check(arch)
+        for gene, v in zip(layout.genes, vec):
+            layout.row(dist, gene)[v] = 1
+        return dist
 
     # ---- transforms -------------------------------------------------------------
+    def _tensor_fields(self) -> list[str]:
+        return [f.name for f in fields(self) if f.name != "layout"]
+
     def map(self, fn: Callable[["torch.Tensor"], "torch.Tensor"]) -> "ArchDistribution":
-        kw = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            kw[f.name] = [fn(t) for t in v] if isinstance(v, list) else fn(v)
-        return type(self)(**kw)
+        kw: dict[str, Any] = {}
+        for name in self._tensor_fields():
+            v = getattr(self, name)
+            kw[name] = [fn(t) for t in v] if isinstance(v, list) else fn(v)
+        return type(self)(**kw, layout=self.layout)
 
     def softmax(self) -> "ArchDistribution":
         """Treat every field as logits; softmax over the last axis."""
@@ -506,8 +415,8 @@ class ArchDistribution:
 
     def tensors(self) -> list["torch.Tensor"]:
         out = []
-        for f in fields(self):
-            v = getattr(self, f.name)
+        for name in self._tensor_fields():
+            v = getattr(self, name)
             out.extend(v if isinstance(v, list) else [v])
         return out
 
@@ -527,6 +436,9 @@ class ArchDistribution:
 
     def sample_genes(self, n: int, rng: Any = None) -> np.ndarray:
         """``n`` gene vectors drawn from this distribution (``[n, n_genes]``, for Monte-Carlo checks)."""
+        if self.layout is None:
+            raise ArchError("this ArchDistribution has no gene layout; build it with ArchDistribution.uniform/"
+                            "one_hot/zeros_logits(space) or pass layout=space.genes")
         g = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
 
         def draw(p: "torch.Tensor") -> np.ndarray:
@@ -534,11 +446,5 @@ class ArchDistribution:
             cdf = np.cumsum(p / p.sum())
             return np.minimum(np.searchsorted(cdf, g.random(n), side="right"), len(p) - 1)
 
-        cols = [draw(getattr(self, k)) for k in ("resolution", "width", "stem_w", "stem_a", "head_w", "head_a")]
-        for si in range(len(self.depth)):
-            cols.append(draw(self.depth[si]))
-            for j in range(self.op[si].shape[0]):
-                cols.append(draw(self.op[si][j]))
-                cols.extend(draw(self.w_bits[si][j, c]) for c in range(3))
-                cols.extend(draw(self.a_bits[si][j, c]) for c in range(3))
+        cols = [draw(self.layout.row(self, gene)) for gene in self.layout.genes]
         return np.stack(cols, axis=1).astype(np.int64)

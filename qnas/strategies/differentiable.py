@@ -65,8 +65,6 @@ from qnas.strategies.base import Budget, Strategy, StrategyContext, register_str
 
 __all__ = ["DifferentiableOptions", "DifferentiableStrategy", "DifferentiableSearch", "ArchLogits", "SuperNet"]
 
-_HEADER = 6  # resolution, width, stem w, stem a, head w, head a
-_PER_BLOCK = 7  # op, 3 x w, 3 x a
 _MASKED = -1e4  # logit of a choice that is not allowed (a skip at a stage's first block)
 
 
@@ -206,9 +204,9 @@ class ArchLogits(nn.Module):
         for si, s in enumerate(c.stages):
             mask = torch.zeros(max(s.depths), n_op)
             if c.allow_skip:
-                for j in range(max(s.depths)):
-                    if not space._skip_allowed(si, j):
-                        mask[j, self.n_ops] = _MASKED
+                for b in space.genes.stage_blocks(si):
+                    if not b.skip_allowed:
+                        mask[b.pos, self.n_ops] = _MASKED
             self.register_buffer(f"op_mask{si}", mask)
 
     def groups(self) -> dict[str, list[nn.Parameter]]:
@@ -219,17 +217,23 @@ class ArchLogits(nn.Module):
     def op_logits(self, si: int) -> torch.Tensor:
         return self.op[si] + getattr(self, f"op_mask{si}")
 
+    def logits(self) -> dict[str, Any]:
+        """The searchable logits in the gene layout's groups (:meth:`qnas.genes.GeneLayout.group_shapes`;
+        resolution and width are fixed and not included)."""
+        n = len(self.space.config.stages)
+        return {"stem_w": self.stem_w, "stem_a": self.stem_a, "head_w": self.head_w, "head_a": self.head_a,
+                "depth": list(self.depth), "op": [self.op_logits(si) for si in range(n)],
+                "w_bits": list(self.w_bits), "a_bits": list(self.a_bits)}
+
     def distribution(self, dtype: torch.dtype = torch.float64) -> Any:
         """The softmax :class:`ArchDistribution` (differentiable in the logits)."""
         from qnas.latency.vectorized import ArchDistribution
 
         c = self.space.config
         sm = lambda t: t.to(dtype).softmax(-1)  # noqa: E731
-        return ArchDistribution(
-            _one_hot(self.res_idx, len(c.resolutions)).to(dtype), _one_hot(self.width_idx, len(c.widths)).to(dtype),
-            sm(self.stem_w), sm(self.stem_a), sm(self.head_w), sm(self.head_a),
-            [sm(t) for t in self.depth], [sm(self.op_logits(si)) for si in range(len(c.stages))],
-            [sm(t) for t in self.w_bits], [sm(t) for t in self.a_bits])
+        probs = {k: [sm(t) for t in v] if isinstance(v, list) else sm(v) for k, v in self.logits().items()}
+        return ArchDistribution(_one_hot(self.res_idx, len(c.resolutions)).to(dtype),
+                                _one_hot(self.width_idx, len(c.widths)).to(dtype), **probs, layout=self.space.genes)
 
     def sample(self, tau: float, generator: torch.Generator | None, hard_bits: bool = False,
                uniform: bool = False) -> PathSample:
@@ -253,68 +257,40 @@ class ArchLogits(nn.Module):
                  for t in (self.stem_w, self.stem_a, self.head_w, self.head_a)]
         return PathSample(depth_idx, depth_gate, op_idx, op_gate, ws, as_, *heads)
 
+    def _fixed(self, group: str) -> int | None:
+        return {"resolution": self.res_idx, "width": self.width_idx}.get(group)
+
     @torch.no_grad()
     def genes(self) -> list[int]:
         """The derived arch: argmax of every group, as a gene vector (not canonicalised)."""
-        c = self.space.config
-        v = [self.res_idx, self.width_idx, int(self.stem_w.argmax()), int(self.stem_a.argmax()),
-             int(self.head_w.argmax()), int(self.head_a.argmax())]
-        for si, s in enumerate(c.stages):
-            v.append(int(self.depth[si].argmax()))
-            ops = self.op_logits(si).argmax(-1)
-            wb, ab = self.w_bits[si].argmax(-1), self.a_bits[si].argmax(-1)
-            for j in range(max(s.depths)):
-                v.append(int(ops[j]))
-                v.extend(int(x) for x in wb[j])
-                v.extend(int(x) for x in ab[j])
-        return v
+        layout, logits = self.space.genes, self.logits()
+        return [int(layout.row(logits, g).argmax()) if self._fixed(g.group) is None else self._fixed(g.group)
+                for g in layout.genes]
 
     @torch.no_grad()
     def gene_log_probs(self) -> list[np.ndarray]:
         """Per gene of the vector, the log-probabilities of its choices (resolution/width: 0 at the fixed choice)."""
-        c = self.space.config
-
-        def lp(t: torch.Tensor) -> np.ndarray:
-            return np.maximum(t.double().log_softmax(-1).numpy(), -50.0)
-
-        fixed = lambda i, n: np.where(np.arange(n) == i, 0.0, -50.0)  # noqa: E731
-        out = [fixed(self.res_idx, len(c.resolutions)), fixed(self.width_idx, len(c.widths)),
-               lp(self.stem_w), lp(self.stem_a), lp(self.head_w), lp(self.head_a)]
-        for si, s in enumerate(c.stages):
-            out.append(lp(self.depth[si]))
-            ops, wb, ab = lp(self.op_logits(si)), lp(self.w_bits[si]), lp(self.a_bits[si])
-            for j in range(max(s.depths)):
-                out.append(ops[j])
-                out.extend(wb[j])
-                out.extend(ab[j])
+        layout, logits = self.space.genes, self.logits()
+        out = []
+        for g in layout.genes:
+            fixed = self._fixed(g.group)
+            if fixed is not None:
+                out.append(np.where(np.arange(g.n_choices) == fixed, 0.0, -50.0))
+            else:
+                out.append(np.maximum(layout.row(logits, g).double().log_softmax(-1).numpy(), -50.0))
         return out
 
     def path_from_genes(self, vec: Sequence[int]) -> PathSample:
         """The fixed (one-hot, no gradient) gates of one gene vector."""
-        c = self.space.config
-        it = iter(int(x) for x in vec)
-        for _ in range(2):
-            next(it)
-        heads = [_one_hot(next(it), n) for n in (len(c.stem_head_w_bits), len(c.stem_head_a_bits),
-                                                 len(c.stem_head_w_bits), len(c.stem_head_a_bits))]
-        n_op = self.op[0].shape[1]
-        depth_idx, depth_gate, op_idx, op_gate, ws, as_ = [], [], [], [], [], []
-        for s in c.stages:
-            d = next(it)
-            depth_idx.append(d)
-            depth_gate.append(_one_hot(d, len(s.depths)))
-            oi, og, w, a = [], [], [], []
-            for _ in range(max(s.depths)):
-                o = next(it)
-                oi.append(o)
-                og.append(_one_hot(o, n_op))
-                w.append(torch.stack([_one_hot(next(it), len(c.w_bits)) for _ in range(3)]))
-                a.append(torch.stack([_one_hot(next(it), len(c.a_bits)) for _ in range(3)]))
-            op_idx.append(oi)
-            op_gate.append(torch.stack(og))
-            ws.append(torch.stack(w))
-            as_.append(torch.stack(a))
-        return PathSample(depth_idx, depth_gate, op_idx, op_gate, ws, as_, *heads)
+        from qnas.latency.vectorized import ArchDistribution
+
+        layout = self.space.genes
+        vec = layout.check(vec)
+        d = ArchDistribution.one_hot(self.space, vec, dtype=torch.float32)
+        n = len(self.space.config.stages)
+        return PathSample([vec[layout.depth[si]] for si in range(n)], d.depth,
+                          [[vec[b.op] for b in layout.stage_blocks(si)] for si in range(n)], d.op, d.w_bits, d.a_bits,
+                          d.stem_w, d.stem_a, d.head_w, d.head_a)
 
 
 # ---------------------------------------------------------------------------- super-network
@@ -529,6 +505,8 @@ class DifferentiableSearch:
     def __init__(self, space: SearchSpace, predictor: Any, latency: Callable[[Arch], float],
                  budget: Budget | None = None, options: DifferentiableOptions | None = None, seed: int = 0):
         self.space, self.predictor, self.latency = space, predictor, latency
+        # the genes repair and coordinate descent may change when resolution and width stay fixed
+        self._not_rw = [g.index for g in space.genes.genes if g.group not in ("resolution", "width")]
         self.budget = budget or Budget()
         self.opt = (options or DifferentiableOptions()).validate(space)
         self.seed = seed
@@ -554,7 +532,7 @@ class DifferentiableSearch:
 
     # ---- genes and costs -----------------------------------------------------------
     def canonical(self, vec: Sequence[int]) -> list[int]:
-        return self.space.encode(self.space.decode(vec))
+        return self.space.canonical(vec)
 
     def table_ms(self, vecs: np.ndarray) -> np.ndarray:
         return self.predictor.predict_encoded(np.asarray(vecs, dtype=np.int64))
@@ -587,17 +565,6 @@ class DifferentiableSearch:
                         v[i] += (val - lim) / lim
         return v
 
-    def _active(self, vec: Sequence[int]) -> list[bool]:
-        """Which genes of a vector matter (those of blocks beyond their stage's depth do not)."""
-        c = self.space.config
-        out = [True] * _HEADER
-        for s in c.stages:
-            depth = s.depths[vec[len(out)]]
-            out.append(True)
-            for j in range(max(s.depths)):
-                out.extend([j < depth] * _PER_BLOCK)
-        return out
-
     def _neighbours(self, vec: list[int], genes: Sequence[int]) -> list[list[int]]:
         bounds = self.space.bounds()
         seen = {tuple(vec)}
@@ -620,7 +587,7 @@ class DifferentiableSearch:
         lost log-probability (table latency drop when no change lowers the estimate) until the arch meets the
         budget. Resolution/width change only when ``fixed_rw`` is off. None when it gets stuck."""
         cur = self.canonical(vec)
-        genes = range(2 if fixed_rw else 0, len(cur))
+        genes = self._not_rw if fixed_rw else range(len(cur))
         for _ in range(max_iter):
             arch = self.space.decode(cur)
             if self.violation(arch) == 0:
@@ -640,10 +607,10 @@ class DifferentiableSearch:
                 if not (gain > 1e-12).any():
                     return None
             if log_probs is not None:
-                act_cur = self._active(cur)
+                act_cur = self.space.genes.active(cur)
                 cost = np.array([sum(min(max(log_probs[i][cur[i]] - log_probs[i][n[i]], 0.0), 50.0)
                                      for i in range(len(cur)) if n[i] != cur[i] and act_cur[i] and act_new[i])
-                                 for n, act_new in ((n, self._active(n)) for n in nbrs)]) + 0.05
+                                 for n, act_new in ((n, self.space.genes.active(n)) for n in nbrs)]) + 0.05
             else:
                 cost = np.ones(len(nbrs))
             score = np.where(gain > 1e-12, gain / cost, -np.inf)
@@ -663,7 +630,7 @@ class DifferentiableSearch:
                     if width is not None:
                         a = Arch(a.resolution, width, a.stages, a.stem_bits, a.head_bits)
                     starts.append(self.space.encode(a))
-        genes = range(2, len(starts[0])) if resolution is not None else range(len(starts[0]))
+        genes = self._not_rw if resolution is not None else range(len(starts[0]))
         for start in starts:
             cur, ms = start, float(self.table_ms(np.asarray([start]))[0])
             while True:

@@ -77,7 +77,8 @@ OPERATORS = ("space", "sbx")
 def canonical(space: SearchSpace, X: np.ndarray) -> np.ndarray:
     """``encode(decode(x))`` of each row (rounded, clipped to the bounds): genes of inactive blocks set to 0."""
     X = np.atleast_2d(np.asarray(X))
-    return np.asarray([space.encode(space.decode(np.clip(np.rint(x), 0, space.bounds()).astype(int))) for x in X],
+    hi = space.bounds()
+    return np.asarray([space.canonical(np.clip(np.rint(x), 0, hi).astype(int)) for x in X],
                       dtype=int).reshape(len(X), -1)
 
 

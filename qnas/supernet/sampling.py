@@ -14,6 +14,7 @@ import numpy as np
 
 from qnas.arch import Arch
 from qnas.errors import ConfigError
+from qnas.genes import Gene
 from qnas.space import SearchSpace
 
 #: The elastic dimensions a phase can open, in OFA's progressive-shrinking order.
@@ -94,20 +95,23 @@ def _argmin(choices: Sequence[Any]) -> int:
     return min(range(len(choices)), key=lambda i: choices[i])
 
 
+#: the elastic dimension each gene group belongs to (the op gene is kernel and expand)
+_DIMENSION = {"resolution": "resolution", "width": "width", "depth": "depth", "stem_w": "bits", "stem_a": "bits",
+              "head_w": "bits", "head_a": "bits", "w_bits": "bits", "a_bits": "bits"}
+
+
 def _arch(space: SearchSpace, pick: Callable[[str, Sequence[Any]], int],
           rng: np.random.Generator | None = None, skip_p: float = 0.0) -> Arch:
-    """Build the gene vector of :meth:`SearchSpace.encode` dimension by dimension."""
+    """An arch whose every gene is ``pick(dimension, choices)``; with ``rng``, a block that may be
+    a skip becomes one with probability ``skip_p``."""
     c = space.config
-    v = [pick("resolution", c.resolutions), pick("width", c.widths),
-         pick("bits", c.stem_head_w_bits), pick("bits", c.stem_head_a_bits),
-         pick("bits", c.stem_head_w_bits), pick("bits", c.stem_head_a_bits)]
-    for s in c.stages:
-        v.append(pick("depth", s.depths))
-        for j in range(max(s.depths)):
-            op = space.ops.index((c.kernels[pick("kernel", c.kernels)], c.expands[pick("expand", c.expands)]))
-            if rng is not None and j > 0 and rng.random() < skip_p:
-                op = len(space.ops)
-            v.append(op)
-            v.extend(pick("bits", c.w_bits) for _ in range(3))
-            v.extend(pick("bits", c.a_bits) for _ in range(3))
-    return space.decode(v)
+
+    def value(gene: Gene) -> int:
+        if gene.group != "op":
+            return pick(_DIMENSION[gene.group], gene.choices)
+        op = space.ops.index((c.kernels[pick("kernel", c.kernels)], c.expands[pick("expand", c.expands)]))
+        if rng is not None and space.skip_allowed(gene.stage, gene.pos) and rng.random() < skip_p:  # type: ignore[arg-type]
+            op = space.genes.skip_op  # type: ignore[assignment]
+        return op
+
+    return space.decode(space.genes.fill(value))
