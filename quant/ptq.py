@@ -36,10 +36,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from qnas.quant import batchnorm as _batchnorm
 from qnas.quant.errors import QnasError
 
 __all__ = ["PTQConfig", "ptq", "float_mode", "PTQ_METHODS", "reset_weight_scales",
-           "reset_act_scales", "recalibrate_bn", "load_float_weights"]
+           "reset_act_scales", "recalibrate_bn_float", "load_float_weights"]
 
 PTQ_METHODS: tuple[str, ...] = ("minmax", "bias_correction", "gptq")
 
@@ -144,28 +145,14 @@ def _bar(it, desc: str, progress: bool, total: int | None = None):
     return tqdm(it, desc=desc, disable=not progress, leave=False, total=total)
 
 
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, calib: torch.Tensor, batch_size: int = 64, progress: bool = False) -> None:
-    """Re-estimate every BatchNorm's running statistics from ``calib`` (quantizers
-    off, cumulative average over all batches), leaving the model in eval mode."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    batches = [b for b in _batches(calib, batch_size) if b.shape[0] >= 2]  # train-mode BN needs 2+
-    if not bns or not batches:
-        return
-    saved = [(m, m.momentum) for m in bns]
+def recalibrate_bn_float(model: nn.Module, calib: torch.Tensor, batch_size: int = 64, progress: bool = False) -> None:
+    """BN statistics of the float model (every quantizer off) over all of ``calib`` in batches
+    of ``batch_size`` (:func:`qnas.quant.batchnorm.recalibrate_bn` in :func:`float_mode`);
+    leaves the model in eval mode."""
+    with float_mode(model):
+        _batchnorm.recalibrate_bn(model, _batches(calib, batch_size), batches=None, progress=progress,
+                                  desc="PTQ: BN statistics")
     model.eval()
-    try:
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative moving average = exact mean over batches
-            m.train()
-        with float_mode(model):
-            for xb in _bar(batches, "PTQ: BN statistics", progress):
-                model(xb)
-    finally:
-        for m, mom in saved:
-            m.momentum = mom
-        model.eval()
 
 
 @torch.no_grad()
@@ -292,7 +279,7 @@ def ptq(model: nn.Module, calib: Any, config: PTQConfig | None = None) -> nn.Mod
     model.eval()
 
     if cfg.bn_recalibrate:
-        recalibrate_bn(model, x, cfg.batch_size, cfg.progress)
+        recalibrate_bn_float(model, x, cfg.batch_size, cfg.progress)
 
     with torch.no_grad():
         reset_weight_scales(model)
@@ -328,3 +315,16 @@ def ptq(model: nn.Module, calib: Any, config: PTQConfig | None = None) -> nn.Mod
     if bad:
         raise QnasError(f"PTQ produced NaN/Inf in {bad[0]}; check the calibration data and the float weights")
     return model
+
+
+
+def __getattr__(name: str) -> Any:
+    # One release of grace for the old name (its signature differs from qnas.quant.batchnorm.recalibrate_bn).
+    if name == "recalibrate_bn":
+        import warnings
+
+        warnings.warn("qnas.quant.ptq.recalibrate_bn(model, images, batch_size) is deprecated; use "
+                      "recalibrate_bn_float (float statistics over a tensor of images) or "
+                      "qnas.quant.batchnorm.recalibrate_bn(model, loader, batches)", DeprecationWarning, stacklevel=2)
+        return recalibrate_bn_float
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,13 +27,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from qnas.quant.checkpoint import atomic_write, load_state
 from qnas.quant.errors import CheckpointError, QnasError
-from qnas.quant.train import EpochStats, TrainConfig, TrainResult, make_optimizer, train
+from qnas.quant.batchnorm import freeze_batchnorm
+from qnas.quant.train import EpochStats, TrainConfig, TrainResult, kd_loss, make_optimizer, train
 
 STATE_FORMAT = "qnas-qat-state"
 STATE_VERSION = 1
@@ -112,32 +111,6 @@ class QATResult(TrainResult):
     def summary(self) -> dict[str, Any]:
         return {"epochs": self.to_dicts(), "resumed_from_epoch": self.resumed_from_epoch,
                 "bn_frozen_from_epoch": self.bn_frozen_from_epoch, "distilled": self.distilled}
-
-
-def kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor, kd_weight: float,
-            temperature: float, label_smoothing: float = 0.0) -> torch.Tensor:
-    """``(1 - a) * CE(logits, labels) + a * T^2 * KL(softmax(teacher/T) || softmax(logits/T))``;
-    plain CE when ``teacher_logits`` is None."""
-    if teacher_logits is None or kd_weight == 0:
-        return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-    t = temperature
-    kl = F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(teacher_logits.detach() / t, 1),
-                  reduction="batchmean", log_target=True)
-    loss = kd_weight * t * t * kl
-    if kd_weight < 1:
-        loss = loss + (1.0 - kd_weight) * F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-    return loss
-
-
-def freeze_batchnorm(model: nn.Module) -> int:
-    """Put every BN layer of ``model`` in eval mode: it normalises with its running
-    statistics and no longer updates them (affine weights still train). Returns how many."""
-    n = 0
-    for m in model.modules():
-        if isinstance(m, _BatchNorm):
-            m.eval()
-            n += 1
-    return n
 
 
 # ---- resumable state ------------------------------------------------------------

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Literal
+from typing import Callable, Iterable, Literal, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -61,21 +62,50 @@ class TrainResult:
         return [asdict(e) for e in self.epochs]
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    # No weight decay on BN, biases and quantizer scales: decaying a learned
-    # scale towards zero collapses the quantization grid.
+class OptimizerSettings(Protocol):
+    """What :func:`make_optimizer` reads (``TrainConfig``, ``QATConfig`` and ``SupernetTrainConfig`` have it)."""
+
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+
+
+def make_optimizer(model: nn.Module, cfg: OptimizerSettings) -> torch.optim.Optimizer:
+    """Adam or Nesterov SGD with weight decay on conv/linear weights only.
+
+    No decay on BN, biases, quantizer scales (decaying a learned scale towards
+    zero collapses the quantization grid) or the supernet's kernel transforms:
+    decay applies to parameters named ``weight`` with two or more dimensions."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.ndim > 1 and "scaling" not in name else no_decay).append(p)
+        (decay if name.rsplit(".", 1)[-1] == "weight" and p.ndim > 1 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     return torch.optim.Adam(groups, lr=cfg.lr)
 
 
+def kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor, kd_weight: float,
+            temperature: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Knowledge distillation: ``(1 - a) * CE(logits, labels) + a * T^2 * KL(softmax(teacher/T) || softmax(logits/T))``
+    with ``a = kd_weight``, ``T = temperature``; plain CE when there is no teacher or ``a == 0``.
+    The supernet's in-place distillation and QAT finishing both use it."""
+    if teacher_logits is None or kd_weight == 0:
+        return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    t = temperature
+    kl = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(teacher_logits.detach() / t, 1), reduction="batchmean")
+    loss = kd_weight * t * t * kl
+    if kd_weight < 1:
+        loss = (1.0 - kd_weight) * F.cross_entropy(logits, labels, label_smoothing=label_smoothing) + loss
+    return loss
+
+
 def cosine_lr(step: int, total: int, base: float, warmup: int = 0) -> float:
+    """Learning rate at ``step`` of ``total``: linear warm-up over ``warmup`` steps, then a
+    half cosine from ``base`` to 0 (held at 0 after ``total``)."""
     if warmup and step < warmup:
         return base * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)

@@ -59,6 +59,7 @@ from torch import nn
 
 from qnas._torch_utils import torch_threads
 from qnas.arch import Arch
+from qnas.quant.train import cosine_lr
 from qnas.errors import ConfigError
 from qnas.space import SearchSpace
 from qnas.strategies.base import Budget, Strategy, StrategyContext, register_strategy
@@ -478,10 +479,6 @@ class SuperNet(nn.Module):
 
 
 # ---------------------------------------------------------------------------- the search engine
-def _cosine(step: int, total: int, base: float) -> float:
-    return 0.5 * base * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
-
-
 @dataclass
 class EpochLog:
     epoch: int
@@ -754,7 +751,7 @@ class DifferentiableSearch:
                     if len(y) < 2:  # batch norm needs two samples (a last batch of one)
                         continue
                     for g in self.w_opt.param_groups:
-                        g["lr"] = _cosine(self._step, total, o.lr)
+                        g["lr"] = cosine_lr(self._step, total, o.lr)
                     arch_t = (self._step - o.warmup_epochs * steps) / max(arch_total - 1, 1)
                     tau = o.tau_start if warm else self.tau_at(arch_t)
                     tl.append(self.weight_step(x, y, tau, uniform=warm))

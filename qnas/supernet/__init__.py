@@ -9,10 +9,18 @@ from qnas.supernet.evaluate import SupernetEvaluator, preserved_bn_state, recali
 from qnas.supernet.sampling import DIMENSIONS, Phase, full_space_largest, progressive_phases
 from qnas.supernet.supernet import Supernet
 from qnas.supernet.io import load_supernet
-from qnas.supernet.train import SupernetTrainConfig, distill_loss, make_optimizer, sandwich_step, train_supernet
+from qnas.supernet.train import SupernetTrainConfig, make_optimizer, sandwich_step, train_supernet
 
 __all__ = [
     "Supernet", "load_supernet", "SupernetTrainConfig", "Phase", "DIMENSIONS", "progressive_phases", "full_space_largest",
-    "train_supernet", "sandwich_step", "make_optimizer", "distill_loss",
+    "train_supernet", "sandwich_step", "make_optimizer",
     "recalibrate_bn", "preserved_bn_state", "SupernetEvaluator",
 ]
+
+
+def __getattr__(name: str):  # deprecated names, kept importable for one release
+    if name == "distill_loss":
+        from qnas.supernet import train
+
+        return train.distill_loss
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,78 +1,21 @@
-"""Inherited accuracy: BN recalibration and the supernet accuracy source."""
+"""Inherited accuracy: the supernet accuracy source (BN recalibration per arch, :mod:`qnas.quant.batchnorm`)."""
 from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
-import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
+from qnas._torch_utils import torch_threads
 from qnas.arch import Arch
 from qnas.data import ResizedSplits, Splits
 from qnas.errors import ConfigError
+from qnas.quant.batchnorm import preserved_bn_state, recalibrate_bn
 from qnas.quant.build import QuantNet
 from qnas.quant.train import evaluate
 
-
-def _active_batchnorms(model: nn.Module) -> list[tuple[_BatchNorm, int]]:
-    if hasattr(model, "active_batchnorms"):
-        return list(model.active_batchnorms())
-    return [(m, m.num_features) for m in model.modules() if isinstance(m, _BatchNorm)]
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, loader: Iterable, batches: int = 10) -> int:
-    """Re-estimate the running statistics of the BN layers ``model`` uses (for a
-    :class:`~qnas.supernet.Supernet`: those of its active arch, channel slices
-    only) as the plain average over ``batches`` batches of ``loader``.
-
-    Everything else runs in eval mode, so quantizers are left as they are (a
-    Brevitas activation quantizer in train mode would collect statistics).
-    Returns the number of batches used."""
-    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
-        raise ConfigError(f"batches must be a positive integer, got {batches!r}")
-    entries = _active_batchnorms(model)
-    if not entries:
-        return 0
-    was_training = model.training
-    saved = [(bn, bn.momentum) for bn, _ in entries]
-    used = 0
-    try:
-        model.eval()
-        for bn, k in entries:
-            bn.running_mean[:k].zero_()
-            bn.running_var[:k].fill_(1.0)
-            bn.num_batches_tracked.zero_()
-            bn.momentum = None  # cumulative average
-            bn.train()
-        for x, *_ in loader:
-            if used >= batches:
-                break
-            if len(x) < 2:
-                continue
-            model(x)
-            used += 1
-    finally:
-        for bn, momentum in saved:
-            bn.momentum = momentum
-        model.train(was_training)
-    return used
-
-
-@contextlib.contextmanager
-def preserved_bn_state(model: nn.Module) -> Iterator[None]:
-    """Restore every BN buffer of ``model`` on exit (recalibration for one arch must not change others)."""
-    saved = {name: buf.clone() for name, buf in model.named_buffers()
-             if name.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")}
-    try:
-        yield
-    finally:
-        bufs = dict(model.named_buffers())
-        with torch.no_grad():
-            for name, value in saved.items():
-                bufs[name].copy_(value)
+__all__ = ["SupernetEvaluator", "preserved_bn_state", "recalibrate_bn"]
 
 
 class SupernetEvaluator:
@@ -99,11 +42,8 @@ class SupernetEvaluator:
     def _activated(self, arch: Arch) -> Iterator[None]:
         net = self.supernet
         previous, was_training = (net.active_arch, net.quantize), net.training
-        old_threads = torch.get_num_threads()
-        if self.threads:
-            torch.set_num_threads(self.threads)
         try:
-            with preserved_bn_state(net):
+            with torch_threads(self.threads), preserved_bn_state(net):
                 net.set_active(arch, quantize=True)
                 if self.bn_batches:
                     recalibrate_bn(net, self.data("train", arch.resolution).loader(self.batch_size, True, self.seed),
@@ -112,7 +52,6 @@ class SupernetEvaluator:
         finally:
             net.set_active(*previous)
             net.train(was_training)
-            torch.set_num_threads(old_threads)
 
     def __call__(self, arch: Arch) -> dict[str, Any]:
         t0 = time.perf_counter()

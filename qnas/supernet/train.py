@@ -36,7 +36,7 @@ from qnas.arch import Arch
 from qnas.data import Splits
 from qnas.errors import CheckpointError, ConfigError, TrainingError
 from qnas.quant.checkpoint import load_checkpoint, save_checkpoint
-from qnas.quant.train import cosine_lr
+from qnas.quant.train import cosine_lr, kd_loss, make_optimizer
 from qnas.supernet.evaluate import SupernetEvaluator
 from qnas.supernet.sampling import Phase, full_space_largest, progressive_phases
 from qnas.supernet.supernet import Supernet
@@ -116,31 +116,6 @@ class SupernetTrainConfig:
 
 
 # ---- pieces -----------------------------------------------------------------
-def make_optimizer(supernet: nn.Module, cfg: SupernetTrainConfig) -> torch.optim.Optimizer:
-    """Weight decay on conv/linear weights only (not on BN, biases, quantizer scales or kernel transforms)."""
-    decay, no_decay = [], []
-    for name, p in supernet.named_parameters():
-        if not p.requires_grad:
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        (decay if leaf == "weight" and p.ndim > 1 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    return torch.optim.Adam(groups, lr=cfg.lr)
-
-
-def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, kd_weight: float,
-                 temperature: float) -> torch.Tensor:
-    """``kd_weight * T^2 * KL(teacher || student) + (1 - kd_weight) * CE``."""
-    loss = (1.0 - kd_weight) * F.cross_entropy(logits, labels) if kd_weight < 1 else logits.new_zeros(())
-    if kd_weight > 0:
-        t = temperature
-        kl = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(teacher / t, 1), reduction="batchmean")
-        loss = loss + kd_weight * t * t * kl
-    return loss
-
-
 def sandwich_step(supernet: Supernet, optimizer: torch.optim.Optimizer,
                   images: Mapping[int, torch.Tensor] | Callable[[int], torch.Tensor], labels: torch.Tensor,
                   students: Sequence[Arch], cfg: SupernetTrainConfig, teacher: Arch | None = None) -> dict[str, float]:
@@ -161,7 +136,7 @@ def sandwich_step(supernet: Supernet, optimizer: torch.optim.Optimizer,
     losses = []
     for arch in students:
         supernet.set_active(arch, quantize=True)
-        loss = distill_loss(supernet(get(arch.resolution)), soft, labels, cfg.kd_weight, cfg.kd_temperature)
+        loss = kd_loss(supernet(get(arch.resolution)), soft, labels, cfg.kd_weight, cfg.kd_temperature)
         _check(loss, arch.describe())
         (loss / max(1, len(students))).backward()
         losses.append(float(loss.detach()))
@@ -307,3 +282,14 @@ def train_supernet(supernet: Supernet, splits: Splits, cfg: SupernetTrainConfig 
     supernet.set_active(full_space_largest(space), quantize=True)
     supernet.eval()
     return history
+
+
+def __getattr__(name: str) -> Any:
+    # One release of grace: the supernet's distillation loss is now qnas.quant.train.kd_loss.
+    if name == "distill_loss":
+        import warnings
+
+        warnings.warn("qnas.supernet.distill_loss is deprecated; use qnas.quant.train.kd_loss (same arguments)",
+                      DeprecationWarning, stacklevel=2)
+        return kd_loss
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
