@@ -287,20 +287,6 @@ def test_vectorized_missing_key_raises(space, cpu_table):
         VectorizedTablePredictor(space, lambda l: {}[l.key()])  # any KeyError becomes the table error
 
 
-def test_vectorized_throughput(space, archs, cpu_table):
-    pred = VectorizedTablePredictor(space, cpu_table.lookup)
-    X = np.repeat(np.asarray([space.encode(a) for a in archs]), 100, axis=0)  # 20,000 archs
-    pred.predict_encoded(X[:100])
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        pred.predict_encoded(X)
-        best = min(best, time.perf_counter() - t0)
-    rate = len(X) / best
-    print(f"vectorized: {rate:,.0f} archs/s")
-    assert rate > 20_000
-
-
 def test_expected_latency_one_hot_is_exact(space, archs, cpu_table):
     pred = VectorizedTablePredictor(space, cpu_table.lookup)
     model = TableLatencyModel(cpu_table)
