@@ -1,7 +1,7 @@
-"""``python -m qnas.calib_data build|show ...`` (see :mod:`qnas.calib_data.build_calib`)."""
+"""``python -m qnas.calib_data build|show ...`` (the commands live in :mod:`qnas.cli.calib`)."""
 import sys
 
-from qnas.calib_data.build_calib import main
+from qnas.cli.calib import main
 
 if __name__ == "__main__":
     sys.exit(main())

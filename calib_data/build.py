@@ -4,7 +4,6 @@ calibrate a model), resized to the model's resolution and normalized the way
 the model expects."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -12,10 +11,11 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from qnas.calib_data.calibration import CALIB_FORMAT, CALIB_VERSION, CalibrationSet, _version
-from qnas.data import DATASET_KINDS, load_dataset, split as split_dataset
+from qnas.data import load_dataset, split as split_dataset
+from qnas.dataset_kinds import DATASET_KINDS, needs_path
 from qnas.errors import DataError
 
-__all__ = ["build_calibration_set", "resolve_arch", "model_preprocessing", "CALIB_SPLITS"]
+__all__ = ["build_calibration_set", "build_calibration_file", "resolve_arch", "model_preprocessing", "CALIB_SPLITS"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: Parts of the seeded split a calibration set may be drawn from (never "test").
@@ -30,60 +30,22 @@ def _is_int(v: Any) -> bool:
     return not isinstance(v, bool) and isinstance(v, (int, np.integer))
 
 
-def _checkpoint_meta(path: Path) -> dict[str, Any]:
-    from qnas.quant.checkpoint import load_checkpoint
-
-    _state, meta = load_checkpoint(path)
-    return meta
-
-
 def resolve_arch(arch: Any):
-    """An :class:`~qnas.arch.Arch` from an Arch, an arch JSON file, a run directory
-    (``arch.json`` or ``model.pt``) or a finished model checkpoint (``.pt``)."""
-    from qnas.arch import Arch
+    """The :class:`~qnas.arch.Arch` ``arch`` names: an Arch, an arch JSON file, a run directory or a
+    finished model checkpoint (``.pt``), as :func:`qnas.rundir.resolve_arch` reads them."""
+    from qnas.rundir import resolve_arch as resolve
 
-    if isinstance(arch, Arch):
-        return arch
-    if isinstance(arch, dict):
-        return Arch.from_dict(arch)
-    p = Path(os.fspath(arch)).expanduser()
-    if p.is_dir():
-        if (p / "arch.json").is_file():
-            p = p / "arch.json"
-        elif (p / "model.pt").is_file():
-            p = p / "model.pt"
-        else:
-            raise _err(f"run directory {p} has neither arch.json nor model.pt; pass an arch JSON "
-                       "file or --resolution")
-    if not p.is_file():
-        raise _err(f"arch not found: {p}; pass an arch JSON file, a run directory or --resolution")
-    if p.suffix == ".pt":
-        meta = _checkpoint_meta(p)
-        if "arch" not in meta:
-            raise _err(f"{p} records no arch; pass an arch JSON file or --resolution")
-        return Arch.from_dict(meta["arch"])
-    try:
-        text = p.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _err(f"cannot read arch file {p} ({type(exc).__name__}); pass an arch JSON file") from None
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _err(f"{p} is not valid JSON ({exc.msg} at line {exc.lineno}); pass an arch JSON file") from None
-    if isinstance(d, dict) and "arch" in d and "resolution" not in d:
-        d = d["arch"]
-    return Arch.from_dict(d)
+    return resolve(arch, validate=False).arch  # only the resolution is used here
 
 
 def model_preprocessing(model: PathLike) -> dict[str, Any]:
     """What a finished model (``model.pt`` or its run directory) expects as input:
     ``{"resolution", "mean", "std", "data", "data_path", "split_seed"}`` (missing keys are None)."""
-    p = Path(os.fspath(model)).expanduser()
-    if p.is_dir():
-        if not (p / "model.pt").is_file():
-            raise _err(f"run directory {p} has no model.pt; finish a model first or pass the model file")
-        p = p / "model.pt"
-    meta = _checkpoint_meta(p)
+    from qnas.model_io import resolve_model_path
+    from qnas.quant.checkpoint import load_checkpoint
+
+    p = resolve_model_path(os.fspath(model))
+    _state, meta = load_checkpoint(p)
     data = meta.get("data") or {}
     arch = meta.get("arch") or {}
     return {
@@ -236,3 +198,23 @@ def build_calibration_set(
     return CalibrationSet(sub.images.clone(), sub.labels.clone(), meta)
 
 
+
+
+def build_calibration_file(out: PathLike, source: str, src_path: PathLike | None = None, *,
+                           overwrite: bool = False, **options: Any) -> tuple[CalibrationSet, Path]:
+    """Build a calibration set (:func:`build_calibration_set` with ``options``) and save it to ``out``.
+
+    Refuses, before any work, an ``out`` that is a directory or exists (unless ``overwrite``), and a
+    data location given to a bundled kind or missing for one that needs it. Returns the set and the
+    path written."""
+    out_path = Path(os.fspath(out)).expanduser()
+    if out_path.is_dir():
+        raise _err(f"--out {out_path} is a directory; pass a file path such as calib.npz")
+    if out_path.exists() and not overwrite:
+        raise _err(f"{out_path} already exists; choose another --out or pass --force to overwrite it")
+    if source in DATASET_KINDS and not needs_path(source) and src_path is not None:
+        raise _err(f"--from {source} is bundled and takes no SRC (got {src_path}); omit it")
+    if source in DATASET_KINDS and needs_path(source) and src_path is None:
+        raise _err(f"--from {source} needs SRC, the data location; e.g. --from {source} PATH")
+    cs = build_calibration_set(source, src_path, **options)
+    return cs, cs.save(out_path, overwrite=overwrite)

@@ -1,108 +1,34 @@
-"""Command line for calibration sets.
+"""Script entry point of the calibration commands (they live in :mod:`qnas.cli.calib`):
 
-    python -m qnas.calib_data build --from digits --n 512 --out calib.npz [--resolution R | --arch RUN_OR_ARCH_JSON]
-    python -m qnas.calib_data build --from npz data.npz --model runs/x/model.pt --out calib.npz
-    python -m qnas.calib_data show calib.npz
+    python calib_data/build_calib.py build --from digits --n 512 --out calib.npz
+    python calib_data/build_calib.py show calib.npz
 
-(also ``python calib_data/build_calib.py ...``). :func:`add_calib_parser` adds the
-same commands as ``qnas calib ...`` to another argparse parser. User errors print
-one line on stderr and exit with status 2; nothing is written.
+(the same as ``python -m qnas.calib_data ...`` and ``qnas calib ...``).
 """
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
-from typing import Sequence
+import warnings
+from typing import Any, Sequence
 
-__all__ = ["add_calib_parser", "build_parser", "cmd_calib_build", "cmd_calib_show", "main"]
-
-_KINDS = ("digits", "imagefolder", "cifar10", "npz")
-
-
-def cmd_calib_build(a: argparse.Namespace) -> int:
-    from qnas.calib_data.build import build_calibration_set
-    from qnas.errors import DataError
-
-    out = Path(a.out).expanduser()
-    if out.is_dir():
-        raise DataError(f"--out {out} is a directory; pass a file path such as calib.npz")
-    if out.exists() and not a.force:
-        raise DataError(f"{out} already exists; choose another --out or pass --force to overwrite it")
-    if a.source == "digits" and a.src is not None:
-        raise DataError(f"--from digits is bundled and takes no SRC (got {a.src}); omit it")
-    if a.source != "digits" and a.src is None:
-        raise DataError(f"--from {a.source} needs SRC, the data location; e.g. --from {a.source} PATH")
-    cs = build_calibration_set(a.source, a.src, n=a.n, resolution=a.resolution, seed=a.seed, split=a.split,
-                               min_per_class=a.min_per_class, split_seed=a.split_seed, arch=a.arch,
-                               model=a.model)
-    path = cs.save(out, overwrite=a.force)
-    counts = cs.class_counts()
-    print(f"wrote {path}: {len(cs)} images of {cs.channels}x{cs.resolution[0]}x{cs.resolution[1]} from "
-          f"{cs.meta['source']} ({cs.meta['split']} split), {len(counts)} classes x "
-          f"{min(counts.values())}-{max(counts.values())}, seed {cs.meta['seed']}")
-    return 0
-
-
-def cmd_calib_show(a: argparse.Namespace) -> int:
-    from qnas.calib_data.calibration import CalibrationSet
-
-    print(CalibrationSet.load(a.path).describe())
-    return 0
-
-
-def _add_build_args(b: argparse.ArgumentParser) -> None:
-    b.add_argument("--from", dest="source", required=True, choices=_KINDS, help="data set kind")
-    b.add_argument("src", nargs="?", metavar="SRC", help="data location (none for digits)")
-    b.add_argument("--n", type=int, default=512, help="number of images (default 512), split evenly over classes")
-    b.add_argument("--out", required=True, help="calibration file to write (.npz)")
-    res = b.add_mutually_exclusive_group()
-    res.add_argument("--resolution", type=int, help="image size the model takes (default: the data's own)")
-    res.add_argument("--arch", metavar="RUN_OR_ARCH_JSON",
-                     help="take the resolution from an arch JSON file, a run directory or a model.pt")
-    b.add_argument("--model", metavar="MODEL_OR_RUN",
-                   help="finished model (model.pt or its run dir): use its resolution, normalization and split seed")
-    b.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    b.add_argument("--split", default="train", choices=["train", "val"],
-                   help="part of the seeded split to draw from (default train; test is never used)")
-    b.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split (default 0, as search uses)")
-    b.add_argument("--min-per-class", type=int, default=1, help="fail unless every class gets this many images")
-    b.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-
-
-def add_calib_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``calib {build,show}`` to an argparse ``subparsers`` object; returns the ``calib`` parser.
-
-    Each sub-command sets ``func`` (taking the parsed namespace, returning an exit
-    code, raising :class:`qnas.errors.QnasError` on user errors)."""
-    c = subparsers.add_parser("calib", help="build and inspect calibration sets for PTQ / TFLite",
-                              description="Class-balanced, seeded calibration sets drawn from the training split.")
-    _add_actions(c)
-    return c
-
-
-def _add_actions(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="calib_command", required=True, metavar="ACTION")
-    b = sub.add_parser("build", help="sample a calibration set and write it as .npz",
-                       description="Sample N images, balanced over classes, from the seeded training split; "
-                                   "resize to the model's resolution and normalize as the model expects.")
-    _add_build_args(b)
-    b.set_defaults(func=cmd_calib_build)
-    s = sub.add_parser("show", help="print a calibration set's metadata and per-class counts")
-    s.add_argument("path", metavar="PATH", help="calibration .npz")
-    s.set_defaults(func=cmd_calib_show)
-
-
-def build_parser(prog: str = "python -m qnas.calib_data") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Build and inspect qnas calibration sets.")
-    _add_actions(p)
-    return p
+__all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m qnas.calib_data") -> int:
-    from qnas.cli import run_parsed
+    from qnas.cli.calib import main as calib_main
 
-    return run_parsed(build_parser(prog).parse_args(argv))
+    return calib_main(argv, prog)
+
+
+def __getattr__(name: str) -> Any:
+    # the parser and commands moved to qnas.cli.calib; the old names stay importable for one release
+    if name in ("add_calib_parser", "build_parser", "cmd_calib_build", "cmd_calib_show"):
+        warnings.warn(f"qnas.calib_data.build_calib.{name} is deprecated; use qnas.cli.calib.{name}",
+                      DeprecationWarning, stacklevel=2)
+        import qnas.cli.calib
+
+        return getattr(qnas.cli.calib, name)
+    raise AttributeError(f"module 'qnas.calib_data.build_calib' has no attribute {name!r}")
 
 
 if __name__ == "__main__":

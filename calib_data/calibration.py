@@ -28,7 +28,7 @@ from typing import Any, Iterator, Sequence, Union
 import numpy as np
 import torch
 
-from qnas.data import open_npz
+from qnas.data import NCHWImages, open_npz
 from qnas.errors import DataError
 from qnas.quant.checkpoint import atomic_write
 
@@ -61,7 +61,7 @@ def _shape_str(chw: Sequence[int]) -> str:
 
 
 @dataclass
-class CalibrationSet:
+class CalibrationSet(NCHWImages):
     """Preprocessed calibration images plus where they came from.
 
     Attributes:
@@ -123,20 +123,9 @@ class CalibrationSet:
     # ------------------------------------------------------------------ #
     # properties
     # ------------------------------------------------------------------ #
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
     @property
     def n(self) -> int:
         return len(self)
-
-    @property
-    def channels(self) -> int:
-        return int(self.images.shape[1])
-
-    @property
-    def resolution(self) -> tuple[int, int]:
-        return int(self.images.shape[2]), int(self.images.shape[3])
 
     @property
     def mean(self) -> tuple[float, ...] | None:

@@ -19,13 +19,14 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from qnas.dataset_kinds import DATASET_KINDS, needs_path
 from qnas.errors import DataError
 
 __all__ = [
@@ -45,8 +46,8 @@ __all__ = [
 PathLike = Union[str, "os.PathLike[str]"]
 IndexLike = Union[Sequence[int], np.ndarray, torch.Tensor, slice]
 
-#: Valid ``kind`` values for :func:`load_dataset`.
-DATASET_KINDS: tuple[str, ...] = ("digits", "imagefolder", "cifar10", "npz")
+# DATASET_KINDS (the valid ``kind`` values of :func:`load_dataset`) lives in the torch-free
+# qnas.dataset_kinds so that the CLI can offer them without importing this module.
 #: File extensions (lower case) that :func:`load_image_folder` reads.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
@@ -111,8 +112,28 @@ def normalize(
 # --------------------------------------------------------------------------- #
 # data set container
 # --------------------------------------------------------------------------- #
+class NCHWImages:
+    """Size queries of a class holding an ``images`` tensor ``(N, C, H, W)``
+    (:class:`ImageDataset`, :class:`~qnas.calib_data.calibration.CalibrationSet`)."""
+
+    images: torch.Tensor
+
+    @property
+    def channels(self) -> int:
+        """Number of image channels (C)."""
+        return int(self.images.shape[1])
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        """Image height and width ``(H, W)``."""
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
 @dataclass
-class ImageDataset:
+class ImageDataset(NCHWImages):
     """An in-memory, already-normalized image classification data set.
 
     Attributes:
@@ -172,19 +193,6 @@ class ImageDataset:
         if len(self.mean) != c or len(self.std) != c:
             raise _err(f"mean/std have {len(self.mean)}/{len(self.std)} values but images have "
                        f"{c} channels; pass one value per channel")
-
-    @property
-    def channels(self) -> int:
-        """Number of image channels (C)."""
-        return int(self.images.shape[1])
-
-    @property
-    def resolution(self) -> tuple[int, int]:
-        """Image height and width ``(H, W)``."""
-        return int(self.images.shape[2]), int(self.images.shape[3])
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
 
     def at_resolution(self, resolution: int) -> "ImageDataset":
         """Return a copy with every image bilinearly resized to ``resolution`` x ``resolution``.
@@ -614,11 +622,12 @@ def load_npz(path: PathLike, mean: Sequence[float] | None = None,
     return _finish(x, labs64, num_classes, name, mean, std)
 
 
-_KIND_KWARGS: dict[str, frozenset[str]] = {
-    "digits": frozenset({"mean", "std"}),
-    "imagefolder": frozenset({"size", "mean", "std"}),
-    "cifar10": frozenset({"train", "mean", "std"}),
-    "npz": frozenset({"mean", "std"}),
+#: kind -> (loader, the keyword options it takes); the kinds are :data:`DATASET_KINDS`.
+_LOADERS: dict[str, tuple[Callable[..., ImageDataset], frozenset[str]]] = {
+    "digits": (load_digits, frozenset({"mean", "std"})),
+    "imagefolder": (load_image_folder, frozenset({"size", "mean", "std"})),
+    "cifar10": (load_cifar10, frozenset({"train", "mean", "std"})),
+    "npz": (load_npz, frozenset({"mean", "std"})),
 }
 
 
@@ -632,22 +641,19 @@ def load_dataset(kind: str, path: PathLike | None = None, **kw: Any) -> ImageDat
     k = kind.strip().lower() if isinstance(kind, str) else kind
     if k not in DATASET_KINDS:
         raise _err(f"unknown data set kind {kind!r}; valid kinds: {', '.join(DATASET_KINDS)}")
-    bad = sorted(set(kw) - _KIND_KWARGS[k])
+    loader, options = _LOADERS[k]
+    bad = sorted(set(kw) - options)
     if bad:
         raise _err(f"data set kind {k!r} does not accept option(s) {', '.join(bad)}; valid: "
-                   f"{', '.join(sorted(_KIND_KWARGS[k])) or 'none'}")
-    if k == "digits":
+                   f"{', '.join(sorted(options)) or 'none'}")
+    if not needs_path(k):
         if path is not None:
-            raise _err(f"data set kind 'digits' is bundled and takes no path (got {path}); "
+            raise _err(f"data set kind {k!r} is bundled and takes no path (got {path}); "
                        "omit the path")
-        return load_digits(**kw)
+        return loader(**kw)
     if path is None or (isinstance(path, str) and not path.strip()):
         raise _err(f"data set kind {k!r} needs a path; pass path=... (the data location)")
-    if k == "imagefolder":
-        return load_image_folder(path, **kw)
-    if k == "cifar10":
-        return load_cifar10(path, **kw)
-    return load_npz(path, **kw)
+    return loader(path, **kw)
 
 
 class ResizedSplits:

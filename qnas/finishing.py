@@ -6,10 +6,12 @@
 * :func:`finish_ptq` -- post-training quantization (:func:`qnas.quant.ptq.ptq`: min-max,
   + bias correction, + GPTQ) of float weights on a calibration set.
 
-``run_or_arch`` is a run directory (``arch.json`` -- else the most accurate Pareto-front
-arch within the search's budgets --, ``config.json`` for the data and space, and the
-weights a search left: ``supernet/supernet.pt`` or ``candidates/UID.pt``), an arch JSON
-file (with ``space``/``data`` given or the defaults), or a finished ``model.pt``.
+``run_or_arch`` is a run directory (its arch as :func:`qnas.rundir.resolve_arch` picks it,
+``config.json`` for the data and space, and the weights a search left:
+``supernet/supernet.pt`` or ``candidates/UID.pt``), an arch JSON file (with ``space``/``data``
+given or the defaults), or a finished ``model.pt``. The settings are typed options
+(:class:`qnas.options.QATFinishOptions`, :class:`qnas.options.PTQFinishOptions`), given as an
+object or as keywords: ``finish_qat(run, epochs=5)``.
 
 The result is a :func:`qnas.model_io.save_model` checkpoint (``RUN/model.pt`` by
 default) that ``qnas export`` and :func:`qnas.model_io.load_model` read.
@@ -30,13 +32,13 @@ from torch import nn
 from qnas.arch import Arch
 from qnas.data import Splits
 from qnas.errors import CheckpointError, ConfigError
+from qnas.options import PTQFinishOptions, QATFinishOptions, with_fields
 from qnas.quant.build import build_model
 from qnas.quant.checkpoint import load_checkpoint, load_state
 from qnas.quant.integer_grid import snap_biases
 from qnas.quant.qat import QATConfig, qat
 from qnas.quant.train import TrainConfig, evaluate, train
-from qnas.finishing_cli import INITS, TEACHERS  # the CLI module stays light for `qnas --help`
-from qnas.quant.ptq import PTQ_METHODS
+from qnas.rundir import resolve_arch
 from qnas.space import SearchSpace
 
 
@@ -61,89 +63,32 @@ class FinishSource:
         return self.supernet_path is not None or self.state_path is not None
 
 
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"cannot read {what} {path} ({type(e).__name__}); pass a run directory from "
-                          "qnas search/demo or an arch JSON file") from None
-
-
-def _space_arg(space: SearchSpace | str | Path | None) -> SearchSpace | None:
-    if space is None or isinstance(space, SearchSpace):
-        return space
-    return SearchSpace.from_yaml(space)
-
-
-def _pick_from_front(run: Path, cfg: dict[str, Any]) -> tuple[Arch, str]:
-    front_path = run / "front.json"
-    if not front_path.is_file():
-        raise ConfigError(f"run directory {run} has neither arch.json nor front.json; pass a finished search "
-                          "run or an arch JSON file")
-    front = _read_json(front_path, "Pareto front")
-    lim = {"latency_ms": cfg.get("latency_budget_ms"), "size_kb": cfg.get("size_budget_kb"),
-           "peak_act_kb": cfg.get("memory_budget_kb")}
-    ok = [r for r in front if all(v is None or r.get(k, 0) <= v for k, v in lim.items())]
-    if not ok:
-        raise ConfigError(f"no arch on the Pareto front of {run} meets the search's budgets; write the arch you "
-                          "want to RUN/arch.json or pass an arch JSON file")
-    best = max(ok, key=lambda r: (r["val_acc"], -r["latency_ms"]))
-    return Arch.from_dict(best["arch"]), f"arch: the most accurate front arch within the budgets ({best['uid']})"
-
-
 def resolve_source(run_or_arch: str | Path, space: SearchSpace | str | Path | None = None, data: str | None = None,
                    data_path: str | None = None, seed: int | None = None,
                    batch_size: int | None = None) -> FinishSource:
-    """Read what to finish from a run directory, an arch JSON file or a ``model.pt`` (see the module docstring).
-    Explicit ``space``/``data``/``data_path``/``seed``/``batch_size`` override what the run recorded."""
-    p = Path(run_or_arch)
-    sp = _space_arg(space)
-    cfg: dict[str, Any] = {}
-    run_dir = supernet_path = state_path = None
-    note = ""
-    if p.is_dir():
-        run_dir = p
-        if (p / "config.json").is_file():
-            cfg = _read_json(p / "config.json", "run config")
-            if not isinstance(cfg, dict):
-                raise ConfigError(f"{p / 'config.json'} is not a JSON object; pass a qnas run directory")
-        if sp is None and cfg.get("space"):
-            sp = SearchSpace.from_dict(cfg["space"])
-        if (p / "arch.json").is_file():
-            arch = Arch.from_dict(_read_json(p / "arch.json", "arch"))
-        else:
-            arch, note = _pick_from_front(p, cfg)
-        if (p / "supernet" / "supernet.pt").is_file():
-            supernet_path = p / "supernet" / "supernet.pt"
+    """Read what to finish from a run directory, an arch JSON file or a ``model.pt`` (the arch as
+    :func:`qnas.rundir.resolve_arch` finds it) with the weights the run left for it. Explicit
+    ``space``/``data``/``data_path``/``seed``/``batch_size`` override what the run recorded."""
+    found = resolve_arch(run_or_arch, space)
+    cfg = found.config
+    supernet_path = state_path = None
+    run = found.run_dir
+    if run is not None:
+        if (run / "supernet" / "supernet.pt").is_file():
+            supernet_path = run / "supernet" / "supernet.pt"
         elif cfg.get("accuracy") == "supernet" and cfg.get("accuracy_path"):
             ap = Path(cfg["accuracy_path"])
             ap = ap / "supernet.pt" if ap.is_dir() else ap
             supernet_path = ap if ap.is_file() else None
-        if (p / "candidates" / f"{arch.uid}.pt").is_file():
-            state_path = p / "candidates" / f"{arch.uid}.pt"
-    elif p.is_file() and p.suffix == ".pt":
-        _, meta = load_checkpoint(p)
-        if "arch" not in meta or "space" not in meta:
-            raise CheckpointError(f"{p} is not a finished qnas model (no arch/space); pass a run directory or arch JSON")
-        sp = sp or SearchSpace.from_dict(meta["space"])
-        arch = Arch.from_dict(meta["arch"])
-        d = meta.get("data") or {}
-        cfg = {"data": d.get("data"), "data_path": d.get("data_path"), "seed": d.get("split_seed")}
-        state_path = p
-    elif p.is_file():
-        d = _read_json(p, "arch")
-        if isinstance(d, dict) and "arch" in d and "resolution" not in d:
-            d = d["arch"]
-        arch = Arch.from_dict(d)
-    else:
-        raise ConfigError(f"{run_or_arch} is neither a run directory, an arch JSON file nor a model.pt")
-    sp = sp or SearchSpace()
-    sp.validate(arch)
+        if (run / "candidates" / f"{found.arch.uid}.pt").is_file():
+            state_path = run / "candidates" / f"{found.arch.uid}.pt"
+    elif found.model_path is not None:
+        state_path = found.model_path
     pick = lambda given, key, default: given if given is not None else (  # noqa: E731
         cfg.get(key) if cfg.get(key) is not None else default)
-    return FinishSource(sp, arch, pick(data, "data", "digits"), pick(data_path, "data_path", None),
-                        int(pick(seed, "seed", 0)), int(pick(batch_size, "batch_size", 64)), run_dir,
-                        supernet_path, state_path, note)
+    return FinishSource(found.space, found.arch, pick(data, "data", "digits"), pick(data_path, "data_path", None),
+                        int(pick(seed, "seed", 0)), int(pick(batch_size, "batch_size", 64)), run,
+                        supernet_path, state_path, found.note)
 
 
 # ---- models -------------------------------------------------------------------------
@@ -311,51 +256,26 @@ def _save(path: Path, model: nn.Module, src: FinishSource, splits: Splits, test_
 
 
 # ---- QAT -------------------------------------------------------------------------------
-def finish_qat(
-    run_or_arch: str | Path,
-    *,
-    out: str | Path | None = None,
-    epochs: int = 10,
-    lr: float = 2e-3,
-    teacher: str | None = "auto",
-    init: str = "auto",
-    calib: Any = None,
-    kd_weight: float = 0.5,
-    kd_temperature: float = 2.0,
-    freeze_bn_fraction: float | None = 0.7,
-    float_epochs: int | None = None,
-    space: SearchSpace | str | Path | None = None,
-    data: str | None = None,
-    data_path: str | None = None,
-    seed: int | None = None,
-    batch_size: int | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    splits: Splits | None = None,
-    qat_config: QATConfig | None = None,
-) -> FinishResult:
+def finish_qat(run_or_arch: str | Path, options: QATFinishOptions | None = None, *, splits: Splits | None = None,
+               **fields: Any) -> FinishResult:
     """QAT-finish an arch and save it (default ``RUN/model.pt``).
 
-    ``teacher``: ``"supernet"`` (the run supernet's largest subnet in float mode), ``"float"`` (the same
-    arch trained ``float_epochs`` in float mode from the run's weights or scratch), ``None``/``"none"``
-    (labels only) or ``"auto"`` (supernet if the run has one, else float).
-    ``init``: ``"supernet"`` (the run's weights: supernet extraction, the candidate's state or a
-    finished model), ``"ptq"`` (min-max PTQ of the float weights on ``calib``: a calibration-set path,
-    a :class:`CalibrationSet` or None for 512 training images), ``"scratch"``, or ``"auto"``
-    (the run's weights if any, else PTQ of the float model if one is trained, else scratch).
-    ``qat_config`` overrides epochs/lr/kd settings. The run is resumable: a killed finish continues from
-    ``OUT.qat-state.pt`` (removed when done). ``splits`` skips re-loading the data (the demo)."""
+    ``options`` (:class:`~qnas.options.QATFinishOptions`: teacher, init, epochs, lr, kd settings,
+    calibration, overrides of the run, output) default to its defaults; keyword ``fields`` replace
+    single options (``finish_qat(run, epochs=5, teacher="float")``). The run is resumable: a killed
+    finish continues from ``OUT.qat-state.pt`` (removed when done). ``splits`` skips re-loading the
+    data (the demo)."""
     t0 = time.perf_counter()
-    teacher = "none" if teacher is None else teacher
-    if teacher not in TEACHERS:
-        raise ConfigError(f"unknown teacher {teacher!r}; choose one of {list(TEACHERS)}")
-    if init not in INITS:
-        raise ConfigError(f"unknown init {init!r}; choose one of {list(INITS)}")
-    src = resolve_source(run_or_arch, space, data, data_path, seed, batch_size)
-    cfg = qat_config or QATConfig(epochs=epochs, lr=lr, kd_weight=kd_weight, kd_temperature=kd_temperature,
-                                  freeze_bn_fraction=freeze_bn_fraction, seed=src.seed)
+    opts = with_fields(options or QATFinishOptions(), fields).validate()
+    teacher = "none" if opts.teacher is None else opts.teacher
+    init = opts.init
+    progress = opts.progress
+    src = resolve_source(run_or_arch, opts.space, opts.data, opts.data_path, opts.seed, opts.batch_size)
+    cfg = opts.qat_config or QATConfig(epochs=opts.epochs, lr=opts.lr, kd_weight=opts.kd_weight,
+                                       kd_temperature=opts.kd_temperature, freeze_bn_fraction=opts.freeze_bn_fraction,
+                                       seed=src.seed)
     cfg = replace(cfg, progress=progress, desc="finish (QAT)").validate()
-    path = _out_path(src, out, overwrite)
+    path = _out_path(src, opts.out, opts.overwrite)
     if teacher == "auto":
         teacher = "supernet" if src.supernet_path is not None else "float"
     if teacher == "supernet" and src.supernet_path is None:
@@ -378,7 +298,7 @@ def finish_qat(
     if need_float:
         torch.manual_seed(src.seed)
         float_model = copy.deepcopy(base) if base is not None else build_model(src.space, src.arch)
-        train_float(float_model, d, float_epochs if float_epochs is not None else cfg.epochs, src.seed,
+        train_float(float_model, d, opts.float_epochs if opts.float_epochs is not None else cfg.epochs, src.seed,
                     src.batch_size, progress)
         float_val = float_accuracy(float_model, val_loader)
         float_test = float_accuracy(float_model, d.part("test").loader(512, False))
@@ -392,7 +312,7 @@ def finish_qat(
         from qnas.quant.ptq import PTQConfig, ptq
 
         model = copy.deepcopy(float_model if float_model is not None else base)
-        ptq(model, _calibration(calib, src, splits).images, PTQConfig(method="minmax", progress=progress))
+        ptq(model, _calibration(opts.calib, src, splits).images, PTQConfig(method="minmax", progress=progress))
     started = evaluate(model, val_loader)
 
     teacher_module = None
@@ -407,7 +327,7 @@ def finish_qat(
         teacher_desc = "same arch, float mode"
 
     state_path = path.with_name(path.stem + ".qat-state.pt")
-    if state_path.exists() and overwrite and not _state_fits(state_path, cfg):
+    if state_path.exists() and opts.overwrite and not _state_fits(state_path, cfg):
         state_path.unlink()
     t_qat = time.perf_counter()
     hist = qat(model, d.part("train").loader(src.batch_size, True, src.seed), val_loader, cfg,
@@ -439,38 +359,28 @@ def _state_fits(state_path: Path, cfg: QATConfig) -> bool:
 
 
 # ---- PTQ -------------------------------------------------------------------------------
-def finish_ptq(
-    run_or_arch: str | Path,
-    calib: Any = None,
-    method: str = "gptq",
-    *,
-    out: str | Path | None = None,
-    float_epochs: int = 10,
-    batch_size_calib: int = 64,
-    space: SearchSpace | str | Path | None = None,
-    data: str | None = None,
-    data_path: str | None = None,
-    seed: int | None = None,
-    batch_size: int | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    splits: Splits | None = None,
-) -> FinishResult:
+def finish_ptq(run_or_arch: str | Path, calib: Any = None, method: str | None = None,
+               options: PTQFinishOptions | None = None, *, splits: Splits | None = None, **fields: Any) -> FinishResult:
     """PTQ-finish an arch and save it (default ``RUN/model.pt``).
 
     The float weights come from the run (the supernet's extraction, a candidate's state or a finished
     model) or, for a bare arch, from ``float_epochs`` of float training. ``calib``: a calibration-set
     path (``qnas calib build``), a :class:`CalibrationSet`, or None for 512 class-balanced training
-    images. ``method``: ``minmax``, ``bias_correction`` or ``gptq`` (cumulative)."""
+    images. ``method``: ``minmax``, ``bias_correction`` or ``gptq`` (cumulative). ``options``
+    (:class:`~qnas.options.PTQFinishOptions`) and keyword ``fields`` set the rest, as for :func:`finish_qat`."""
     from qnas.quant.ptq import PTQConfig, ptq
 
     t0 = time.perf_counter()
-    if method not in PTQ_METHODS:
-        raise ConfigError(f"unknown PTQ method {method!r}; choose one of {list(PTQ_METHODS)}")
-    src = resolve_source(run_or_arch, space, data, data_path, seed, batch_size)
-    path = _out_path(src, out, overwrite)
+    if calib is not None:
+        fields["calib"] = calib
+    if method is not None:
+        fields["method"] = method
+    opts = with_fields(options or PTQFinishOptions(), fields).validate()
+    method, progress, float_epochs = opts.method, opts.progress, opts.float_epochs
+    src = resolve_source(run_or_arch, opts.space, opts.data, opts.data_path, opts.seed, opts.batch_size)
+    path = _out_path(src, opts.out, opts.overwrite)
     splits = _load_splits(src, splits)
-    cs = _calibration(calib, src, splits)
+    cs = _calibration(opts.calib, src, splits)
     d = ArchData(splits, src.arch)
     val_loader = d.part("val").loader(512, False)
     test_loader = d.part("test").loader(512, False)
@@ -483,7 +393,7 @@ def finish_ptq(
     float_val = float_accuracy(model, val_loader)
     float_test = float_accuracy(model, test_loader)
     t_ptq = time.perf_counter()
-    ptq(model, cs.images, PTQConfig(method=method, batch_size=batch_size_calib, progress=progress))
+    ptq(model, cs.images, PTQConfig(method=method, batch_size=opts.batch_size_calib, progress=progress))
     t_ptq = time.perf_counter() - t_ptq
     model.eval()
     snap_biases(model)

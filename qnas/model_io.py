@@ -30,8 +30,8 @@ def save_model(path: str | Path, model: nn.Module, space: SearchSpace, arch: Arc
 
 
 def resolve_model_path(model_or_run: str | Path) -> Path:
-    """A checkpoint path, or a run directory holding ``model.pt``."""
-    p = Path(model_or_run)
+    """The finished model ``model_or_run`` names: a checkpoint path, or a run directory's ``model.pt``."""
+    p = Path(model_or_run).expanduser()
     if p.is_dir():
         if not (p / "model.pt").is_file():
             raise CheckpointError(f"run directory {p} has no model.pt; finish a model first (qnas demo / qnas finish)")

@@ -2,56 +2,19 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 from qnas.arch import Arch
-from qnas.errors import ConfigError
 from qnas.exporters import create_exporter
 from qnas.exporters.onnx_qcdq import measure_latency_ms
-from qnas.finishing import finish_qat
+from qnas.finishing import finish_qat, resolve_source
+from qnas.options import DemoConfig, QATFinishOptions, default_out, demo_search_config
 from qnas.rundir import RunDir
-from qnas.searching import SearchConfig, SearchResult, make_latency_model, prepare_data, run_search, space_for
+from qnas.searching import SearchResult, make_latency_model, prepare_data, run_search, space_for
 from qnas.space import SearchSpace
 
-
-def demo_search_config(**overrides: Any) -> SearchConfig:
-    """The demo's search: NSGA-II over a briefly trained supernet, sized for 2 CPU cores."""
-    defaults: dict[str, Any] = dict(strategy="nsga2", accuracy="supernet", supernet_epochs=1, n_candidates=24,
-                                    batch=8, strategy_options={"pop_size": 8})
-    defaults.update(overrides)
-    if defaults["strategy"] not in ("nsga2", "nsga3") and "strategy_options" not in overrides:
-        defaults["strategy_options"] = {}
-    return SearchConfig(**defaults)
-
-
-@dataclass
-class DemoConfig:
-    """The search (a :class:`SearchConfig`) plus the finishing pass and the run directory."""
-
-    search: SearchConfig = field(default_factory=demo_search_config)
-    finish_epochs: int = 20  # the supernet is trained briefly: the chosen arch needs a full QAT
-    finish_lr: float = 2e-3
-    # distil from the supernet's largest float subnet (when the run has a supernet); off by default: after the
-    # demo's short supernet training it costs ~30 % more finish time and did not raise test accuracy
-    finish_kd: bool = False
-    finish_kd_weight: float = 0.5
-    out: str = ""
-
-    def validate(self) -> "DemoConfig":
-        self.search.validate()
-        if self.finish_epochs < 0:
-            raise ConfigError(f"finish_epochs must be >= 0, got {self.finish_epochs}")
-        if not self.finish_lr > 0:
-            raise ConfigError(f"finish_lr must be a positive number, got {self.finish_lr}")
-        if not 0 <= self.finish_kd_weight <= 1:
-            raise ConfigError(f"finish_kd_weight must be in [0, 1], got {self.finish_kd_weight}")
-        return self
-
-
-def default_out(prefix: str) -> str:
-    return str(Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}")
+__all__ = ["DemoConfig", "default_out", "demo", "demo_search_config", "format_report"]
 
 
 def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progress: bool = True,
@@ -82,10 +45,10 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
 
     # 2. finish: QAT from the supernet's (or the candidate's) weights, distilling from the supernet's
     #    largest float subnet when there is a supernet (qnas.finishing.finish_qat, as `qnas finish qat RUN`)
-    has_supernet = (run.file("supernet") / "supernet.pt").is_file() or bool(sc.accuracy == "supernet" and sc.accuracy_path)
-    finished = finish_qat(run.path, out=run.file("model.pt"), epochs=cfg.finish_epochs, lr=cfg.finish_lr,
-                          teacher="supernet" if (cfg.finish_kd and has_supernet) else None, init="auto",
-                          kd_weight=cfg.finish_kd_weight, overwrite=True, progress=progress, splits=splits)
+    kd = cfg.finish_kd and resolve_source(run.path).supernet_path is not None
+    finished = finish_qat(run.path, QATFinishOptions(
+        out=run.file("model.pt"), epochs=cfg.finish_epochs, lr=cfg.finish_lr, teacher="supernet" if kd else None,
+        init="auto", kd_weight=cfg.finish_kd_weight, overwrite=True, progress=progress), splits=splits)
     model = finished.model
     t_finish = finished.seconds
     test_ds = splits.test.at_resolution(arch.resolution)

@@ -1,13 +1,17 @@
 """A run directory: config, history (JSON lines, flushed per evaluation),
-front, model, exported files, plots and the report."""
+front, model, exported files, plots and the report; and :func:`resolve_arch`,
+which arch a run directory (or a model, or an arch file) stands for."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qnas.errors import ConfigError
+from qnas.arch import Arch
+from qnas.errors import CheckpointError, ConfigError
 from qnas.quant.checkpoint import atomic_write
+from qnas.space import SearchSpace
 
 
 class RunDir:
@@ -57,3 +61,133 @@ class RunDir:
             except json.JSONDecodeError:
                 break  # a torn last line from a killed run: drop it and re-evaluate
         return out
+
+
+# ---- the arch of a run --------------------------------------------------------------------
+@dataclass
+class ArchSource:
+    """An arch, the search space it belongs to, and where it was read from.
+
+    ``config`` is the run's ``config.json`` (a run directory), or the data a finished model was
+    trained on (``{"data", "data_path", "seed"}``, a ``model.pt``), else empty."""
+
+    arch: Arch
+    space: SearchSpace
+    config: dict[str, Any] = field(default_factory=dict)
+    run_dir: Path | None = None
+    model_path: Path | None = None
+    note: str = ""
+
+
+def resolve_arch(source: str | Path | Arch | dict[str, Any], space: SearchSpace | str | Path | None = None, *,
+                 validate: bool = True) -> ArchSource:
+    """The arch ``source`` names -- the one place that decides which arch a run directory stands for.
+
+    ``source`` is one of
+
+    * a run directory ``RUN``, read in this order of preference:
+      1. ``RUN/arch.json`` (the arch a demo chose, or one a user wrote there),
+      2. ``RUN/model.pt`` (the arch of the model finished there),
+      3. the most accurate arch of ``RUN/front.json`` within the budgets of ``RUN/config.json``;
+    * a finished ``model.pt`` (the arch it records);
+    * an arch JSON file or inline JSON text (a record ``{"arch": {...}, ...}`` is unwrapped);
+    * an :class:`Arch` or its dict.
+
+    The space is ``space`` (a :class:`SearchSpace` or a YAML path) if given, else the one the model
+    or run recorded, else the embedded default; with ``validate`` the arch is checked against it."""
+    explicit = _space_arg(space)
+    recorded: dict[str, Any] | None = None
+    config: dict[str, Any] = {}
+    run_dir = model_path = None
+    note = ""
+    if isinstance(source, Arch):
+        arch = source
+    elif isinstance(source, dict):
+        arch = _arch_from_value(source)
+    elif isinstance(source, str) and source.lstrip().startswith("{"):
+        arch = _arch_from_value(_parse_json(source, "inline arch JSON"))
+    else:
+        p = Path(source).expanduser()
+        if p.is_dir():
+            run_dir = p
+            config = _run_config(p)
+            recorded = config.get("space")
+            if (p / "arch.json").is_file():
+                arch = _arch_from_value(_read_json(p / "arch.json", "arch"))
+            elif (p / "model.pt").is_file():
+                arch, recorded, _ = _model_arch(p / "model.pt")
+                note = f"arch: the arch of the finished model {p / 'model.pt'}"
+            else:
+                arch, note = _pick_from_front(p, config)
+        elif p.is_file() and p.suffix == ".pt":
+            model_path = p
+            arch, recorded, data = _model_arch(p)
+            config = {"data": data.get("data"), "data_path": data.get("data_path"), "seed": data.get("split_seed")}
+        elif p.is_file():
+            arch = _arch_from_value(_read_json(p, "arch"))
+        else:
+            raise ConfigError(f"{source} is neither a run directory, an arch JSON file, a model.pt nor inline JSON")
+    sp = explicit or (SearchSpace.from_dict(recorded) if recorded else SearchSpace())
+    if validate:
+        sp.validate(arch)
+    return ArchSource(arch, sp, config, run_dir, model_path, note)
+
+
+def _space_arg(space: SearchSpace | str | Path | None) -> SearchSpace | None:
+    if space is None or isinstance(space, SearchSpace):
+        return space
+    return SearchSpace.from_yaml(space)
+
+
+def _parse_json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{what} is not valid JSON ({e.msg} at line {e.lineno}); pass an arch JSON object") from None
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read {what} {path} ({type(e).__name__}); pass a run directory from "
+                          "qnas search/demo or an arch JSON file") from None
+
+
+def _arch_from_value(d: Any) -> Arch:
+    if isinstance(d, dict) and "arch" in d and "resolution" not in d:
+        d = d["arch"]  # a search record or a report
+    return Arch.from_dict(d)
+
+
+def _run_config(run: Path) -> dict[str, Any]:
+    if not (run / "config.json").is_file():
+        return {}
+    cfg = _read_json(run / "config.json", "run config")
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{run / 'config.json'} is not a JSON object; pass a qnas run directory")
+    return cfg
+
+
+def _model_arch(path: Path) -> tuple[Arch, dict[str, Any] | None, dict[str, Any]]:
+    """(arch, recorded space or None, data settings) of a finished model's metadata."""
+    from qnas.quant.checkpoint import load_checkpoint
+
+    _, meta = load_checkpoint(path)
+    if "arch" not in meta:
+        raise CheckpointError(f"{path} records no arch; pass a run directory or an arch JSON file")
+    return Arch.from_dict(meta["arch"]), meta.get("space"), meta.get("data") or {}
+
+
+def _pick_from_front(run: Path, config: dict[str, Any]) -> tuple[Arch, str]:
+    from qnas.options import search_budget
+    from qnas.pareto import most_accurate
+
+    if not (run / "front.json").is_file():
+        raise ConfigError(f"run directory {run} has neither arch.json, model.pt nor front.json; pass a finished "
+                          "search run or an arch JSON file")
+    best = most_accurate(_read_json(run / "front.json", "Pareto front"), search_budget(config))
+    if best is None:
+        raise ConfigError(f"no arch on the Pareto front of {run} meets the search's budgets; write the arch you "
+                          "want to RUN/arch.json or pass an arch JSON file")
+    return Arch.from_dict(best["arch"]), f"arch: the most accurate front arch within the budgets ({best['uid']})"

@@ -4,86 +4,38 @@ every evaluation as it happens, so a killed search resumes where it stopped."""
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, field, fields
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
 
+from qnas.accuracy_sources import accuracy_source_names, create_accuracy_source
 from qnas.arch import Arch
 from qnas.costs import count_costs
 from qnas.data import Splits, load_dataset, split
 from qnas.errors import ConfigError
-from qnas.evaluators import TrainingEvaluator
 from qnas.executors import create_executor
 from qnas.latency import LatencyModel, create_latency_model
-from qnas.pareto import pareto_front
+from qnas.options import SearchConfig
+from qnas.pareto import most_accurate, pareto_front
 from qnas.rundir import RunDir
 from qnas.space import SearchSpace, SpaceConfig
 from qnas.strategies import Budget, StrategyContext, create_strategy
 
-ACCURACY_SOURCES = ("train", "supernet", "predictor", "zero-cost")
+__all__ = ["SearchConfig", "SearchResult", "make_latency_model", "make_evaluator", "obtain_supernet", "prepare_data",
+           "resume_search", "run_search", "score_record", "search", "search_from_config", "space_for",
+           "strategy_options", "train_supernet_run"]
 
 
-@dataclass
-class SearchConfig:
-    """Everything that defines a search; saved as the run's ``config.json`` and read back by ``--resume``."""
-
-    data: str = "digits"
-    data_path: str | None = None
-    device: str = "cpu-ort"
-    latency_kind: str = "analytic"
-    latency_table: str | None = None
-    latency_hybrid: str | None = None
-    strategy: str = "random"
-    strategy_options: dict[str, Any] = field(default_factory=dict)
-    accuracy: str = "train"
-    accuracy_path: str | None = None  # supernet checkpoint (accuracy=supernet) or predictor file (accuracy=predictor)
-    proxy: str = "naswot"  # zero-cost proxy (accuracy=zero-cost)
-    supernet_epochs: int = 2  # per progressive-shrinking phase, when the run trains its own supernet
-    n_candidates: int = 8
-    batch: int = 4
-    epochs: int = 3
-    batch_size: int = 64
-    seed: int = 0
-    latency_budget_ms: float | None = None
-    size_budget_kb: float | None = None
-    memory_budget_kb: float | None = None
-    executor: str = "local"
-    threads: int | None = None
-    space: dict[str, Any] | None = None
-
-    def validate(self) -> "SearchConfig":
-        for name in ("n_candidates", "batch", "epochs", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("latency_budget_ms", "size_budget_kb", "memory_budget_kb"):
-            v = getattr(self, name)
-            if v is not None and not (isinstance(v, (int, float)) and v > 0):
-                raise ConfigError(f"{name} must be a positive number, got {v!r}")
-        if self.accuracy not in ACCURACY_SOURCES:
-            raise ConfigError(f"unknown accuracy source {self.accuracy!r}; choose one of {list(ACCURACY_SOURCES)}")
-        if self.accuracy == "predictor" and not self.accuracy_path:
-            raise ConfigError("accuracy=predictor needs accuracy_path (--accuracy-path), a predictor saved by "
-                              "qnas.predictors.AccuracyPredictor.save")
-        return self
-
-    @property
-    def budget(self) -> Budget:
-        return Budget(self.latency_budget_ms, self.size_budget_kb, self.memory_budget_kb)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SearchConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown search config key(s) {unknown}; valid keys: {sorted(known)}")
-        return cls(**d).validate()
+def __getattr__(name: str) -> Any:
+    if name == "ACCURACY_SOURCES":  # the if-chain's list became the registry in qnas.accuracy_sources
+        warnings.warn("qnas.searching.ACCURACY_SOURCES is deprecated; use "
+                      "qnas.accuracy_sources.accuracy_source_names()", DeprecationWarning, stacklevel=2)
+        return tuple(accuracy_source_names())
+    raise AttributeError(f"module 'qnas.searching' has no attribute {name!r}")
 
 
 def make_latency_model(device: str, kind: str = "analytic", table: str | None = None, hybrid: str | None = None,
@@ -95,19 +47,22 @@ def make_latency_model(device: str, kind: str = "analytic", table: str | None = 
 
 
 def score_record(space: SearchSpace, arch: Arch, latency: LatencyModel, accuracy: dict[str, Any], index: int) -> dict[str, Any]:
+    """The history record of an evaluated arch: its accuracy fields, the budget fields
+    (:meth:`Budget.record`, rounded) and its MACs and bit operations."""
     plan = space.plan(arch)
-    costs = count_costs(plan)
+    costs = Budget.record(plan, latency.predict(plan))
+    counted = count_costs(plan)
     return {
         "index": index,
         "uid": arch.uid,
         "arch": arch.to_dict(),
         "describe": arch.describe(),
         **accuracy,
-        "latency_ms": round(float(latency.predict(plan)), 6),
-        "mmacs": round(costs.mmacs, 4),
-        "size_kb": round(costs.size_kb, 3),
-        "peak_act_kb": round(costs.peak_activation_bytes / 1024, 3),
-        "bitops": costs.bitops,
+        "latency_ms": round(costs["latency_ms"], 6),
+        "mmacs": round(counted.mmacs, 4),
+        "size_kb": round(costs["size_kb"], 3),
+        "peak_act_kb": round(costs["peak_act_kb"], 3),
+        "bitops": counted.bitops,
     }
 
 
@@ -133,13 +88,12 @@ class SearchResult:
     def best(self, latency_ms: float | None = None) -> dict[str, Any]:
         """The most accurate record within ``latency_ms`` (default: the search's budget) and the other budgets."""
         limit = latency_ms if latency_ms is not None else self.budget.latency_ms
-        budget = Budget(limit, self.budget.size_kb, self.budget.peak_act_kb)
-        ok = [r for r in self.records if budget.ok(r)]
-        if not ok:
+        best = most_accurate(self.records, Budget(limit, self.budget.size_kb, self.budget.peak_act_kb))
+        if best is None:
             fastest = min(r["latency_ms"] for r in self.records)
             raise ConfigError(f"no evaluated arch meets the budget ({limit} ms; fastest: {fastest:.4g} ms); "
                               "raise the budget or evaluate more candidates")
-        return max(ok, key=lambda r: (r["val_acc"], -r["latency_ms"]))
+        return best
 
     def arch(self, record: dict[str, Any]) -> Arch:
         return Arch.from_dict(record["arch"])
@@ -190,24 +144,8 @@ def space_for(splits: Splits, space: SearchSpace | None) -> SearchSpace:
 
 def make_evaluator(cfg: SearchConfig, space: SearchSpace, splits: Splits, run: RunDir | None,
                    progress: bool) -> Callable[[Arch], dict[str, Any]]:
-    """The accuracy source ``cfg.accuracy`` names: brief QAT training, the supernet's inherited
-    weights (+ BN re-calibration), an accuracy predictor, or a zero-cost proxy."""
-    if cfg.accuracy == "supernet":
-        from qnas.supernet import SupernetEvaluator
-
-        supernet = obtain_supernet(cfg, space, splits, run, progress)
-        return SupernetEvaluator(supernet, splits, batch_size=cfg.batch_size, seed=cfg.seed, threads=cfg.threads)
-    if cfg.accuracy == "predictor":
-        from qnas.predictors import AccuracyPredictor, PredictorEvaluator
-
-        return PredictorEvaluator(AccuracyPredictor.load(cfg.accuracy_path, space))
-    if cfg.accuracy == "zero-cost":
-        from qnas.zero_cost import ZeroCostEvaluator
-
-        return ZeroCostEvaluator(space, splits.train, proxy=cfg.proxy, seed=cfg.seed)
-    state_dir = run.file("candidates") if run else None
-    return TrainingEvaluator(space, splits, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
-                             progress=progress and cfg.executor == "local", threads=cfg.threads, state_dir=state_dir)
+    """The accuracy source ``cfg.accuracy`` names (see :mod:`qnas.accuracy_sources`)."""
+    return create_accuracy_source(cfg.accuracy, cfg, space, splits, run, progress)
 
 
 def obtain_supernet(cfg: SearchConfig, space: SearchSpace, splits: Splits, run: RunDir | None, progress: bool):
@@ -228,6 +166,25 @@ def obtain_supernet(cfg: SearchConfig, space: SearchSpace, splits: Splits, run: 
         checkpoint_dir=str(ckpt_dir) if ckpt_dir else None,
         resume=bool(ckpt_dir and (ckpt_dir / "supernet.pt").is_file()), progress=progress))
     return supernet
+
+
+def train_supernet_run(out: str | Path, *, data: str = "digits", data_path: str | None = None,
+                       space: SearchSpace | None = None, epochs: int = 2, batch_size: int = 64, seed: int = 0,
+                       resume: bool = False, overwrite: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+    """Train a supernet over ``space`` (default: the embedded space sized for the data) into
+    ``OUT/supernet.pt``, ``epochs`` per progressive-shrinking phase, checkpointed every epoch; ``resume``
+    continues that file, ``overwrite`` starts over. Returns the per-epoch history."""
+    from qnas.supernet import Supernet, SupernetTrainConfig, progressive_phases, train_supernet
+
+    out = Path(out)
+    if (out / "supernet.pt").exists() and not (resume or overwrite):
+        raise ConfigError(f"{out / 'supernet.pt'} exists; pass --resume to continue it or --force to start over")
+    splits = prepare_data(data, data_path, seed)
+    space = space_for(splits, space)
+    supernet = Supernet(space)
+    return train_supernet(supernet, splits, SupernetTrainConfig(
+        phases=progressive_phases(epochs), batch_size=batch_size, seed=seed, checkpoint_dir=str(out),
+        resume=resume, progress=progress))
 
 
 def strategy_options(cfg: SearchConfig, space: SearchSpace, evaluator: Callable[[Arch], dict[str, Any]],
@@ -340,8 +297,15 @@ def search(
     """
     cfg = SearchConfig(data=data, data_path=data_path, device=device, strategy=strategy, n_candidates=n_candidates,
                        epochs=epochs, batch_size=batch_size, seed=seed, latency_kind=latency_kind,
-                       latency_table=latency_table, latency_hybrid=latency_hybrid, **options).validate()
-    return _run(cfg, space, out, overwrite=overwrite, resume=False, progress=progress)
+                       latency_table=latency_table, latency_hybrid=latency_hybrid, **options)
+    return search_from_config(cfg, space, out, overwrite=overwrite, progress=progress)
+
+
+def search_from_config(cfg: SearchConfig, space: SearchSpace | None = None, out: str | Path | None = None, *,
+                       overwrite: bool = False, progress: bool = True) -> SearchResult:
+    """Run the search ``cfg`` describes (what :func:`search` does from keywords), into run directory ``out``
+    if given; ``space`` defaults to the embedded space sized for the data."""
+    return _run(cfg.validate(), space, out, overwrite=overwrite, resume=False, progress=progress)
 
 
 def resume_search(run_dir: str | Path, progress: bool = True) -> SearchResult:

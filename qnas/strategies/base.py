@@ -10,27 +10,42 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
 from qnas.arch import Arch
+from qnas.costs import count_costs
 from qnas.errors import ConfigError
 from qnas.space import SearchSpace
+
+if TYPE_CHECKING:
+    from qnas.quant.plan import NetworkPlan
 
 
 @dataclass(frozen=True)
 class Budget:
-    """Hard constraints a returned arch must meet (None = unconstrained)."""
+    """Hard constraints a returned arch must meet (None = unconstrained), on the record fields
+    :attr:`KEYS` (lower is better); :meth:`record` builds those fields for an arch."""
 
     latency_ms: float | None = None
     size_kb: float | None = None
     peak_act_kb: float | None = None
 
+    KEYS: ClassVar[tuple[str, ...]] = ("latency_ms", "size_kb", "peak_act_kb")
+
+    @staticmethod
+    def record(plan: "NetworkPlan", latency_ms: float) -> dict[str, float]:
+        """What a budget reads of an arch: its predicted ``latency_ms``, and the ``size_kb`` and
+        ``peak_act_kb`` its layer plan (``space.plan(arch)``) counts; unrounded."""
+        costs = count_costs(plan)
+        return {"latency_ms": float(latency_ms), "size_kb": costs.size_kb,
+                "peak_act_kb": costs.peak_activation_bytes / 1024}
+
     def violation(self, record: dict[str, Any]) -> float:
         """Sum of relative overshoots (0 when every constraint holds)."""
         v = 0.0
-        for key in ("latency_ms", "size_kb", "peak_act_kb"):
+        for key in self.KEYS:
             limit = getattr(self, key)
             if limit is not None and record[key] > limit:
                 v += (record[key] - limit) / limit

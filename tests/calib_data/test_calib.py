@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from qnas.calib_data.build import build_calibration_set
-from qnas.calib_data.build_calib import add_calib_parser, main as calib_main
+from qnas.cli.calib import add_calib_parser, main as calib_main
 from qnas.calib_data.calibration import CalibrationSet
 from qnas.errors import DataError, QnasError
 

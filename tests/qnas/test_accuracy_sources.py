@@ -65,3 +65,80 @@ def test_cli_differentiable_meets_its_budget(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     history = [json.loads(l) for l in (out / "history.jsonl").read_text().splitlines()]
     assert len(history) == 2 and all(h["latency_ms"] <= budget for h in history)
+
+
+# ---- the registry ------------------------------------------------------------------------
+def test_registry_names_unknown_and_cli_choices(capsys):
+    from qnas.accuracy_sources import accuracy_source, accuracy_source_names
+    from qnas.errors import ConfigError
+    from qnas.options import SearchConfig
+
+    assert accuracy_source_names() == ["train", "supernet", "predictor", "zero-cost"]
+    assert accuracy_source_names(without_path=True) == ["train", "supernet", "zero-cost"]
+    with pytest.raises(ConfigError, match=r"unknown accuracy source 'oracle'; choose one of \['train'"):
+        accuracy_source("oracle")
+    with pytest.raises(ConfigError, match="unknown accuracy source"):
+        SearchConfig(accuracy="oracle").validate()
+    with pytest.raises(SystemExit):  # the CLI's --accuracy choices are the registry's names
+        main(["search", "--accuracy", "oracle"])
+    assert "zero-cost" in capsys.readouterr().err
+
+
+def test_a_registered_source_runs_in_a_search(tmp_path):
+    from qnas.accuracy_sources import _REGISTRY, register_accuracy_source
+
+    seen = []
+
+    def constant(cfg, space, splits, run, progress):
+        def evaluate(arch):
+            seen.append(arch.uid)
+            return {"val_acc": 0.5}
+        return evaluate
+
+    register_accuracy_source("constant", constant)
+    try:
+        r = search(accuracy="constant", n_candidates=3, batch=3, out=tmp_path / "run", **FAST)
+    finally:
+        _REGISTRY.pop("constant")
+    assert [x["uid"] for x in r.records] == seen and all(x["val_acc"] == 0.5 for x in r.records)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["accuracy"] == "constant"
+
+
+@pytest.fixture(scope="module")
+def predictor_file(tmp_path_factory):
+    from qnas.predictors import AccuracyPredictor
+    from qnas.space import SearchSpace
+
+    space = SearchSpace()
+    archs = [space.sample(i) for i in range(16)]
+    path = tmp_path_factory.mktemp("pred") / "predictor.json"
+    AccuracyPredictor(space, seed=0).fit(archs, [0.5 + 0.01 * i for i in range(16)]).save(path)
+    return path
+
+
+def _contract_names():
+    from qnas.accuracy_sources import accuracy_source_names
+
+    return accuracy_source_names()
+
+
+@pytest.mark.parametrize("name", _contract_names())
+def test_every_source_scores_archs(name, digits_splits, predictor_file):
+    """The accuracy-source contract, for every registered source: built for a search config, it scores
+    an arch as a record with a finite ``val_acc`` (higher is better; an accuracy in [0, 1] except for a
+    zero-cost proxy's score)."""
+    import math
+
+    from qnas.accuracy_sources import accuracy_source, create_accuracy_source
+    from qnas.data import Splits
+    from qnas.options import SearchConfig
+    from qnas.space import SearchSpace
+
+    small = Splits(digits_splits.train.subset(range(256)), digits_splits.val.subset(range(128)), digits_splits.test)
+    space = SearchSpace()
+    cfg = SearchConfig(accuracy=name, epochs=1, supernet_epochs=0, threads=1,
+                       accuracy_path=str(predictor_file) if accuracy_source(name).path_needed else None)
+    record = create_accuracy_source(name, cfg, space, small, None, False)(space.sample(0))
+    assert isinstance(record, dict) and math.isfinite(record["val_acc"])
+    if name != "zero-cost":
+        assert 0.0 <= record["val_acc"] <= 1.0

@@ -381,3 +381,21 @@ def test_load_dataset_dispatch_and_errors(digits):
         load_dataset("imagefolder", "/definitely/not/here")
     with pytest.raises(DataError):
         load_dataset("digits", size=8)
+
+
+def test_dataset_kinds_are_defined_once():
+    """qnas.data, the CLI's --data / --from choices and the calibration builder read one torch-free list."""
+    import qnas.data
+    from qnas.cli import build_parser
+    from qnas.dataset_kinds import DATASET_KINDS, needs_path, path_kinds
+
+    assert qnas.data.DATASET_KINDS is DATASET_KINDS
+    assert tuple(qnas.data._LOADERS) == DATASET_KINDS
+    assert not needs_path("digits") and path_kinds() == ("imagefolder", "cifar10", "npz")
+    parser = build_parser()
+    for argv in (["search", "--data", "nope"], ["finish", "qat", "RUN", "--data", "nope"],
+                 ["supernet", "train", "--out", "x", "--data", "nope"], ["calib", "build", "--from", "nope", "--out", "x"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+    for kind in DATASET_KINDS:
+        assert parser.parse_args(["search", "--data", kind]).data == kind

@@ -227,7 +227,7 @@ def test_finish_from_a_supernet_run_qat_and_ptq(tmp_path, digits_splits):
 
 
 def test_finish_cli_parser_and_bad_input(tmp_path, capsys):
-    from qnas.finishing_cli import add_finish_parser
+    from qnas.cli.finish import add_finish_parser
 
     parser = argparse.ArgumentParser(prog="qnas")
     add_finish_parser(parser.add_subparsers(dest="command", required=True))
@@ -250,7 +250,20 @@ def test_finish_cli_parser_and_bad_input(tmp_path, capsys):
 
 
 def test_cli_module_spells_the_ptq_methods_like_quant():
-    from qnas.finishing_cli import PTQ_METHODS as cli_methods
+    from qnas.options import PTQ_METHODS as cli_methods  # the torch-free copy the CLI offers
     from qnas.quant.ptq import PTQ_METHODS
 
     assert cli_methods == PTQ_METHODS
+
+
+def test_finish_options_defaults_are_the_qat_recipe():
+    """QATFinishOptions (what the CLI, finish_qat and the demo default to) agrees with QATConfig."""
+    from dataclasses import fields
+
+    from qnas.options import QATFinishOptions
+
+    recipe = QATConfig()
+    run_settings = {"seed", "progress"}  # the finish takes these from the run / the caller, not the recipe
+    shared = [f.name for f in fields(QATFinishOptions) if hasattr(recipe, f.name) and f.name not in run_settings]
+    assert sorted(shared) == ["epochs", "freeze_bn_fraction", "kd_temperature", "kd_weight", "lr"]
+    assert all(getattr(QATFinishOptions(), n) == getattr(recipe, n) for n in shared)

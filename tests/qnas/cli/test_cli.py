@@ -99,3 +99,38 @@ def test_demo_end_to_end_small(tmp_path, capsys):
     assert agreement >= 0.99
     code, _, err = run_cli(capsys, "export", "onnx", str(run), "--out", str(onnx_out))
     assert_one_line_error(code, err, "already exists")
+
+
+def test_old_import_paths_warn_but_work():
+    import importlib
+    import sys
+
+    sys.modules.pop("qnas.finishing_cli", None)
+    with pytest.warns(DeprecationWarning, match="qnas.cli.finish"):
+        old = importlib.import_module("qnas.finishing_cli")
+    from qnas.cli.finish import add_finish_parser
+
+    assert old.add_finish_parser is add_finish_parser and old.TEACHERS == ("auto", "float", "supernet", "none")
+    import qnas.calib_data.build_calib as build_calib
+    from qnas.cli.calib import add_calib_parser
+
+    with pytest.warns(DeprecationWarning, match="qnas.cli.calib"):
+        assert build_calib.add_calib_parser is add_calib_parser
+    import qnas.searching
+
+    with pytest.warns(DeprecationWarning, match="accuracy_source_names"):
+        assert qnas.searching.ACCURACY_SOURCES == ("train", "supernet", "predictor", "zero-cost")
+
+
+def test_bad_strategy_options_are_one_line_errors(tmp_path, capsys):
+    for text, needle in (("[1, 2]", "must be a JSON object"), ("{pop_size: 8}", "not valid JSON")):
+        code, _, err = run_cli(capsys, "search", "--strategy-options", text, "--out", str(tmp_path / "r"))
+        assert_one_line_error(code, err, "--strategy-options", needle)
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_latency_kinds_are_the_registry():
+    from qnas.cli._args import LATENCY_KINDS
+    from qnas.latency import latency_model_kinds
+
+    assert sorted(LATENCY_KINDS) == latency_model_kinds()

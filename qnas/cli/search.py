@@ -1,0 +1,110 @@
+"""``qnas search`` and ``qnas demo``: fill a :class:`~qnas.options.SearchConfig` (and a
+:class:`~qnas.options.DemoConfig`) from the flags and call :mod:`qnas.searching` / :mod:`qnas.pipeline`."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from qnas.accuracy_sources import accuracy_source_names
+from qnas.cli._args import (add_data_args, add_force_progress, add_latency_args, json_object, load_space,
+                            option_fields, positive_float)
+from qnas.options import DemoConfig, SearchConfig, default_out, demo_search_config
+
+_POP_SIZE_EXAMPLE = '{"pop_size": 16}'
+
+
+def cmd_search(a: argparse.Namespace) -> int:
+    from qnas.searching import resume_search, search_from_config
+
+    if a.resume:
+        result = resume_search(a.resume, progress=a.progress)
+        out = a.resume
+    else:
+        out = a.out or default_out("search")
+        options = json_object(a.strategy_options, "--strategy-options", _POP_SIZE_EXAMPLE)
+        cfg = SearchConfig(**{**option_fields(SearchConfig, a), "strategy_options": options})
+        result = search_from_config(cfg, load_space(a.space_yaml), out, overwrite=a.overwrite, progress=a.progress)
+    print(f"evaluated {len(result.records)} archs; Pareto front ({len(result.front)}):")
+    for r in result.front:
+        mark = "" if result.budget.ok(r) else "  (over budget)"
+        print(f"  {r['latency_ms']:9.4g} ms  {100 * r['val_acc']:6.2f} %  {r['size_kb']:7.1f} KB  {r['describe']}{mark}")
+    print(f"run directory: {out}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from qnas.pipeline import demo, format_report
+
+    cfg = DemoConfig(demo_search_config(**option_fields(SearchConfig, a)), finish_epochs=a.finish_epochs,
+                     out=a.out or "")
+    report = demo(cfg, space=load_space(a.space_yaml), progress=a.progress, overwrite=a.overwrite)
+    print(format_report(report))
+    return 0
+
+
+def _add_run_args(p: argparse.ArgumentParser, defaults: SearchConfig) -> None:
+    """The flags search and demo share (data, space, target, latency predictor, seed, batch size, output)."""
+    add_data_args(p, defaults.data, "default: the bundled digits")
+    p.add_argument("--space", dest="space_yaml", metavar="YAML",
+                   help="search-space config (default: the embedded digits space)")
+    p.add_argument("--device", default=defaults.device, help="target latency profile (`qnas latency show NAME`)")
+    add_latency_args(p, defaults.latency_kind)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    add_force_progress(p, "overwrite a non-empty output directory")
+
+
+def add_demo_parser(sub: Any) -> argparse.ArgumentParser:
+    defaults = demo_search_config()
+    d = sub.add_parser("demo", help="search -> QAT finish -> ONNX export -> verify on the bundled digits (CPU)",
+                       description="Run the whole pipeline on the embedded default and print a report.")
+    _add_run_args(d, defaults)
+    d.add_argument("--out", help="run directory (default: runs/demo-TIMESTAMP)")
+    d.add_argument("--strategy", default=defaults.strategy, help="search strategy (default %(default)s)")
+    d.add_argument("--accuracy", default=defaults.accuracy, choices=accuracy_source_names(without_path=True),
+                   help="accuracy source during search (default: supernet-inherited weights)")
+    d.add_argument("--supernet-epochs", type=int, default=defaults.supernet_epochs,
+                   help="supernet epochs per shrinking phase (default %(default)s)")
+    d.add_argument("--candidates", dest="n_candidates", metavar="CANDIDATES", type=int, default=defaults.n_candidates,
+                   help="archs to evaluate (default %(default)s)")
+    d.add_argument("--search-epochs", dest="epochs", metavar="SEARCH_EPOCHS", type=int, default=defaults.epochs,
+                   help="training epochs per candidate with --accuracy train")
+    d.add_argument("--finish-epochs", type=int, default=DemoConfig.finish_epochs,
+                   help="QAT epochs for the chosen arch (default %(default)s)")
+    d.add_argument("--budget-ms", dest="latency_budget_ms", metavar="BUDGET_MS", type=positive_float,
+                   help="latency budget (default: median of the candidates)")
+    d.set_defaults(func=cmd_demo)
+    return d
+
+
+def add_search_parser(sub: Any) -> argparse.ArgumentParser:
+    defaults = SearchConfig()
+    s = sub.add_parser("search", help="search a space and write the Pareto front",
+                       description="Sample, train briefly and price archs; write history, front and plot.")
+    _add_run_args(s, defaults)
+    s.add_argument("--strategy", default=defaults.strategy,
+                   help="random, nsga2, nsga3, ofa, differentiable (default: %(default)s)")
+    s.add_argument("--strategy-options", metavar="JSON", help="strategy options as a JSON object")
+    s.add_argument("--candidates", dest="n_candidates", metavar="CANDIDATES", type=int, default=defaults.n_candidates,
+                   help="archs to evaluate (default %(default)s)")
+    s.add_argument("--batch", type=int, default=defaults.batch,
+                   help="archs asked and evaluated together (default %(default)s)")
+    s.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs per candidate")
+    s.add_argument("--budget-ms", dest="latency_budget_ms", metavar="BUDGET_MS", type=positive_float, help="hard latency budget")
+    s.add_argument("--size-kb", dest="size_budget_kb", metavar="SIZE_KB", type=positive_float, help="hard model-size budget")
+    s.add_argument("--memory-kb", dest="memory_budget_kb", metavar="MEMORY_KB", type=positive_float,
+                   help="hard peak-activation-memory budget")
+    s.add_argument("--executor", default=defaults.executor, choices=["local", "ray"], help="where evaluations run")
+    s.add_argument("--accuracy", default=defaults.accuracy, choices=accuracy_source_names(),
+                   help="accuracy source: brief QAT per arch (default), supernet-inherited weights + BN "
+                        "re-calibration, an accuracy predictor, or a zero-cost proxy")
+    s.add_argument("--accuracy-path", metavar="PATH",
+                   help="trained supernet (supernet.pt or its directory) or accuracy predictor file; without it "
+                        "--accuracy supernet trains a supernet in the run directory")
+    s.add_argument("--proxy", default=defaults.proxy, choices=["naswot", "synflow"], help="zero-cost proxy")
+    s.add_argument("--supernet-epochs", type=int, default=defaults.supernet_epochs,
+                   help="epochs per progressive-shrinking phase")
+    s.add_argument("--out", help="run directory (default: runs/search-TIMESTAMP)")
+    s.add_argument("--resume", metavar="RUN", help="continue a killed search in RUN (other options are read from it)")
+    s.set_defaults(func=cmd_search)
+    return s

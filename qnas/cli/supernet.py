@@ -1,0 +1,39 @@
+"""``qnas supernet train``: parse and call :func:`qnas.searching.train_supernet_run`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from qnas.cli._args import add_command_group, add_data_args, add_force_progress, load_space
+
+
+def cmd_supernet_train(a: argparse.Namespace) -> int:
+    from qnas.searching import train_supernet_run
+
+    history = train_supernet_run(a.out, data=a.data, data_path=a.data_path, space=load_space(a.space),
+                                 epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, resume=a.resume,
+                                 overwrite=a.overwrite, progress=a.progress)
+    for h in history:
+        print(f"epoch {h['epoch']:3d} [{h['phase']}] loss {h['loss']:.3f}  largest {h.get('val_acc_largest', float('nan')):.3f}"
+              f"  smallest {h.get('val_acc_smallest', float('nan')):.3f}  ({h['seconds']:.0f} s)")
+    print(f"wrote {Path(a.out) / 'supernet.pt'}; search it with: qnas search --accuracy supernet --accuracy-path {Path(a.out)}")
+    return 0
+
+
+def add_supernet_parser(sub: Any) -> argparse.ArgumentParser:
+    sn, snsub = add_command_group(sub, "supernet", "train the weight-sharing supernet",
+                                  "Train the supernet (sandwich rule, progressive shrinking, in-place distillation).",
+                                  "supernet_command")
+    snt = snsub.add_parser("train", help="train (or --resume) a supernet into --out",
+                           description="Train a supernet over the search space; checkpoints every epoch.")
+    add_data_args(snt, "digits", "default: the bundled digits")
+    snt.add_argument("--space", metavar="YAML")
+    snt.add_argument("--out", required=True, help="directory for supernet.pt")
+    snt.add_argument("--epochs", type=int, default=2, help="epochs per phase (kernel, depth, width, bits)")
+    snt.add_argument("--batch-size", type=int, default=64)
+    snt.add_argument("--seed", type=int, default=0)
+    snt.add_argument("--resume", action="store_true", help="continue from --out/supernet.pt")
+    add_force_progress(snt, "start over even if --out/supernet.pt exists")
+    snt.set_defaults(func=cmd_supernet_train)
+    return sn

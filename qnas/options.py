@@ -1,0 +1,223 @@
+"""Typed options of each pipeline stage: what the CLI fills and the library takes.
+
+* :class:`SearchConfig` -- a search (``qnas search``, :func:`qnas.search`); saved as ``RUN/config.json``;
+* :class:`DemoConfig` -- the demo (``qnas demo``, :func:`qnas.demo`): a search plus a QAT finish;
+* :class:`QATFinishOptions` / :class:`PTQFinishOptions` -- ``qnas finish qat|ptq``,
+  :func:`qnas.finish_qat` / :func:`qnas.finish_ptq`, sharing :class:`FinishOptions`.
+
+Each default is written here once; the CLI takes its defaults (and help text) from these classes.
+Torch-free on purpose, so that building the CLI parser stays fast.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, TypeVar
+
+from qnas.errors import ConfigError
+
+if TYPE_CHECKING:
+    from qnas.strategies.base import Budget
+
+__all__ = ["SearchConfig", "DemoConfig", "demo_search_config", "default_out", "search_budget", "FinishOptions",
+           "QATFinishOptions", "PTQFinishOptions", "TEACHERS", "INITS", "PTQ_METHODS", "with_fields"]
+
+#: ``teacher`` values of a QAT finish.
+TEACHERS: tuple[str, ...] = ("auto", "float", "supernet", "none")
+#: ``init`` values of a QAT finish.
+INITS: tuple[str, ...] = ("auto", "supernet", "ptq", "scratch")
+#: PTQ methods (cumulative); equal to qnas.quant.ptq.PTQ_METHODS, spelled out here to stay torch-free.
+PTQ_METHODS: tuple[str, ...] = ("minmax", "bias_correction", "gptq")
+
+_Options = TypeVar("_Options")
+
+
+def with_fields(options: _Options, changes: Mapping[str, Any]) -> _Options:
+    """``options`` with some fields replaced; an unknown field is a one-line error listing the valid ones."""
+    known = [f.name for f in fields(options)]  # type: ignore[arg-type]
+    unknown = sorted(set(changes) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown {type(options).__name__} field(s) {unknown}; valid: {known}")
+    return replace(options, **changes) if changes else options  # type: ignore[type-var]
+
+
+def default_out(prefix: str) -> str:
+    """The default run directory of a command: ``runs/PREFIX-TIMESTAMP``."""
+    return str(Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+# ---- search ---------------------------------------------------------------------------
+def search_budget(config: Mapping[str, Any]) -> "Budget":
+    """The hard budget a search config sets (a :class:`SearchConfig`'s fields or a run's ``config.json``)."""
+    from qnas.strategies.base import Budget
+
+    return Budget(config.get("latency_budget_ms"), config.get("size_budget_kb"), config.get("memory_budget_kb"))
+
+
+@dataclass
+class SearchConfig:
+    """Everything that defines a search; saved as the run's ``config.json`` and read back by ``--resume``."""
+
+    data: str = "digits"
+    data_path: str | None = None
+    device: str = "cpu-ort"
+    latency_kind: str = "analytic"
+    latency_table: str | None = None
+    latency_hybrid: str | None = None
+    strategy: str = "random"
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+    accuracy: str = "train"  # an accuracy source (qnas.accuracy_sources)
+    accuracy_path: str | None = None  # supernet checkpoint (accuracy=supernet) or predictor file (accuracy=predictor)
+    proxy: str = "naswot"  # zero-cost proxy (accuracy=zero-cost)
+    supernet_epochs: int = 2  # per progressive-shrinking phase, when the run trains its own supernet
+    n_candidates: int = 8
+    batch: int = 4
+    epochs: int = 3
+    batch_size: int = 64
+    seed: int = 0
+    latency_budget_ms: float | None = None
+    size_budget_kb: float | None = None
+    memory_budget_kb: float | None = None
+    executor: str = "local"
+    threads: int | None = None
+    space: dict[str, Any] | None = None
+
+    def validate(self) -> "SearchConfig":
+        from qnas.accuracy_sources import accuracy_source
+
+        for name in ("n_candidates", "batch", "epochs", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("latency_budget_ms", "size_budget_kb", "memory_budget_kb"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and v > 0):
+                raise ConfigError(f"{name} must be a positive number, got {v!r}")
+        accuracy_source(self.accuracy).check(self)
+        return self
+
+    @property
+    def budget(self) -> "Budget":
+        return search_budget(vars(self))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SearchConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown search config key(s) {unknown}; valid keys: {sorted(known)}")
+        return cls(**d).validate()
+
+
+def demo_search_config(**overrides: Any) -> SearchConfig:
+    """The demo's search: NSGA-II over a briefly trained supernet, sized for 2 CPU cores."""
+    defaults: dict[str, Any] = dict(strategy="nsga2", accuracy="supernet", supernet_epochs=1, n_candidates=24,
+                                    batch=8, strategy_options={"pop_size": 8})
+    defaults.update(overrides)
+    if defaults["strategy"] not in ("nsga2", "nsga3") and "strategy_options" not in overrides:
+        defaults["strategy_options"] = {}
+    return SearchConfig(**defaults)
+
+
+# ---- finishing -------------------------------------------------------------------------
+@dataclass
+class FinishOptions:
+    """What every finish takes besides its recipe: the calibration set, what to override of the run, where to write.
+
+    ``space``/``data``/``data_path``/``seed``/``batch_size`` override what the run recorded (None: the
+    run's, else the defaults: the embedded space, digits, seed 0, batch 64). ``calib``: a calibration-set
+    path (``qnas calib build``), a :class:`~qnas.calib_data.calibration.CalibrationSet`, or None for 512
+    class-balanced training images. ``out``: the model file (None: ``RUN/model.pt``)."""
+
+    out: str | Path | None = None
+    calib: Any = None
+    space: Any = None  # SearchSpace, a YAML path, or None
+    data: str | None = None
+    data_path: str | None = None
+    seed: int | None = None
+    batch_size: int | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+    def validate(self) -> "FinishOptions":
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                                            or self.batch_size < 2):
+            raise ConfigError(f"--batch-size must be at least 2, got {self.batch_size}")
+        return self
+
+
+@dataclass
+class QATFinishOptions(FinishOptions):
+    """A QAT finish (:func:`qnas.finish_qat`).
+
+    ``teacher``: ``"supernet"`` (the run supernet's largest subnet in float mode), ``"float"`` (the same
+    arch trained ``float_epochs`` -- default: ``epochs`` -- in float mode from the run's weights or
+    scratch), ``None``/``"none"`` (labels only) or ``"auto"`` (supernet if the run has one, else float).
+    ``init``: ``"supernet"`` (the run's weights: supernet extraction, the candidate's state or a finished
+    model), ``"ptq"`` (min-max PTQ of the float weights on ``calib``), ``"scratch"``, or ``"auto"`` (the
+    run's weights if any, else PTQ of the float model if one is trained, else scratch).
+    ``qat_config`` (a :class:`qnas.quant.qat.QATConfig`) replaces epochs/lr/kd/BN-freeze settings."""
+
+    epochs: int = 10
+    lr: float = 2e-3
+    teacher: str | None = "auto"
+    init: str = "auto"
+    kd_weight: float = 0.5
+    kd_temperature: float = 2.0
+    freeze_bn_fraction: float | None = 0.7
+    float_epochs: int | None = None
+    qat_config: Any = None
+
+    def validate(self) -> "QATFinishOptions":
+        super().validate()
+        teacher = "none" if self.teacher is None else self.teacher
+        if teacher not in TEACHERS:
+            raise ConfigError(f"unknown teacher {teacher!r}; choose one of {list(TEACHERS)}")
+        if self.init not in INITS:
+            raise ConfigError(f"unknown init {self.init!r}; choose one of {list(INITS)}")
+        return self
+
+
+@dataclass
+class PTQFinishOptions(FinishOptions):
+    """A PTQ finish (:func:`qnas.finish_ptq`): ``method`` is ``minmax``, ``bias_correction`` or ``gptq``
+    (cumulative); ``float_epochs`` of float training give the weights when the run has none."""
+
+    method: str = "gptq"
+    float_epochs: int = 10
+    batch_size_calib: int = 64
+
+    def validate(self) -> "PTQFinishOptions":
+        super().validate()
+        if self.method not in PTQ_METHODS:
+            raise ConfigError(f"unknown PTQ method {self.method!r}; choose one of {list(PTQ_METHODS)}")
+        return self
+
+
+# ---- demo ------------------------------------------------------------------------------
+@dataclass
+class DemoConfig:
+    """The search (a :class:`SearchConfig`) plus the finishing pass and the run directory."""
+
+    search: SearchConfig = field(default_factory=demo_search_config)
+    finish_epochs: int = 20  # the supernet is trained briefly: the chosen arch needs a full QAT
+    finish_lr: float = QATFinishOptions.lr
+    # distil from the supernet's largest float subnet (when the run has a supernet); off by default: after the
+    # demo's short supernet training it costs ~30 % more finish time and did not raise test accuracy
+    finish_kd: bool = False
+    finish_kd_weight: float = QATFinishOptions.kd_weight
+    out: str = ""
+
+    def validate(self) -> "DemoConfig":
+        self.search.validate()
+        if self.finish_epochs < 0:
+            raise ConfigError(f"finish_epochs must be >= 0, got {self.finish_epochs}")
+        if not self.finish_lr > 0:
+            raise ConfigError(f"finish_lr must be a positive number, got {self.finish_lr}")
+        if not 0 <= self.finish_kd_weight <= 1:
+            raise ConfigError(f"finish_kd_weight must be in [0, 1], got {self.finish_kd_weight}")
+        return self
