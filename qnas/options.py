@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, TypeVar
 
 from qnas.errors import ConfigError
+from qnas.quant.configs import PTQ_METHODS, QATConfig  # torch-free: the QAT/PTQ defaults, defined once
 
 if TYPE_CHECKING:
     from qnas.strategies.base import Budget
@@ -27,8 +28,6 @@ __all__ = ["SearchConfig", "DemoConfig", "demo_search_config", "default_out", "s
 TEACHERS: tuple[str, ...] = ("auto", "float", "supernet", "none")
 #: ``init`` values of a QAT finish.
 INITS: tuple[str, ...] = ("auto", "supernet", "ptq", "scratch")
-#: PTQ methods (cumulative); equal to qnas.quant.ptq.PTQ_METHODS, spelled out here to stay torch-free.
-PTQ_METHODS: tuple[str, ...] = ("minmax", "bias_correction", "gptq")
 
 _Options = TypeVar("_Options")
 
@@ -162,13 +161,13 @@ class QATFinishOptions(FinishOptions):
     run's weights if any, else PTQ of the float model if one is trained, else scratch).
     ``qat_config`` (a :class:`qnas.quant.qat.QATConfig`) replaces epochs/lr/kd/BN-freeze settings."""
 
-    epochs: int = 10
-    lr: float = 2e-3
+    epochs: int = QATConfig.epochs
+    lr: float = QATConfig.lr
     teacher: str | None = "auto"
     init: str = "auto"
-    kd_weight: float = 0.5
-    kd_temperature: float = 2.0
-    freeze_bn_fraction: float | None = 0.7
+    kd_weight: float = QATConfig.kd_weight
+    kd_temperature: float = QATConfig.kd_temperature
+    freeze_bn_fraction: float | None = QATConfig.freeze_bn_fraction
     float_epochs: int | None = None
     qat_config: Any = None
 

@@ -12,6 +12,7 @@ from qnas.arch import Arch
 from qnas.errors import CheckpointError, ConfigError
 from qnas.quant.checkpoint import atomic_write
 from qnas.space import SearchSpace
+from qnas.jsonfile import read_json
 
 
 class RunDir:
@@ -147,11 +148,7 @@ def _parse_json(text: str, what: str) -> Any:
 
 
 def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"cannot read {what} {path} ({type(e).__name__}); pass a run directory from "
-                          "qnas search/demo or an arch JSON file") from None
+    return read_json(path, what, "pass a run directory from qnas search/demo or an arch JSON file")
 
 
 def _arch_from_value(d: Any) -> Arch:

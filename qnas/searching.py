@@ -310,16 +310,12 @@ def search_from_config(cfg: SearchConfig, space: SearchSpace | None = None, out:
 
 def resume_search(run_dir: str | Path, progress: bool = True) -> SearchResult:
     """Continue a search that was killed: same config, finished evaluations are not repeated."""
-    import json
+    from qnas.jsonfile import read_json
 
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise ConfigError(f"{run_dir} has no config.json; pass the directory of a qnas search run")
-    try:
-        d = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError:
-        raise ConfigError(f"{cfg_path} is not valid JSON; the run cannot be resumed") from None
+    d = read_json(run_dir / "config.json", "run config", "pass the directory of a qnas search run to resume")
+    if not isinstance(d, dict):
+        raise ConfigError(f"{run_dir / 'config.json'} is not a JSON object; pass the directory of a qnas search run")
     cfg = SearchConfig.from_dict(d)
     return _run(cfg, SearchSpace.from_dict(cfg.space) if cfg.space else None, run_dir, overwrite=False,
                 resume=True, progress=progress)

@@ -27,49 +27,20 @@ float training, a float teacher or a "float accuracy" figure.
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from qnas.quant import batchnorm as _batchnorm
+from qnas.quant.configs import PTQ_METHODS, PTQConfig
 from qnas.quant.errors import QnasError
 
 __all__ = ["PTQConfig", "ptq", "float_mode", "PTQ_METHODS", "reset_weight_scales",
            "reset_act_scales", "recalibrate_bn_float", "load_float_weights"]
 
-PTQ_METHODS: tuple[str, ...] = ("minmax", "bias_correction", "gptq")
-
-
-@dataclass
-class PTQConfig:
-    """How to post-training-quantize a model.
-
-    method: ``minmax`` (activation calibration only), ``bias_correction``
-        (+ bias correction) or ``gptq`` (+ GPTQ weights), cumulative.
-    batch_size: calibration batch size.
-    bn_recalibrate: re-estimate BatchNorm statistics (float) on the calibration
-        data first (needed for weights taken from a supernet).
-    progress: tqdm progress bars.
-    gptq_act_order: process columns by decreasing Hessian diagonal in GPTQ.
-    """
-
-    method: Literal["minmax", "bias_correction", "gptq"] = "minmax"
-    batch_size: int = 64
-    bn_recalibrate: bool = True
-    progress: bool = True
-    gptq_act_order: bool = False
-
-    def validate(self) -> "PTQConfig":
-        if self.method not in PTQ_METHODS:
-            raise QnasError(f"PTQ method must be one of {', '.join(PTQ_METHODS)}, got {self.method!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise QnasError(f"PTQ batch_size must be a positive integer, got {self.batch_size!r}")
-        return self
 
 
 # --------------------------------------------------------------------------- #

@@ -21,83 +21,21 @@ The training loop itself is :func:`qnas.quant.train.train`.
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
 from qnas.quant.checkpoint import atomic_write, load_state
-from qnas.quant.errors import CheckpointError, QnasError
+from qnas.quant.errors import CheckpointError
 from qnas.quant.batchnorm import freeze_batchnorm
-from qnas.quant.train import EpochStats, TrainConfig, TrainResult, kd_loss, make_optimizer, train
+from qnas.quant.configs import QATConfig
+from qnas.quant.train import EpochStats, TrainResult, kd_loss, make_optimizer, train
 
 STATE_FORMAT = "qnas-qat-state"
 STATE_VERSION = 1
-_RUN_ONLY = ("progress", "desc")
-
-
-@dataclass
-class QATConfig:
-    """QAT settings. BN statistics freeze from epoch ``freeze_bn_epoch`` (0-based; ``None``:
-    ``round(freeze_bn_fraction * epochs)``; neither: never). ``kd_weight`` is the
-    distillation weight ``a`` (used only when a teacher is given)."""
-
-    epochs: int = 10
-    lr: float = 2e-3
-    optimizer: Literal["adam", "sgd"] = "adam"
-    momentum: float = 0.9
-    weight_decay: float = 1e-5
-    kd_weight: float = 0.5
-    kd_temperature: float = 2.0
-    freeze_bn_epoch: int | None = None
-    freeze_bn_fraction: float | None = 0.7
-    label_smoothing: float = 0.0
-    warmup_epochs: float = 0.0
-    seed: int = 0
-    progress: bool = True
-    desc: str = "QAT"
-
-    def validate(self) -> "QATConfig":
-        self.train_config().validate()
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int):
-            raise QnasError(f"epochs must be an integer >= 0, got {self.epochs!r}")
-        if not (isinstance(self.kd_weight, (int, float)) and 0.0 <= self.kd_weight <= 1.0):
-            raise QnasError(f"kd_weight must be in [0, 1], got {self.kd_weight!r}")
-        if not (isinstance(self.kd_temperature, (int, float)) and self.kd_temperature > 0
-                and math.isfinite(self.kd_temperature)):
-            raise QnasError(f"kd_temperature must be a positive number, got {self.kd_temperature!r}")
-        if self.freeze_bn_epoch is not None and (isinstance(self.freeze_bn_epoch, bool)
-                                                 or not isinstance(self.freeze_bn_epoch, int)
-                                                 or self.freeze_bn_epoch < 0):
-            raise QnasError(f"freeze_bn_epoch must be an integer >= 0 or None, got {self.freeze_bn_epoch!r}")
-        if self.freeze_bn_fraction is not None and not (isinstance(self.freeze_bn_fraction, (int, float))
-                                                        and 0.0 <= self.freeze_bn_fraction <= 1.0):
-            raise QnasError(f"freeze_bn_fraction must be in [0, 1] or None, got {self.freeze_bn_fraction!r}")
-        return self
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, lr=self.lr, optimizer=self.optimizer, momentum=self.momentum,
-                           weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
-                           warmup_epochs=self.warmup_epochs, seed=self.seed, progress=self.progress,
-                           desc=self.desc)
-
-    def bn_freeze_start(self) -> int:
-        """The first (0-based) epoch with frozen BN; ``epochs`` when BN is never frozen."""
-        if self.freeze_bn_epoch is not None:
-            return min(self.freeze_bn_epoch, self.epochs)
-        if self.freeze_bn_fraction is not None:
-            return min(self.epochs, int(round(self.freeze_bn_fraction * self.epochs)))
-        return self.epochs
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def fingerprint(self) -> dict[str, Any]:
-        """What must match for a resume: everything but progress bar settings."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RUN_ONLY}
 
 
 @dataclass

@@ -5,39 +5,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Literal, Protocol
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from qnas.quant.errors import QnasError, TrainingError
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 5
-    lr: float = 3e-3
-    optimizer: Literal["adam", "sgd"] = "adam"
-    momentum: float = 0.9
-    weight_decay: float = 1e-5
-    label_smoothing: float = 0.0
-    warmup_epochs: float = 0.0
-    seed: int = 0
-    progress: bool = True
-    desc: str = "train"
-
-    def validate(self) -> "TrainConfig":
-        if self.epochs < 0:
-            raise QnasError(f"epochs must be >= 0, got {self.epochs}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise QnasError(f"lr must be a positive number, got {self.lr}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise QnasError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise QnasError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        return self
+from qnas.quant.configs import OptimizerConfig, TrainConfig
+from qnas.quant.errors import TrainingError
 
 
 @dataclass
@@ -62,17 +38,9 @@ class TrainResult:
         return [asdict(e) for e in self.epochs]
 
 
-class OptimizerSettings(Protocol):
-    """What :func:`make_optimizer` reads (``TrainConfig``, ``QATConfig`` and ``SupernetTrainConfig`` have it)."""
-
-    optimizer: str
-    lr: float
-    momentum: float
-    weight_decay: float
-
-
-def make_optimizer(model: nn.Module, cfg: OptimizerSettings) -> torch.optim.Optimizer:
-    """Adam or Nesterov SGD with weight decay on conv/linear weights only.
+def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """Adam or Nesterov SGD (:class:`~qnas.quant.configs.OptimizerConfig`) with weight decay on
+    conv/linear weights only.
 
     No decay on BN, biases, quantizer scales (decaying a learned scale towards
     zero collapses the quantization grid) or the supernet's kernel transforms:

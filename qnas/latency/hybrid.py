@@ -326,14 +326,11 @@ class HybridLatencyModel(LatencyModel):
     @classmethod
     def load(cls, path: str | Path, base: LatencyModel, space: Any = None, strict: bool = True) -> "HybridLatencyModel":
         """Read a model written by :meth:`save` (plain JSON; corrupt files raise :class:`LatencyTableError`)."""
-        p = Path(path)
-        if not p.is_file():
-            raise LatencyTableError(f"hybrid latency model file not found: {p}")
-        try:
-            d = json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise LatencyTableError(f"{p} is not valid JSON ({type(e).__name__}); re-fit and save the hybrid model") from None
-        return cls.from_dict(d, base, space, str(p), strict)
+        from qnas.jsonfile import read_json
+
+        d = read_json(path, "hybrid latency model", "re-fit and save it (qnas latency eval --save-hybrid)",
+                      LatencyTableError)
+        return cls.from_dict(d, base, space, str(path), strict)
 
     def __repr__(self) -> str:
         state = f"fitted on {self.fit_info.get('n')}" if self.fitted else "unfitted"

@@ -254,14 +254,9 @@ class MeasurementSet:
 
     @classmethod
     def load(cls, path: str | Path) -> "MeasurementSet":
-        p = Path(path)
-        if not p.is_file():
-            raise LatencyTableError(f"measurement file not found: {p}")
-        try:
-            d = json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise LatencyTableError(f"{p} is not valid JSON ({type(e).__name__}); delete it to re-measure") from None
-        return cls.from_dict(d, str(p))
+        from qnas.jsonfile import read_json
+
+        return cls.from_dict(read_json(path, "measurement file", "delete it to re-measure", LatencyTableError), str(path))
 
     @classmethod
     def load_or_new(cls, path: str | Path | None) -> "MeasurementSet":

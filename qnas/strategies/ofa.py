@@ -97,15 +97,7 @@ class _Scorer:
                 for a, v in zip(todo, self.lat(todo)):
                     self.lat_cache[a] = float(v)
             for a in todo:
-                rec: dict[str, float] = {"latency_ms": self.lat_cache.get(a, 0.0)}
-                if b.size_kb is not None or b.peak_act_kb is not None:
-                    from qnas.costs import count_costs
-
-                    c = count_costs(self.space.plan(a))
-                    rec["size_kb"], rec["peak_act_kb"] = c.size_kb, c.peak_activation_bytes / 1024
-                else:
-                    rec["size_kb"] = rec["peak_act_kb"] = 0.0
-                self.ok_cache[a] = b.ok(rec)
+                self.ok_cache[a] = b.ok(Budget.record(self.space.plan(a), self.lat_cache.get(a, 0.0)))
         return [self.ok_cache[a] for a in archs]
 
     def accuracy(self, archs: Sequence[Arch]) -> np.ndarray:

@@ -9,7 +9,7 @@ static layer, loaded) in the once-for-all way.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,48 @@ def _load(static: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     return static
 
 
-class DynamicQConv2d(nn.Module):
+def _fake_quant_weight(layer: nn.Module, w: torch.Tensor, key_of: Callable[[int], str],
+                       full_weight: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``w`` fake-quantized at the active spec's bits, or -- when ``layer.mix`` holds gate
+    weights over ``layer.w_bits`` (differentiable search) -- the gate-weighted sum of its
+    quantized versions at every bit width. In training, a bit width's thresholds are
+    initialised from ``full_weight()`` on first use."""
+    pairs = [(None, layer.spec.w_bits)] if layer.mix is None else list(zip(layer.mix, layer.w_bits))
+    out: Any = 0
+    for gate, bits in pairs:
+        key = key_of(bits)
+        if layer.training:
+            layer.quant.calibrate(key, full_weight)
+        q = layer.quant(w, key, bits)
+        out = q if gate is None else out + gate * q
+    return out
+
+
+class _SwitchableWeightLayer(nn.Module):
+    """What the dynamic weight layers share: learned thresholds per choice key, the active
+    spec, and the float (``quantize``) and mixed-bits (``mix``) switches."""
+
+    w_bits: tuple[int, ...]
+
+    def _setup_quantizers(self, channels: int, keys: Iterable[str]) -> None:
+        # registered after the weight, so parameter order (and checkpoints) stay as they were
+        self.quant = WeightQuantizers(channels, keys)
+        self.spec: LayerSpec | None = None
+        self.quantize = True
+        self.mix: torch.Tensor | None = None  # gate weights over w_bits (differentiable search)
+        self.reset_weight_scales()
+
+    def reset_weight_scales(self) -> None:
+        raise NotImplementedError
+
+    def active_state(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def get_active_subnet(self) -> nn.Module:
+        return _load(quant_conv(self.spec), self.active_state())
+
+
+class DynamicQConv2d(_SwitchableWeightLayer):
     """A dense (groups=1) conv with elastic in/out channels (first-k) and switchable weight bits."""
 
     def __init__(self, max_in: int, max_out: int, kernel: int, stride: int, w_bits: Sequence[int]):
@@ -36,10 +77,7 @@ class DynamicQConv2d(nn.Module):
         self.w_bits = tuple(w_bits)
         self.weight = nn.Parameter(torch.empty(max_out, max_in, kernel, kernel))
         nn.init.kaiming_normal_(self.weight, mode="fan_out")
-        self.quant = WeightQuantizers(max_out, (f"w{b}" for b in self.w_bits))
-        self.spec: LayerSpec | None = None
-        self.quantize = True
-        self.reset_weight_scales()
+        self._setup_quantizers(max_out, (f"w{b}" for b in self.w_bits))
 
     @property
     def config(self) -> dict[str, Any]:
@@ -55,13 +93,9 @@ class DynamicQConv2d(nn.Module):
         return self.weight[: s.cout, : s.cin]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.spec
         w = self.active_weight()
         if self.quantize:
-            key = f"w{s.w_bits}"
-            if self.training:
-                self.quant.calibrate(key, lambda: self.weight)
-            w = self.quant(w, key, s.w_bits)
+            w = _fake_quant_weight(self, w, lambda b: f"w{b}", lambda: self.weight)
         return F.conv2d(x, w, None, self.stride, self.kernel // 2)
 
     def active_state(self) -> dict[str, torch.Tensor]:
@@ -69,11 +103,7 @@ class DynamicQConv2d(nn.Module):
         return {"weight": self.active_weight().detach().clone(),
                 W_SCALE_KEY: self.quant.value(f"w{s.w_bits}", s.cout).detach().clone().view(-1, 1, 1, 1)}
 
-    def get_active_subnet(self) -> nn.Module:
-        return _load(quant_conv(self.spec), self.active_state())
-
-
-class DynamicQDepthwise(nn.Module):
+class DynamicQDepthwise(_SwitchableWeightLayer):
     """Depthwise conv with elastic channels, elastic kernel (center of the largest kernel,
     optionally through OFA's kernel transform matrices) and switchable weight bits.
 
@@ -95,10 +125,7 @@ class DynamicQDepthwise(nn.Module):
         if kernel_transform:
             for big, small in zip(self.kernels[::-1], self.kernels[::-1][1:]):
                 self.transforms[f"{big}to{small}"] = nn.Parameter(torch.eye(small * small))
-        self.quant = WeightQuantizers(max_channels, (f"k{k}_w{b}" for k in self.kernels for b in self.w_bits))
-        self.spec: LayerSpec | None = None
-        self.quantize = True
-        self.reset_weight_scales()
+        self._setup_quantizers(max_channels, (f"k{k}_w{b}" for k in self.kernels for b in self.w_bits))
 
     @property
     def config(self) -> dict[str, Any]:
@@ -129,10 +156,7 @@ class DynamicQDepthwise(nn.Module):
         s = self.spec
         w = self.kernel_weight(s.k, s.cout)
         if self.quantize:
-            key = f"k{s.k}_w{s.w_bits}"
-            if self.training:
-                self.quant.calibrate(key, lambda: self.kernel_weight(s.k, self.max_channels))
-            w = self.quant(w, key, s.w_bits)
+            w = _fake_quant_weight(self, w, lambda b: f"k{s.k}_w{b}", lambda: self.kernel_weight(s.k, self.max_channels))
         return F.conv2d(x, w, None, self.stride, s.k // 2, 1, s.cout)
 
     def active_state(self) -> dict[str, torch.Tensor]:
@@ -140,11 +164,7 @@ class DynamicQDepthwise(nn.Module):
         return {"weight": self.kernel_weight(s.k, s.cout).detach().clone(),
                 W_SCALE_KEY: self.quant.value(f"k{s.k}_w{s.w_bits}", s.cout).detach().clone().view(-1, 1, 1, 1)}
 
-    def get_active_subnet(self) -> nn.Module:
-        return _load(quant_conv(self.spec), self.active_state())
-
-
-class DynamicQLinear(nn.Module):
+class DynamicQLinear(_SwitchableWeightLayer):
     """The classifier: elastic input features, switchable weight bits, float bias."""
 
     def __init__(self, max_in: int, out: int, w_bits: Sequence[int]):
@@ -154,10 +174,7 @@ class DynamicQLinear(nn.Module):
         ref = nn.Linear(max_in, out)
         self.weight = nn.Parameter(ref.weight.detach().clone())
         self.bias = nn.Parameter(ref.bias.detach().clone())
-        self.quant = WeightQuantizers(out, (f"w{b}" for b in self.w_bits))
-        self.spec: LayerSpec | None = None
-        self.quantize = True
-        self.reset_weight_scales()
+        self._setup_quantizers(out, (f"w{b}" for b in self.w_bits))
 
     @property
     def config(self) -> dict[str, Any]:
@@ -171,10 +188,7 @@ class DynamicQLinear(nn.Module):
         s = self.spec
         w = self.weight[:, : s.cin]
         if self.quantize:
-            key = f"w{s.w_bits}"
-            if self.training:
-                self.quant.calibrate(key, lambda: self.weight)
-            w = self.quant(w, key, s.w_bits)
+            w = _fake_quant_weight(self, w, lambda b: f"w{b}", lambda: self.weight)
         return F.linear(x, w, self.bias)
 
     def active_state(self) -> dict[str, torch.Tensor]:

@@ -140,9 +140,19 @@ class ActQuantizers(nn.Module):
         self.scaling = nn.ParameterDict({f"a{b}": nn.Parameter(torch.tensor(1.0)) for b in self.bits})
         self.register_buffer("initialized", torch.zeros(len(self.bits), dtype=torch.bool))
         self.active_bits: int | None = max(self.bits)
+        #: gate weights over ``bits`` (differentiable search): the output mixes every bit width's quantization
+        self.mix: torch.Tensor | None = None
 
     def value(self, bits: int) -> torch.Tensor:
         return self.scaling[f"a{bits}"]
+
+    def _quant(self, x: torch.Tensor, b: int) -> torch.Tensor:
+        i = self.bits.index(b)
+        if self.training and not bool(self.initialized[i]):
+            with torch.no_grad():
+                self.scaling[f"a{b}"].copy_(abs_percentile(x).clamp_min(SCALING_MIN_VAL))
+                self.initialized[i] = True
+        return fake_quant(x, self.value(b), b, narrow=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.relu:
@@ -150,12 +160,9 @@ class ActQuantizers(nn.Module):
         b = self.active_bits
         if b is None:
             return x
-        i = self.bits.index(b)
-        if self.training and not bool(self.initialized[i]):
-            with torch.no_grad():
-                self.scaling[f"a{b}"].copy_(abs_percentile(x).clamp_min(SCALING_MIN_VAL))
-                self.initialized[i] = True
-        return fake_quant(x, self.value(b), b, narrow=False)
+        if self.mix is None:
+            return self._quant(x, b)
+        return sum(g * self._quant(x, bits) for g, bits in zip(self.mix, self.bits))
 
     def active_state(self) -> dict[str, torch.Tensor]:
         """The state entries of the Brevitas ``QuantIdentity``/``QuantReLU`` at the active bits."""

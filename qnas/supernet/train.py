@@ -24,7 +24,7 @@ import math
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from qnas.arch import Arch
 from qnas.data import Splits
 from qnas.errors import CheckpointError, ConfigError, TrainingError
 from qnas.quant.checkpoint import load_checkpoint, save_checkpoint
+from qnas.quant.configs import OptimizerConfig
 from qnas.quant.train import cosine_lr, kd_loss, make_optimizer
 from qnas.supernet.evaluate import SupernetEvaluator
 from qnas.supernet.sampling import Phase, full_space_largest, progressive_phases
@@ -46,13 +47,12 @@ _RUN_ONLY = ("resume", "progress", "checkpoint_dir", "eval_bn_batches")
 
 
 @dataclass
-class SupernetTrainConfig:
+class SupernetTrainConfig(OptimizerConfig):
+    """Supernet training (:func:`train_supernet`): the phases, the sandwich (``n_random`` random
+    students besides the largest and smallest), in-place distillation, and the optimizer."""
+
     phases: tuple[Phase, ...] = field(default_factory=progressive_phases)
     batch_size: int = 64
-    lr: float = 3e-3
-    optimizer: Literal["adam", "sgd"] = "adam"
-    momentum: float = 0.9
-    weight_decay: float = 1e-5
     n_random: int = 2
     kd_weight: float = 0.5
     kd_temperature: float = 1.0
@@ -92,15 +92,11 @@ class SupernetTrainConfig:
         pos_int("warmup_steps", 0)
         pos_int("eval_bn_batches", 0)
         pos_int("seed", 0)
-        number("lr", lambda v: v > 0, "a positive number")
-        number("momentum", lambda v: 0 <= v < 1, "in [0, 1)")
-        number("weight_decay", lambda v: v >= 0, "a number >= 0")
+        self.validate_optimizer()
         number("kd_weight", lambda v: 0 <= v <= 1, "in [0, 1]")
         number("kd_temperature", lambda v: v > 0, "a positive number")
         if self.grad_clip is not None:
             number("grad_clip", lambda v: v > 0, "a positive number or None")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if self.resume and not self.checkpoint_dir:
             raise ConfigError("resume=True needs checkpoint_dir (where the previous run saved supernet.pt)")
         return self

@@ -2,68 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
-import math
 
-import numpy as np
 import pytest
-import yaml
 
 from qnas.arch import Arch, Block
 from qnas.errors import ArchError, ConfigError, QnasError
-from qnas.quant.plan import NetworkPlan
-from qnas.space import SearchSpace, SpaceConfig, StageConfig
-
-N_RANDOM = 300
-
-
-# ---------------------------------------------------------------- helpers
-@pytest.fixture(scope="module")
-def space() -> SearchSpace:
-    return SearchSpace()
-
-
-@pytest.fixture(scope="module")
-def skip_space() -> SearchSpace:
-    return SearchSpace(SpaceConfig(allow_skip=True))
-
-
-@pytest.fixture(scope="module")
-def archs(space) -> list[Arch]:
-    rng = np.random.default_rng(12345)
-    return [space.sample(rng) for _ in range(N_RANDOM)]
-
-
-@pytest.fixture(scope="module")
-def skip_archs(skip_space) -> list[Arch]:
-    rng = np.random.default_rng(54321)
-    return [skip_space.sample(rng) for _ in range(N_RANDOM)]
-
-
-def with_block(arch: Arch, stage: int, index: int, block: Block) -> Arch:
-    stages = [list(s) for s in arch.stages]
-    stages[stage][index] = block
-    return dataclasses.replace(arch, stages=tuple(tuple(s) for s in stages))
-
-
-def with_stage(arch: Arch, stage: int, blocks) -> Arch:
-    stages = list(arch.stages)
-    stages[stage] = tuple(blocks)
-    return dataclasses.replace(arch, stages=tuple(stages))
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def nearest_multiple_of_8(v: float) -> int:
-    """Round to the nearest multiple of 8 (ties up), never below 8 -- written independently of make_divisible."""
-    lo = math.floor(v / 8) * 8
-    r = lo + 8 if v - lo >= 4 else lo
-    return max(8, r)
-
-
+from qnas.space import SearchSpace
 
 # ---------------------------------------------------------------- errors
 def test_error_hierarchy():
@@ -103,7 +48,8 @@ def test_describe_mentions_resolution_and_ops(space, skip_space):
     assert s.startswith(f"r{a.resolution} ")
     assert "k7e6:w888a444" in s
     assert s.count("|") == len(a.stages)
-    b = with_block(skip_space.uniform(), 1, 1, Block.skip())
+    u = skip_space.uniform()
+    b = dataclasses.replace(u, stages=(u.stages[0], (u.stages[1][0], Block.skip()) + u.stages[1][2:]) + u.stages[2:])
     assert "skip" in b.describe()
 
 

@@ -11,35 +11,9 @@ import pytest
 import yaml
 
 from qnas.arch import Arch, Block
-from qnas.errors import ArchError, ConfigError, QnasError
+from qnas.errors import ArchError, ConfigError
 from qnas.quant.plan import NetworkPlan
 from qnas.space import SearchSpace, SpaceConfig, StageConfig
-
-N_RANDOM = 300
-
-
-# ---------------------------------------------------------------- helpers
-@pytest.fixture(scope="module")
-def space() -> SearchSpace:
-    return SearchSpace()
-
-
-@pytest.fixture(scope="module")
-def skip_space() -> SearchSpace:
-    return SearchSpace(SpaceConfig(allow_skip=True))
-
-
-@pytest.fixture(scope="module")
-def archs(space) -> list[Arch]:
-    rng = np.random.default_rng(12345)
-    return [space.sample(rng) for _ in range(N_RANDOM)]
-
-
-@pytest.fixture(scope="module")
-def skip_archs(skip_space) -> list[Arch]:
-    rng = np.random.default_rng(54321)
-    return [skip_space.sample(rng) for _ in range(N_RANDOM)]
-
 
 def with_block(arch: Arch, stage: int, index: int, block: Block) -> Arch:
     stages = [list(s) for s in arch.stages]

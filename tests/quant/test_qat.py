@@ -249,13 +249,6 @@ def test_finish_cli_parser_and_bad_input(tmp_path, capsys):
         parser.parse_args(["finish", "qat", "x", "--epochs", "-1"])
 
 
-def test_cli_module_spells_the_ptq_methods_like_quant():
-    from qnas.options import PTQ_METHODS as cli_methods  # the torch-free copy the CLI offers
-    from qnas.quant.ptq import PTQ_METHODS
-
-    assert cli_methods == PTQ_METHODS
-
-
 def test_finish_options_defaults_are_the_qat_recipe():
     """QATFinishOptions (what the CLI, finish_qat and the demo default to) agrees with QATConfig."""
     from dataclasses import fields
