@@ -1,4 +1,8 @@
-"""The exporter contract and registry shared by every backend."""
+"""The exporter contract and registry shared by every backend.
+
+A backend subclasses :class:`Exporter`, declares its :class:`Capabilities` and
+registers itself with :func:`register`; :func:`create_exporter` builds one by
+name."""
 from __future__ import annotations
 
 import importlib
@@ -9,7 +13,7 @@ from contextlib import contextmanager
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ClassVar, Iterator, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -55,17 +59,49 @@ class CodeCheck:
         return {**asdict(self), "ok": self.ok}
 
 
+@runtime_checkable
+class LayerReport(Protocol):
+    """A backend's per-layer account of one export: how each quantizer of the model is stored."""
+
+    def lines(self) -> list[str]:
+        """One human-readable line per layer (and notes)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-serialisable data."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do besides writing its file, declared by the backend."""
+
+    check_codes: bool = False
+    """it reads its own file back and compares the stored integer codes and scales with the
+    model (:meth:`Exporter.check_codes`), with or without a runtime for the file"""
+    layer_report: bool = False
+    """:meth:`Exporter.export_with_report` returns a per-layer report (else None)"""
+
+
 class Exporter(ABC):
     """Writes a deployable file for one target and checks it against the model.
 
-    Backends whose runtime does not exist on this machine (CoreML off macOS)
-    return False from :meth:`runtime_available`; for them :meth:`check_codes`
-    is the verification that runs."""
+    A backend implements :meth:`export_with_report` and :meth:`verify` and declares its
+    :attr:`capabilities`. Backends whose runtime does not exist on this machine (CoreML
+    off macOS) return False from :meth:`runtime_available`; for them :meth:`check_codes`
+    (``capabilities.check_codes``) is the verification that runs."""
 
     name: str = ""
     suffix: str = ""
     extra: str = ""
     """the pip extra holding this backend's SDK (``pip install "qnas[extra]"``)"""
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # the declaration is what callers read; keep it true to the implementation
+        implemented = cls.check_codes is not Exporter.check_codes
+        if implemented != cls.capabilities.check_codes:
+            raise TypeError(f"{cls.__name__}: capabilities.check_codes={cls.capabilities.check_codes} but check_codes "
+                            f"is {'' if implemented else 'not '}implemented")
 
     def runtime_available(self) -> bool:
         """Whether :meth:`verify` can run the exported file here."""
@@ -76,12 +112,18 @@ class Exporter(ABC):
         return None
 
     def check_codes(self, path: str | Path, model: nn.Module) -> CodeCheck:
-        """Compare the integer codes and scales in the file with the model's."""
+        """Compare the integer codes and scales in the file with the model's (``capabilities.check_codes``)."""
         raise ExportError(f"the {self.name} backend has no code check; use verify()")
 
     @abstractmethod
+    def export_with_report(self, model: nn.Module, example_input: torch.Tensor, out: str | Path,
+                           overwrite: bool = False) -> tuple[Path, LayerReport | None]:
+        """Write the exported file atomically to ``out``; return its path and the per-layer
+        report (None unless ``capabilities.layer_report``)."""
+
     def export(self, model: nn.Module, example_input: torch.Tensor, out: str | Path, overwrite: bool = False) -> Path:
         """Write the exported file atomically to ``out`` and return its path."""
+        return self.export_with_report(model, example_input, out, overwrite)[0]
 
     @abstractmethod
     def verify(self, path: str | Path, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> ParityReport:
@@ -126,9 +168,17 @@ def import_sdk(module: str, extra: str) -> Any:
 
 
 _REGISTRY: dict[str, Callable[[], Exporter]] = {}
+# the backends shipped with qnas, imported (and so registered) on first use of the registry
+_BUILTIN_BACKENDS = ("onnx_qcdq", "tensorrt_onnx", "coreml_mlprogram", "tflite_litert")
+
+
+def _load_builtin_backends() -> None:
+    for module in _BUILTIN_BACKENDS:
+        importlib.import_module(f"qnas.exporters.{module}")
 
 
 def register(name: str) -> Callable[[type[Exporter]], type[Exporter]]:
+    """Class decorator: make a backend available as ``create_exporter(name)``."""
     def deco(cls: type[Exporter]) -> type[Exporter]:
         cls.name = name
         _REGISTRY[name] = cls
@@ -137,11 +187,14 @@ def register(name: str) -> Callable[[type[Exporter]], type[Exporter]]:
 
 
 def available_exporters() -> list[str]:
+    """Names of every registered backend (the built-in ones and any registered since)."""
+    _load_builtin_backends()
     return sorted(_REGISTRY)
 
 
 def create_exporter(name: str, **kwargs: Any) -> Exporter:
     """Factory: ``create_exporter("onnx")``. An unknown name lists the valid ones."""
+    _load_builtin_backends()
     if name not in _REGISTRY:
         raise ExportError(f"unknown export backend {name!r}; choose one of {available_exporters()}")
     return _REGISTRY[name](**kwargs)

@@ -45,9 +45,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from qnas.exporters.base import (CodeCheck, Exporter, ParityReport, compare_logits, import_sdk, quiet_native_output,
-                                 register)
+from qnas.exporters.base import (Capabilities, CodeCheck, Exporter, ParityReport, compare_logits, import_sdk,
+                                 quiet_native_output, register)
 from qnas.quant.errors import ExportError
+from qnas.quant.layer_view import ActQuantizer, QuantLayer, read_act_quant, read_weight_quant
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -62,7 +63,7 @@ class CoreMLLayer:
     """How one quantized layer (weights + the activation quantizer feeding it) is stored."""
 
     layer: str
-    """module path, e.g. ``blocks.0.dw``"""
+    """module path (and plan name), e.g. ``s0.b0.dw``"""
     w_bits: int
     a_bits: int
     weight_op: str
@@ -80,7 +81,7 @@ class CoreMLActivation:
     features, logits) is stored."""
 
     quantizer: str
-    """module path, e.g. ``blocks.1.out_quant``"""
+    """module path, e.g. ``s1.b1.out_quant``"""
     a_bits: int
     role: str
     act_storage: str
@@ -162,49 +163,35 @@ def _weight_q(layer: nn.Module, name: str) -> _WeightQ:
     """The learned integer codes and per-channel scales of a Brevitas conv/linear."""
     if not hasattr(layer, "quant_weight"):
         raise ExportError(f"{name} is not a Brevitas quantized layer; the coreml exporter only writes QuantNet models")
-    with torch.no_grad():
-        qw = layer.quant_weight()
-        codes = qw.int().detach().cpu().numpy().astype(np.int64)
-        scale = qw.scale.detach().cpu().float()
-        zp = qw.zero_point.detach().cpu().float()
-        bits = int(qw.bit_width)
-    if float(zp.abs().max()) != 0.0:
+    w = read_weight_quant(layer)
+    codes = w.codes.cpu().numpy().astype(np.int64)
+    if float(w.zero_point.abs().max()) != 0.0:
         raise ExportError(f"{name}: weight zero point is not 0; CoreML export needs symmetric weights")
     cout = codes.shape[0]
-    scale = scale.reshape(-1)
+    scale = w.scale.cpu()
     if scale.numel() == 1:
         scale = scale.expand(cout)
     if scale.numel() != cout:
         raise ExportError(f"{name}: weight scale has {scale.numel()} entries, expected one per output channel ({cout})")
     scale_np = scale.numpy().astype(np.float32).reshape((cout,) + (1,) * (codes.ndim - 1))
-    if not bool(qw.signed):
+    if not w.signed:
         raise ExportError(f"{name}: unsigned weight codes are not supported by the coreml exporter")
-    return _WeightQ(codes=codes, scale=scale_np, bits=bits)
+    return _WeightQ(codes=codes, scale=scale_np, bits=w.bits)
 
 
 def _act_q(module: nn.Module, name: str) -> _ActQ:
     """Scale and integer range of a Brevitas activation quantizer (QuantIdentity / QuantReLU)."""
-    proxy = getattr(module, "act_quant", None)
-    if proxy is None or not getattr(proxy, "is_quant_enabled", True):
+    q = read_act_quant(module)
+    if q is None:
         raise ExportError(f"{name} has no enabled activation quantizer; the coreml exporter only writes QuantNet models")
-    from brevitas.function.ops import max_int, min_int
-
-    with torch.no_grad():
-        scale = proxy.scale()
-        zp = proxy.zero_point()
-        bits = proxy.bit_width()
-    if scale is None or scale.numel() != 1:
+    if not q.per_tensor:
         raise ExportError(f"{name}: activation scale must be per-tensor")
-    if zp is not None and float(zp.abs().max()) != 0.0:
+    if float(q.zero_point.abs().max()) != 0.0:
         raise ExportError(f"{name}: activation zero point is not 0; CoreML export needs symmetric activations")
-    signed, narrow = bool(proxy.is_signed), bool(proxy.is_narrow_range)
-    bt = torch.tensor(float(bits))
-    qmin = int(min_int(signed, narrow, bt))
-    qmax = int(max_int(signed, narrow, bt))
-    lo, hi = (-128, 127) if signed else (0, 255)
-    if qmin < lo or qmax > hi:
-        raise ExportError(f"{name}: {int(bits)}-bit activations do not fit CoreML's 8-bit quantize op")
-    return _ActQ(scale=np.float32(float(scale)), qmin=qmin, qmax=qmax, bits=int(bits), signed=signed)
+    lo, hi = (-128, 127) if q.signed else (0, 255)
+    if q.qmin < lo or q.qmax > hi:
+        raise ExportError(f"{name}: {q.bits}-bit activations do not fit CoreML's 8-bit quantize op")
+    return _ActQ(scale=np.float32(q.scale_value), qmin=q.qmin, qmax=q.qmax, bits=q.bits, signed=q.signed)
 
 
 def _weight_storage(bits: int, codes: np.ndarray) -> str:
@@ -224,48 +211,34 @@ _STORAGE_TEXT = {
     "lut2": "2-bit LUT palettized: uint2 indices + per-channel fp32 LUT code*scale (constexpr_lut_to_dense)",
 }
 
+_STREAM_ROLES = {
+    "residual": "residual block output, added to the quantized block input",
+    "pool": "features before global average pooling",
+    "logits": f"logits (output '{OUTPUT_NAME}')",
+}
+
+
+def _ident(path: str) -> str:
+    """A module path as a MIL identifier (``s0.b1.dw`` -> ``s0_b1_dw``)."""
+    return path.replace(".", "_")
+
 
 def _op_name(layer: str) -> str:
-    return layer.replace(".", "_") + "_weight"
+    return _ident(layer) + "_weight"
 
 
-def _layers(model: nn.Module) -> list[tuple[str, nn.Module, str, Any]]:
-    """``(module path, weight layer, activation-quantizer path, LayerSpec)`` for every quantized layer."""
-    for attr in ("plan", "input_quant", "stem", "stem_bn", "blocks", "head_quant", "head"):
-        if not hasattr(model, attr):
-            raise ExportError(f"the coreml exporter writes qnas QuantNet models; this model has no '{attr}'")
-    plan = model.plan
-    out: list[tuple[str, nn.Module, str, Any]] = [("stem", model.stem, "input_quant", plan.stem)]
-    if len(model.blocks) != len(plan.blocks):
-        raise ExportError(f"model has {len(model.blocks)} blocks but its plan {len(plan.blocks)}")
-    for i, (blk, bp) in enumerate(zip(model.blocks, plan.blocks)):
-        e, d, p = bp.layers
-        out += [(f"blocks.{i}.expand", blk.expand, f"blocks.{i}.in_quant", e),
-                (f"blocks.{i}.dw", blk.dw, f"blocks.{i}.act1", d),
-                (f"blocks.{i}.project", blk.project, f"blocks.{i}.act2", p)]
-    out.append(("head", model.head, "head_quant", plan.head))
-    return out
+def _quant_layers(model: nn.Module) -> list[QuantLayer]:
+    """The model's quantized layers (:meth:`qnas.quant.build.QuantNet.quant_layers`)."""
+    if not callable(getattr(model, "quant_layers", None)):
+        raise ExportError(f"the coreml exporter writes qnas QuantNet models; "
+                          f"{type(model).__name__} has no quant_layers()")
+    return model.quant_layers()
 
 
-def _stream_quants(model: nn.Module) -> list[tuple[str, str]]:
-    """``(module path, role)`` of every activation quantizer that feeds no weight layer, in
-    program order: each residual block's ``out_quant``, then ``pool_quant`` and ``logit_quant``."""
-    for attr in ("blocks", "pool_quant", "logit_quant"):
-        if not hasattr(model, attr):
-            raise ExportError(f"the coreml exporter writes qnas QuantNet models; this model has no '{attr}'")
-    out: list[tuple[str, str]] = []
-    for i, blk in enumerate(model.blocks):
-        if getattr(blk, "residual", False):
-            if not hasattr(blk, "out_quant"):
-                raise ExportError(f"residual block blocks.{i} has no out_quant; re-build the model with qnas.quant.build")
-            out.append((f"blocks.{i}.out_quant", "residual block output, added to the quantized block input"))
-    out += [("pool_quant", "features before global average pooling"), ("logit_quant", f"logits (output '{OUTPUT_NAME}')")]
-    return out
-
-
-def _act_paths(model: nn.Module) -> list[str]:
-    """Every activation quantizer of the model (those feeding a weight layer, then the stream ones)."""
-    return [a for _, _, a, _ in _layers(model)] + [a for a, _ in _stream_quants(model)]
+def _act_quantizers(model: nn.Module) -> list[ActQuantizer]:
+    """Every activation quantizer of the model: those feeding a weight layer, then the 8-bit
+    stream ones (each residual block's ``out_quant``, ``pool_quant``, ``logit_quant``)."""
+    return [layer.input_quant for layer in _quant_layers(model)] + model.stream_quants()
 
 
 def _act_op_name(a_path: str, kind: str) -> str:
@@ -273,7 +246,7 @@ def _act_op_name(a_path: str, kind: str) -> str:
     ``logit_quant``'s dequantize is the program's output and is named ``logits``."""
     if a_path == "logit_quant" and kind == "dequantize":
         return OUTPUT_NAME
-    return f"{a_path.replace('.', '_')}_{kind}"
+    return f"{_ident(a_path)}_{kind}"
 
 
 def _act_storage(q: _ActQ) -> str:
@@ -284,29 +257,28 @@ def _act_storage(q: _ActQ) -> str:
 
 def model_codes(model: nn.Module) -> dict[str, _WeightQ]:
     """The learned integer codes and scales of every quantized weight layer, by module path."""
-    return {name: _weight_q(layer, name) for name, layer, _, _ in _layers(model)}
+    return {layer.name: _weight_q(layer.module, layer.name) for layer in _quant_layers(model)}
 
 
 # ----------------------------------------------------------------------------- program
 
 
 def _build_program(model: nn.Module, shape: tuple[int, ...]) -> tuple[Any, list[CoreMLLayer], list[CoreMLActivation]]:
+    """The MIL program of ``model``: each quantized layer's ``input quantizer -> conv/linear
+    -> batch_norm -> relu -> [residual add] -> output quantizer``, in execution order."""
     ct = _coremltools()
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.mil import types
 
-    modules = dict(model.named_modules())
-    layers = _layers(model)
+    layers = _quant_layers(model)
+    _check_supported(model, layers)
     report: list[CoreMLLayer] = []
-    streams = _stream_quants(model)
-    acts: dict[str, _ActQ] = {a: _act_q(modules[a], a) for a in _act_paths(model)}
-    act_report = [CoreMLActivation(quantizer=a, a_bits=acts[a].bits, role=role, act_storage=_act_storage(acts[a]))
-                  for a, role in streams]
+    acts: dict[str, _ActQ] = {q.name: _act_q(q.module, q.name) for q in _act_quantizers(model)}
+    act_report = [CoreMLActivation(quantizer=q.name, a_bits=acts[q.name].bits, role=_STREAM_ROLES[q.kind],
+                                   act_storage=_act_storage(acts[q.name])) for q in model.stream_quants()]
 
-    def act(x: Any, path: str, relu: bool = False) -> Any:
+    def act(x: Any, path: str) -> Any:
         q = acts[path]
-        if relu:
-            x = mb.relu(x=x, name=f"{path.replace('.', '_')}_relu")
         lo, hi = (-128, 127) if q.signed else (0, 255)
         if (q.qmin, q.qmax) != (lo, hi):
             x = mb.clip(x=x, alpha=np.float32(q.qmin * q.scale), beta=np.float32(q.qmax * q.scale),
@@ -315,12 +287,13 @@ def _build_program(model: nn.Module, shape: tuple[int, ...]) -> tuple[Any, list[
         x = mb.quantize(input=x, scale=q.scale, zero_point=zp, output_dtype=dt, name=_act_op_name(path, "quantize"))
         return mb.dequantize(input=x, scale=q.scale, zero_point=zp, name=_act_op_name(path, "dequantize"))
 
-    def weight(path: str, layer: nn.Module, a_path: str, spec: Any) -> Any:
-        wq = _weight_q(layer, path)
+    def weight(layer: QuantLayer) -> Any:
+        path, spec = layer.name, layer.spec
+        wq = _weight_q(layer.module, path)
         kind = _weight_storage(wq.bits, wq.codes)
         report.append(CoreMLLayer(
             layer=path, w_bits=int(spec.w_bits), a_bits=int(spec.a_bits), weight_op=_op_name(path),
-            weight_storage=_STORAGE_TEXT[kind], act_storage=_act_storage(acts[a_path])))
+            weight_storage=_STORAGE_TEXT[kind], act_storage=_act_storage(acts[layer.input_quant.name])))
         if kind == "lut2":
             cout = wq.codes.shape[0]
             lut = (np.arange(-2, 2, dtype=np.float32).reshape(1, 4) * wq.scale.reshape(cout, 1)).astype(np.float32)
@@ -330,13 +303,21 @@ def _build_program(model: nn.Module, shape: tuple[int, ...]) -> tuple[Any, list[
         data = wq.codes.astype(types.np_int4_dtype if kind == "int4" else np.int8)
         return mb.constexpr_blockwise_shift_scale(data=data, scale=wq.scale, name=_op_name(path))
 
-    def conv(x: Any, path: str, layer: nn.Module, a_path: str, spec: Any) -> Any:
-        w = weight(path, layer, a_path, spec)
-        s, p = layer.stride, layer.padding
+    def conv(x: Any, layer: QuantLayer) -> Any:
+        w = weight(layer)
+        m = layer.module
+        s, p = m.stride, m.padding
         if isinstance(p, str):
-            raise ExportError(f"{path}: string padding {p!r} is not supported by the coreml exporter")
+            raise ExportError(f"{layer.name}: string padding {p!r} is not supported by the coreml exporter")
         return mb.conv(x=x, weight=w, strides=list(s), pad_type="custom", pad=[p[0], p[0], p[1], p[1]],
-                       dilations=list(layer.dilation), groups=int(layer.groups), name=path.replace(".", "_"))
+                       dilations=list(m.dilation), groups=int(m.groups), name=_ident(layer.name))
+
+    def linear(x: Any, layer: QuantLayer) -> Any:
+        w = weight(layer)
+        bias = layer.bias
+        b = (bias.detach().cpu().float().numpy().astype(np.float32) if bias is not None
+             else np.zeros(layer.module.out_features, np.float32))
+        return mb.linear(x=x, weight=w, bias=b, name=_ident(layer.name))
 
     def bn(x: Any, path: str, m: nn.Module) -> Any:
         if not isinstance(m, nn.BatchNorm2d) or m.running_mean is None:
@@ -345,49 +326,50 @@ def _build_program(model: nn.Module, shape: tuple[int, ...]) -> tuple[Any, list[
         gamma = f32(m.weight) if m.weight is not None else np.ones(m.num_features, np.float32)
         beta = f32(m.bias) if m.bias is not None else np.zeros(m.num_features, np.float32)
         return mb.batch_norm(x=x, mean=f32(m.running_mean), variance=f32(m.running_var), gamma=gamma, beta=beta,
-                             epsilon=np.float32(m.eps), name=path.replace(".", "_"))
+                             epsilon=np.float32(m.eps), name=_ident(path))
 
-    by_path = {p: (layer, a, spec) for p, layer, a, spec in layers}
+    def relu(x: Any, layer: QuantLayer) -> Any:
+        # a QuantReLU's ReLU is named after the quantizer, a plain ReLU module after itself
+        fused = layer.relu == layer.output_quant.name
+        return mb.relu(x=x, name=_ident(layer.relu) + ("_relu" if fused else ""))
 
     @mb.program(input_specs=[mb.TensorSpec(shape=shape, dtype=types.fp32)], opset_version=ct.target.iOS18)
     def prog(input):  # noqa: A002 - the input's name in the model
-        x = act(input, "input_quant")
-        x = conv(x, "stem", *by_path["stem"])
-        x = mb.relu(x=bn(x, "stem_bn", model.stem_bn), name="stem_act")
-        for i, blk in enumerate(model.blocks):
-            b = f"blocks.{i}"
-            xq = act(x, f"{b}.in_quant")
-            h = bn(conv(xq, f"{b}.expand", *by_path[f"{b}.expand"]), f"{b}.bn1", blk.bn1)
-            h = act(h, f"{b}.act1", relu=True)
-            h = bn(conv(h, f"{b}.dw", *by_path[f"{b}.dw"]), f"{b}.bn2", blk.bn2)
-            h = act(h, f"{b}.act2", relu=True)
-            h = bn(conv(h, f"{b}.project", *by_path[f"{b}.project"]), f"{b}.bn3", blk.bn3)
-            if blk.residual:  # quantized input + 8-bit quantized output, as in MBConv.forward
-                x = mb.add(x=xq, y=act(h, f"{b}.out_quant"), name=f"blocks_{i}_add")
-            else:
-                x = h
-        x = act(x, "pool_quant")
-        x = mb.reduce_mean(x=x, axes=[2, 3], keep_dims=False, name="pool")
-        x = act(x, "head_quant")
-        w = weight("head", *by_path["head"])
-        bias = model.head.bias
-        b = (bias.detach().cpu().float().numpy().astype(np.float32) if bias is not None
-             else np.zeros(model.head.out_features, np.float32))
-        x = mb.linear(x=x, weight=w, bias=b, name="head")
-        return act(x, "logit_quant")  # its dequantize op is named OUTPUT_NAME
+        x = act(input, layers[0].input_quant.name)
+        quantized = {layers[0].input_quant.name: x}  # quantizer path -> its output, for the residual adds
+        for layer in layers:
+            if layer.spec.op == "fc":  # global average pooling of pool_quant's output feeds the classifier
+                x = mb.reduce_mean(x=x, axes=[2, 3], keep_dims=False, name="pool")
+                x = act(x, layer.input_quant.name)
+            x = linear(x, layer) if layer.spec.op == "fc" else conv(x, layer)
+            if layer.bn is not None:
+                x = bn(x, layer.bn_name, layer.bn)
+            if layer.relu is not None:
+                x = relu(x, layer)
+            if layer.residual is not None:  # quantized input + 8-bit quantized output, as in MBConv.forward
+                r = layer.residual
+                x = mb.add(x=quantized[r.skip.name], y=act(x, r.quant.name), name=_ident(r.name))
+            x = act(x, layer.output_quant.name)  # logit_quant's dequantize is named OUTPUT_NAME
+            quantized[layer.output_quant.name] = x
+        return x
 
     return prog, report, act_report
 
 
-def _check_supported(model: nn.Module) -> None:
-    head = model.head
-    bq = getattr(head, "bias_quant", None)
+def _check_supported(model: nn.Module, layers: list[QuantLayer]) -> None:
+    import brevitas.nn as qnn
+
+    head = layers[-1]
+    if head.spec.op != "fc" or any(layer.spec.op == "fc" for layer in layers[:-1]):
+        raise ExportError("the coreml exporter expects one fully connected head as the last layer")
+    bq = getattr(head.module, "bias_quant", None)
     if bq is not None and getattr(bq, "is_quant_enabled", False):
         raise ExportError("the head's bias is quantized; the coreml exporter writes a float bias only")
     if not isinstance(getattr(model, "pool", None), nn.AdaptiveAvgPool2d) or model.pool.output_size not in (1, (1, 1)):
         raise ExportError("the coreml exporter expects global average pooling before the head")
-    if not isinstance(getattr(model, "stem_act", None), nn.ReLU):
-        raise ExportError("the coreml exporter expects a ReLU after the stem")
+    for layer in layers:
+        if layer.relu is not None and not isinstance(model.get_submodule(layer.relu), (nn.ReLU, qnn.QuantReLU)):
+            raise ExportError(f"the coreml exporter expects a ReLU at {layer.relu}")
 
 
 def _save_package(mlmodel: Any, out: Path, overwrite: bool) -> Path:
@@ -552,14 +534,12 @@ def simulate(path: str | Path, images: torch.Tensor, batch_size: int = 256) -> t
 @register("coreml")
 class CoreMLExporter(Exporter):
     """CoreML ML program (``.mlpackage``, iOS18 target) with int8 / int4 / 2-bit-palettized weights
-    holding the model's learned codes and scales. ``export`` returns the path; the per-layer
-    storage of the last export is in :attr:`last_report` (or use :meth:`export_with_report`)."""
+    holding the model's learned codes and scales. ``export`` returns the path;
+    :meth:`export_with_report` also returns the per-layer storage (:class:`CoreMLReport`)."""
 
     suffix = ".mlpackage"
     extra = "coreml"
-
-    def __init__(self) -> None:
-        self.last_report: CoreMLReport | None = None
+    capabilities = Capabilities(check_codes=True, layer_report=True)
 
     def runtime_available(self) -> bool:
         if sys.platform != "darwin":
@@ -579,7 +559,6 @@ class CoreMLExporter(Exporter):
         if out.exists() and not overwrite:
             raise ExportError(f"{out} already exists; choose another path or pass overwrite=True (--force)")
         ct = _coremltools()
-        _check_supported(model)
         was_training = model.training
         model.eval()
         try:
@@ -602,11 +581,7 @@ class CoreMLExporter(Exporter):
             f"input '{INPUT_NAME}' shape {list(shape)} fp32, output '{OUTPUT_NAME}'; compute precision fp32; "
             "BatchNorm kept as batch_norm ops (not folded, so the codes stay the model's)",
         ])
-        self.last_report = report
         return out, report
-
-    def export(self, model: nn.Module, example_input: torch.Tensor, out: str | Path, overwrite: bool = False) -> Path:
-        return self.export_with_report(model, example_input, out, overwrite)[0]
 
     def check_codes(self, path: str | Path, model: nn.Module) -> CodeCheck:
         """Compare every stored weight's integer codes (exactly) and per-channel scales
@@ -614,11 +589,11 @@ class CoreMLExporter(Exporter):
         quantizers (residual ``out_quant``, ``pool_quant``, ``logit_quant``) included."""
         path = Path(path)
         weights, act_scales = stored_codes(path)
-        modules = dict(model.named_modules())
         check = CodeCheck(backend=self.name, tensors=0)
         worst = 0.0
-        for name, layer, a_path, spec in _layers(model):
-            ref = _weight_q(layer, name)
+        for layer in _quant_layers(model):
+            name = layer.name
+            ref = _weight_q(layer.module, name)
             op = _op_name(name)
             check.tensors += 1
             if op not in weights:
@@ -643,8 +618,9 @@ class CoreMLExporter(Exporter):
             if not rel < SCALE_RTOL:
                 check.mismatches.append(f"{name}: per-channel scale rel err {rel:.3g} >= {SCALE_RTOL:g}")
         n_act = 0
-        for a_path in _act_paths(model):  # incl. the residual out_quant, pool_quant and logit_quant
-            q = _act_q(modules[a_path], a_path)
+        for quantizer in _act_quantizers(model):  # incl. the residual out_quant, pool_quant and logit_quant
+            a_path = quantizer.name
+            q = _act_q(quantizer.module, a_path)
             n_act += 1
             for kind in ("quantize", "dequantize"):
                 op = _act_op_name(a_path, kind)

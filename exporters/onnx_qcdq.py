@@ -73,6 +73,23 @@ def measure_latency_ms(path: str | Path, input_shape: tuple[int, ...], threads: 
     return statistics.median(times)
 
 
+_CACHE_ATTRS = ("_cached_act", "_cached_bias", "_cached_weight")
+
+
+def _export_caches(model: nn.Module) -> set[tuple[int, str]]:
+    """The Brevitas quantizer caches already filled before an export."""
+    return {(id(m), a) for m in model.modules() for a in _CACHE_ATTRS if getattr(m, a, None) is not None}
+
+
+def _drop_export_caches(model: nn.Module, keep: set[tuple[int, str]]) -> None:
+    """Empty the caches Brevitas' export filled: a quantizer with a cached output answers
+    ``scale()`` from that cache, so a later change of the model would go unseen."""
+    for m in model.modules():
+        for a in _CACHE_ATTRS:
+            if getattr(m, a, None) is not None and (id(m), a) not in keep:
+                setattr(m, a, None)
+
+
 @register("onnx")
 class OnnxQcdqExporter(Exporter):
     """Brevitas ``export_onnx_qcdq``: integer weight codes with their scales, QDQ activations."""
@@ -82,7 +99,12 @@ class OnnxQcdqExporter(Exporter):
     def __init__(self, opset: int = 13):
         self.opset = opset
 
-    def export(self, model: nn.Module, example_input: torch.Tensor, out: str | Path, overwrite: bool = False) -> Path:
+    def export_with_report(self, model: nn.Module, example_input: torch.Tensor, out: str | Path,
+                           overwrite: bool = False) -> tuple[Path, None]:
+        """Write the QCDQ file; there is no per-layer report (Brevitas writes every quantizer as is)."""
+        return self._write(model, example_input, out, overwrite), None
+
+    def _write(self, model: nn.Module, example_input: torch.Tensor, out: str | Path, overwrite: bool) -> Path:
         from brevitas.export import export_onnx_qcdq
 
         was_training = model.training
@@ -94,6 +116,7 @@ class OnnxQcdqExporter(Exporter):
                 export_onnx_qcdq(model, args=example_input[:1], export_path=str(tmp), opset_version=self.opset,
                                  dynamo=False, keep_initializers_as_inputs=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        cached_before = _export_caches(model)
         try:
             return atomic_write(out, write, overwrite=overwrite)
         except ExportError:
@@ -103,6 +126,7 @@ class OnnxQcdqExporter(Exporter):
                 raise
             raise ExportError(f"ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
         finally:
+            _drop_export_caches(model, cached_before)
             model.train(was_training)
 
     def verify(self, path: str | Path, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> ParityReport:

@@ -24,13 +24,13 @@ import math
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
-from qnas.exporters.base import Exporter, ParityReport, register
+from qnas.exporters.base import Capabilities, Exporter, ParityReport, register
 from qnas.exporters.conformance import assert_conformant, check_tensorrt_qdq, constant_values
 from qnas.exporters.onnx_qcdq import OnnxQcdqExporter, measure_latency_ms, verify_in_ort
 from qnas.quant.checkpoint import atomic_write
@@ -42,7 +42,7 @@ class LayerMapping:
     """How one quantizer of the model is expressed for TensorRT."""
 
     layer: str
-    """module path, e.g. ``blocks.0.act2`` or ``blocks.0.dw`` (weights)"""
+    """module path, e.g. ``s0.b0.act2`` or ``s0.b0.dw`` (weights: the layer's plan name)"""
     kind: str
     """``"weight"`` or ``"activation"``"""
     node: str
@@ -73,8 +73,26 @@ class TensorRTReport:
         return asdict(self)
 
 
-def _layer_name(node_name: str) -> str:
-    """``/blocks/blocks.0/act2/act_quant/export_handler/QuantizeLinear`` -> ``blocks.0.act2``."""
+def quantizer_paths(model: nn.Module) -> list[str]:
+    """Module paths of every quantizer of a QuantNet that Brevitas writes as Q/DQ nodes: each
+    weight layer (its plan name), the activation quantizer feeding it, and the stream quantizers.
+    Empty for another Brevitas model (its report then reads the names from the ONNX scopes)."""
+    if not callable(getattr(model, "quant_layers", None)):
+        return []
+    layers = model.quant_layers()
+    return ([layer.name for layer in layers] + [layer.input_quant.name for layer in layers]
+            + [q.name for q in model.stream_quants()])
+
+
+def _layer_name(node_name: str, quantizers: Iterable[str] = ()) -> str:
+    """The module path of the quantizer an exported Q/DQ node belongs to.
+
+    Brevitas names nodes by module scope (``/s0/b0/act2/act_quant/export_handler/QuantizeLinear``);
+    the longest of ``quantizers`` whose scope prefixes the node name wins (``s0.b0.act2``).
+    Without a match the scope is read directly: ``/blocks/blocks.0/act2/...`` -> ``blocks.0.act2``."""
+    matches = [q for q in quantizers if node_name.startswith("/" + q.replace(".", "/") + "/")]
+    if matches:
+        return max(matches, key=len)
     parts = [p for p in node_name.split("/") if p]
     keep: list[str] = []
     for p in parts:
@@ -238,9 +256,12 @@ def _normalize_zero_points(G: _Graph) -> None:
         n.input[2] = G.add_const((n.input[1] or n.name) + "_zp", np.zeros_like(scale, dtype=np.int8))
 
 
-def to_tensorrt_qdq(model: Any) -> tuple[Any, list[LayerMapping]]:
-    """Rewrite a QCDQ ONNX ``ModelProto`` in place into TensorRT's Q/DQ form; return it and the per-layer mapping."""
+def to_tensorrt_qdq(model: Any, quantizers: Iterable[str] = ()) -> tuple[Any, list[LayerMapping]]:
+    """Rewrite a QCDQ ONNX ``ModelProto`` in place into TensorRT's Q/DQ form; return it and the per-layer
+    mapping, named by the model's ``quantizers`` (:func:`quantizer_paths`) where given."""
     from onnx import helper
+
+    quantizers = tuple(quantizers)
 
     G = _Graph(model)
     _fold_identities(G)
@@ -254,12 +275,13 @@ def to_tensorrt_qdq(model: Any) -> tuple[Any, list[LayerMapping]]:
         src = dq.input[0]
         p = prod.get(src)
         if src in G.inits:  # weight, no restriction: full int8
-            mapping.append(LayerMapping(_layer_name(dq.name), "weight", dq.name, 8, "int8 per-channel weights"))
+            mapping.append(LayerMapping(_layer_name(dq.name, quantizers), "weight", dq.name, 8,
+                                        "int8 per-channel weights"))
             continue
         if p is None:
             continue
         if p.op_type == "QuantizeLinear":  # activation at 8 bits
-            mapping.append(LayerMapping(_layer_name(p.name), "activation", p.name, 8, "int8"))
+            mapping.append(LayerMapping(_layer_name(p.name, quantizers), "activation", p.name, 8, "int8"))
             continue
         if p.op_type != "Clip":
             raise ExportError(f"{dq.name}: {p.op_type} between quantizer and DequantizeLinear; cannot map to TensorRT")
@@ -280,7 +302,7 @@ def to_tensorrt_qdq(model: Any) -> tuple[Any, list[LayerMapping]]:
             dq.input[0] = inner
             G.g.node.remove(clip)
             note = "int8 per-channel weights" if bits >= 8 else f"int8 per-channel weights (codes in [{lo}, {hi}])"
-            mapping.append(LayerMapping(_layer_name(dq.name), "weight", dq.name, bits, note))
+            mapping.append(LayerMapping(_layer_name(dq.name, quantizers), "weight", dq.name, bits, note))
             continue
         q = prod.get(inner)
         if q is None or q.op_type != "QuantizeLinear":
@@ -305,18 +327,20 @@ def to_tensorrt_qdq(model: Any) -> tuple[Any, list[LayerMapping]]:
         G.g.node.remove(clip)
         prod = G.producers()
         cons = G.consumers()
-        mapping.append(LayerMapping(_layer_name(q.name), "activation", q.name, bits,
+        mapping.append(LayerMapping(_layer_name(q.name, quantizers), "activation", q.name, bits,
                                     f"int8 with float clip [{float(fmin):g}, {float(fmax):g}] (codes [{lo}, {hi}])"))
     G.prune()
     return model, mapping
 
 
-def rewrite_file(src: str | Path, dst: str | Path, overwrite: bool = False) -> TensorRTReport:
-    """Rewrite a QCDQ ONNX file into TensorRT's Q/DQ form at ``dst`` (atomic); raises if not conformant after."""
+def rewrite_file(src: str | Path, dst: str | Path, overwrite: bool = False,
+                 quantizers: Iterable[str] = ()) -> TensorRTReport:
+    """Rewrite a QCDQ ONNX file into TensorRT's Q/DQ form at ``dst`` (atomic); raises if not conformant after.
+    ``quantizers``: the exported model's quantizer paths (:func:`quantizer_paths`), to name the report's layers."""
     import onnx
 
     model = onnx.load(str(src))
-    model, mapping = to_tensorrt_qdq(model)
+    model, mapping = to_tensorrt_qdq(model, quantizers)
     try:
         onnx.checker.check_model(model)
     except Exception as e:
@@ -335,17 +359,17 @@ def rewrite_file(src: str | Path, dst: str | Path, overwrite: bool = False) -> T
 class TensorRTOnnxExporter(Exporter):
     """ONNX in TensorRT's explicit-quantization form (signed int8, zero point 0, per-channel weights on axis 0).
 
-    ``export`` returns the path; the per-layer mapping of the last export is in
-    :attr:`last_report` (or use :meth:`export_with_report`)."""
+    ``export`` returns the path; :meth:`export_with_report` also returns the per-layer
+    mapping (:class:`TensorRTReport`)."""
 
     suffix = ".onnx"
     extra = "tensorrt"
+    capabilities = Capabilities(layer_report=True)
 
     def __init__(self, opset: int = 13):
         if opset < 13:
             raise ExportError(f"TensorRT Q/DQ needs ONNX opset >= 13, got {opset}")
         self.opset = opset
-        self.last_report: TensorRTReport | None = None
 
     def export_with_report(self, model: nn.Module, example_input: torch.Tensor, out: str | Path,
                            overwrite: bool = False) -> tuple[Path, TensorRTReport]:
@@ -354,12 +378,8 @@ class TensorRTOnnxExporter(Exporter):
             raise ExportError(f"{out} already exists; choose another path or pass overwrite=True (--force)")
         with tempfile.TemporaryDirectory(prefix="qnas_trt_") as tmp:
             qcdq = OnnxQcdqExporter(self.opset).export(model, example_input, Path(tmp) / "qcdq.onnx", overwrite=True)
-            report = rewrite_file(qcdq, out, overwrite=overwrite)
-        self.last_report = report
+            report = rewrite_file(qcdq, out, overwrite=overwrite, quantizers=quantizer_paths(model))
         return out, report
-
-    def export(self, model: nn.Module, example_input: torch.Tensor, out: str | Path, overwrite: bool = False) -> Path:
-        return self.export_with_report(model, example_input, out, overwrite)[0]
 
     def verify(self, path: str | Path, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> ParityReport:
         """Run the TensorRT-form ONNX in onnxruntime (CPU) against the PyTorch model."""

@@ -19,7 +19,7 @@ How the learned quantization reaches the file (nothing is re-calibrated):
    Q/DQ mode (``qdq_conversion_mode="STATIC"``), which turns the existing Q/DQ pairs
    into int8 TFLite ops. No PT2E ``prepare/convert`` (no observers) runs.
 
-Mapping decisions (reported per layer in :attr:`TFLiteLitertExporter.last_report`):
+Mapping decisions (reported per layer by :meth:`TFLiteLitertExporter.export_with_report`):
 
 * TFLite int8 tensors always span ``[-128, 127]``; a 4-bit activation becomes int8 with
   its learned scale plus an integer ``MINIMUM``/``MAXIMUM`` clamp to ``[-8, 7]``
@@ -47,9 +47,10 @@ TPU) the IO stays int8 and callers quantize with :func:`io_quantization`.
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, field
-import sys
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +59,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qnas.exporters.base import (CodeCheck, Exporter, ParityReport, compare_logits, import_sdk, quiet_native_output,
-                                 register)
+from qnas.exporters.base import (Capabilities, CodeCheck, Exporter, ParityReport, compare_logits, import_sdk,
+                                 quiet_native_output, register)
+from qnas.quant.bn_fold import bn_fold
 from qnas.quant.checkpoint import atomic_write
-from qnas.quant.integer_grid import grid_offsets
 from qnas.quant.errors import ExportError
+from qnas.quant.integer_grid import grid_offsets
+from qnas.quant.layer_view import QuantLayer, read_act_quant, read_weight_quant
 
 EXTRA = "tflite"
 INT8_MIN, INT8_MAX = -128, 127
@@ -86,27 +89,18 @@ class ActQ:
 
 def act_q(module: nn.Module) -> ActQ:
     """Scale, bit width and integer range of a Brevitas ``QuantIdentity``/``QuantReLU``."""
-    proxy = module.act_quant
-    if not proxy.is_quant_enabled:
+    q = read_act_quant(module)
+    if q is None:
         raise ExportError(f"activation quantizer {type(module).__name__} is disabled; TFLite full-integer needs it on")
-    zp = proxy.zero_point()
-    if zp is not None and float(torch.as_tensor(zp).abs().max()) != 0.0:
+    if float(q.zero_point.abs().max()) != 0.0:
         raise ExportError("activation zero point is not 0; full-integer TFLite export needs symmetric activations")
-    scale = torch.as_tensor(proxy.scale()).detach().float()
-    if scale.numel() != 1:
+    if not q.per_tensor:
         raise ExportError("activation scale is not per-tensor; TFLite int8 activations are per-tensor")
-    bits = int(round(float(proxy.bit_width())))
-    if bits > 8:
-        raise ExportError(f"{bits}-bit activations do not fit TFLite int8")
-    if proxy.is_signed:
-        lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-        if proxy.is_narrow_range:
-            lo += 1
-    else:
-        lo, hi = 0, 2 ** bits - 1
-        if hi > INT8_MAX:
-            raise ExportError(f"unsigned {bits}-bit activations do not fit TFLite int8")
-    return ActQ(float(scale.reshape(())), bits, lo, hi)
+    if q.bits > 8:
+        raise ExportError(f"{q.bits}-bit activations do not fit TFLite int8")
+    if not q.signed and q.qmax > INT8_MAX:
+        raise ExportError(f"unsigned {q.bits}-bit activations do not fit TFLite int8")
+    return ActQ(q.scale_value, q.bits, q.qmin, q.qmax)
 
 
 @dataclass
@@ -124,15 +118,11 @@ class FoldedWeight:
 
 def weight_codes(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """``(codes int8, per-channel scale, bits, qmax)`` of a Brevitas weight-quantized layer."""
-    with torch.no_grad():
-        qw = layer.quant_weight()
-    codes = qw.int().detach()
-    scale = torch.as_tensor(qw.scale).detach().float()
-    bits = int(round(float(qw.bit_width)))
-    if not bool(qw.signed):
+    w = read_weight_quant(layer)
+    codes, scale, bits = w.codes, w.scale, w.bits
+    if not w.signed:
         raise ExportError(f"{type(layer).__name__}: unsigned weights; TFLite int8 weights are signed")
-    zp = torch.as_tensor(qw.zero_point)
-    if float(zp.abs().max()) != 0.0:
+    if float(w.zero_point.abs().max()) != 0.0:
         raise ExportError(f"{type(layer).__name__}: weight zero point is not 0; TFLite weights are symmetric")
     if bits > 8:
         raise ExportError(f"{bits}-bit weights do not fit TFLite int8")
@@ -141,24 +131,22 @@ def weight_codes(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor, int, int
         scale = scale.reshape(1).expand(cout).clone()
     elif scale.numel() != cout:
         raise ExportError(f"{type(layer).__name__}: weight scale is neither per-tensor nor per-output-channel")
-    qmax = 2 ** (bits - 1) - 1
+    qmax = w.qmax
     if int(codes.abs().max()) > qmax:
         raise ExportError(f"weight codes exceed the {bits}-bit narrow range [-{qmax}, {qmax}]")
     return codes.to(torch.int8), scale.reshape(cout), bits, qmax
 
 
 def fold_weight(layer: nn.Module, bn: nn.BatchNorm2d | None) -> FoldedWeight:
-    """The layer's codes with ``bn`` folded into scales and bias (codes only change sign)."""
+    """The layer's codes with ``bn`` folded into scales and bias (codes only change sign;
+    :func:`qnas.quant.bn_fold.bn_fold`)."""
     codes, scale, bits, qmax = weight_codes(layer)
     bias = None if getattr(layer, "bias", None) is None else layer.bias.detach().float().clone()
     if bn is not None:
-        if not isinstance(bn, nn.BatchNorm2d) or bn.running_var is None:
-            raise ExportError("BatchNorm without running statistics cannot be folded")
-        g = (bn.weight.detach().float() if bn.affine else torch.ones_like(bn.running_var)) \
-            / torch.sqrt(bn.running_var.float() + bn.eps)
-        beta = bn.bias.detach().float() if bn.affine else torch.zeros_like(g)
-        b0 = bias if bias is not None else torch.zeros_like(g)
-        bias = beta + (b0 - bn.running_mean.float()) * g
+        try:
+            g, bias = bn_fold(bn, bias)
+        except ValueError as e:
+            raise ExportError(str(e)) from None
         sign = torch.where(g < 0, -1, 1).to(torch.int8)
         codes = codes * sign.view(-1, *([1] * (codes.dim() - 1)))
         scale = scale * g.abs()
@@ -309,51 +297,43 @@ def build_reference(model: nn.Module) -> TFLiteReference:
     """The plain-torch Q/DQ module equivalent to a trained :class:`QuantNet` (eval mode).
 
     Nothing is invented: each conv/FC output (BN folded, ReLU fused) and each residual sum
-    is requantized straight to the learned quantizer that consumes it."""
-    for attr in ("input_quant", "stem", "stem_bn", "blocks", "pool_quant", "head_quant", "head", "logit_quant",
-                 "plan"):
-        if not hasattr(model, attr):
-            raise ExportError(f"TFLite export supports qnas QuantNet models; {type(model).__name__} has no {attr!r}")
-    if not isinstance(model.stem_act, nn.ReLU):
-        raise ExportError("TFLite export expects a ReLU after the stem BatchNorm")
+    is requantized straight to the learned quantizer that consumes it
+    (:meth:`~qnas.quant.build.QuantNet.quant_layers` names them)."""
+    import brevitas.nn as qnn
+
+    if not callable(getattr(model, "quant_layers", None)):
+        raise ExportError(f"TFLite export supports qnas QuantNet models; {type(model).__name__} has no quant_layers()")
     pool = getattr(model, "pool", None)
     if not isinstance(pool, nn.AdaptiveAvgPool2d) or pool.output_size not in (1, (1, 1)):
         raise ExportError("TFLite export expects a global average pool before the head")
-    plan = model.plan
-    blocks = list(model.blocks)
-    # the learned quantizer consuming the stem output, then each block's output
-    consumers = [act_q(b.in_quant) for b in blocks] + [act_q(model.pool_quant)]
+    layers = model.quant_layers()
+    for layer in layers:
+        if layer.relu is not None and not isinstance(model.get_submodule(layer.relu), (nn.ReLU, qnn.QuantReLU)):
+            raise ExportError(f"TFLite export expects a ReLU at {layer.relu}")
 
-    def conv_of(layer: nn.Module) -> dict[str, Any]:
-        return dict(stride=layer.stride, padding=layer.padding, groups=layer.groups)
+    def qlayer(layer: QuantLayer) -> QLayer:
+        relu = layer.relu is not None
+        m = layer.module
+        conv = dict(stride=m.stride, padding=m.padding, groups=m.groups) if isinstance(m, nn.Conv2d) else None
+        # a residual block's last conv outputs at out_quant's scale; the add requantizes to the consumer
+        out = layer.residual.quant if layer.residual is not None else layer.output_quant
+        return QLayer(layer.name, fold_weight(m, layer.bn), _qact(act_q(out.module), relu=relu), relu, conv,
+                      (layer.spec.w_bits, layer.spec.a_bits))
 
-    input_act = _qact(act_q(model.input_quant))
-    stem = QLayer("stem", fold_weight(model.stem, model.stem_bn), _qact(consumers[0], relu=True), True,
-                  conv_of(model.stem), (plan.stem.w_bits, plan.stem.a_bits))
+    stem, *block_layers, head = layers
     qblocks = []
-    for i, (blk, bplan) in enumerate(zip(blocks, plan.blocks)):
-        if blk.residual and blk.expand.in_channels != blk.project.out_channels:
-            raise ExportError(f"blocks.{i}: residual with different channel counts")
-        nxt = _qact(consumers[i + 1])
-        if blk.residual:
-            if not hasattr(blk, "out_quant"):
-                raise ExportError(f"blocks.{i}: residual block without out_quant; rebuild the model with this qnas")
-            proj_out, add_out = _qact(act_q(blk.out_quant)), nxt
-        else:
-            proj_out, add_out = nxt, None
-        e, d, p = bplan.layers
-        convs = []
-        for name, conv, bn, act, relu, spec in (
-                ("expand", blk.expand, blk.bn1, _qact(act_q(blk.act1), relu=True), True, e),
-                ("dw", blk.dw, blk.bn2, _qact(act_q(blk.act2), relu=True), True, d),
-                ("project", blk.project, blk.bn3, proj_out, False, p)):
-            convs.append(QLayer(f"blocks.{i}.{name}", fold_weight(conv, bn), act, relu, conv_of(conv),
-                                (spec.w_bits, spec.a_bits)))
-        qblocks.append(QBlock(*convs, residual=blk.residual, add_out=add_out))
-    head_act = _qact(act_q(model.head_quant))
-    head = QLayer("head", fold_weight(model.head, None), _qact(act_q(model.logit_quant)), False, None,
-                  (plan.head.w_bits, plan.head.a_bits))
-    ref = TFLiteReference(input_act, stem, qblocks, head_act, head)
+    for block, members in groupby(block_layers, key=lambda l: l.block):
+        group = list(members)
+        if block is None or len(group) != 3:
+            raise ExportError("TFLite export expects blocks of three layers (expand, dw, project)")
+        last = group[-1]
+        residual = last.residual is not None
+        if residual and group[0].module.in_channels != last.module.out_channels:
+            raise ExportError(f"{last.block}: residual with different channel counts")
+        add_out = _qact(act_q(last.output_quant.module)) if residual else None
+        qblocks.append(QBlock(*(qlayer(l) for l in group), residual=residual, add_out=add_out))
+    ref = TFLiteReference(_qact(act_q(stem.input_quant.module)), qlayer(stem), qblocks,
+                          _qact(act_q(head.input_quant.module)), qlayer(head))
     return ref.eval()
 
 
@@ -678,14 +658,14 @@ class TFLiteLitertExporter(Exporter):
 
     ``int8_io=True`` keeps int8 input/output tensors (Edge TPU); the default wraps them
     in float ``QUANTIZE``/``DEQUANTIZE``; the logits scale is the model's ``logit_quant``
-    scale. The per-layer mapping of the last export is :attr:`last_report`."""
+    scale. :meth:`export_with_report` also returns the per-layer mapping (:class:`TFLiteReport`)."""
 
     suffix = ".tflite"
     extra = EXTRA
+    capabilities = Capabilities(check_codes=True, layer_report=True)
 
     def __init__(self, int8_io: bool = False):
         self.int8_io = bool(int8_io)
-        self.last_report: TFLiteReport | None = None
 
     def runtime_available(self) -> bool:
         try:
@@ -694,7 +674,8 @@ class TFLiteLitertExporter(Exporter):
         except ExportError:
             return False
 
-    def export(self, model: nn.Module, example_input: torch.Tensor, out: str | Path, overwrite: bool = False) -> Path:
+    def export_with_report(self, model: nn.Module, example_input: torch.Tensor, out: str | Path,
+                           overwrite: bool = False) -> tuple[Path, TFLiteReport]:
         out = Path(out)
         if out.exists() and not overwrite:
             raise ExportError(f"{out} already exists; choose another path or pass overwrite=True (--force)")
@@ -718,8 +699,7 @@ class TFLiteLitertExporter(Exporter):
             path = atomic_write(out, lambda tmp: Path(tmp).write_bytes(blob), overwrite=overwrite)
         finally:
             model.train(was_training)
-        self.last_report = _layer_report(ref, path, self.int8_io)
-        return path
+        return path, _layer_report(ref, path, self.int8_io)
 
     def verify(self, path: str | Path, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> ParityReport:
         from qnas.exporters.onnx_qcdq import torch_logits

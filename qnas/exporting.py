@@ -16,16 +16,10 @@ from typing import Any
 import torch
 
 from qnas.errors import ExportError, QnasError
-from qnas.exporters import CodeCheck, Exporter, ParityReport, create_exporter
+from qnas.exporters.base import CodeCheck, ParityReport, create_exporter
+from qnas.exporters.targets import DEFAULT_TARGET_PROFILES
 from qnas.model_io import LoadedModel, load_model
 from qnas.precision_map import PrecisionMap, precision_map
-
-DEFAULT_TARGET: dict[str, str | None] = {
-    "onnx": None,  # an exchange format: carries any bit width (QCDQ), no device to check against
-    "tensorrt": "tensorrt-orin",
-    "coreml": "coreml-ane",
-    "tflite": "edgetpu",
-}
 
 
 @dataclass
@@ -98,7 +92,7 @@ def verification_split(loaded: LoadedModel) -> Any:
 def resolve_target(backend: str, target_profile: str | None) -> str | None:
     """``"default"`` -> the backend's usual target; ``None``/"none" -> no precision check."""
     if target_profile == "default":
-        return DEFAULT_TARGET.get(backend)
+        return DEFAULT_TARGET_PROFILES.get(backend)
     if target_profile in (None, "", "none"):
         return None
     return target_profile
@@ -134,10 +128,10 @@ def export_model(model_or_run: str | Path | LoadedModel, backend: str, out: str 
     test = verification_split(loaded) if verify else None
     res = loaded.arch.resolution
     example = test.images[:1] if test is not None else torch.zeros(1, loaded.space.config.in_channels, res, res)
-    path = Path(exporter.export(loaded.model, example, out, overwrite=overwrite))
+    path, report = exporter.export_with_report(loaded.model, example, out, overwrite=overwrite)
+    path = Path(path)
     result = ExportResult(backend, path, precision=pmap, size_bytes=_size(path))
-    report = getattr(exporter, "last_report", None)
-    if report is not None and hasattr(report, "lines"):
+    if report is not None:
         result.backend_lines = list(report.lines())
     if pmap is not None:
         from qnas.latency.analytic import AnalyticLatencyModel
@@ -151,7 +145,7 @@ def export_model(model_or_run: str | Path | LoadedModel, backend: str, out: str 
         else:
             result.notes.append(f"no {backend} runtime on this machine: predictions were not run; "
                                 f"the stored integer codes and scales were compared instead")
-        if type(exporter).check_codes is not Exporter.check_codes:  # the backend can read its file back
+        if exporter.capabilities.check_codes:  # the backend can read its file back
             result.codes = exporter.check_codes(path, loaded.model)
         elif result.parity is None:
             raise ExportError(f"{backend}: neither a runtime nor a code check exists here; pass --no-verify")
@@ -166,3 +160,13 @@ def export_model(model_or_run: str | Path | LoadedModel, backend: str, out: str 
         raise ExportError(f"{path}: stored codes/scales differ from the model ({first}); the file was written but "
                           f"is not faithful")
     return result
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DEFAULT_TARGET":  # the old home of the default targets, kept for one release
+        import warnings
+
+        warnings.warn("qnas.exporting.DEFAULT_TARGET moved to qnas.exporters.targets.DEFAULT_TARGET_PROFILES",
+                      DeprecationWarning, stacklevel=2)
+        return DEFAULT_TARGET_PROFILES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,9 +25,9 @@ class LayerPrecision:
     """One quantized layer: searched bits -> what the target runs."""
 
     layer: str
-    """name in the plan, e.g. ``s1.b0.dw``"""
+    """name in the plan, e.g. ``s1.b0.dw``, which is also its module path in the model"""
     module: str
-    """module path in the model, e.g. ``blocks.1.dw``"""
+    """module path in the model: the same as ``layer`` (kept for the report's JSON schema)"""
     op: str
     w_bits: int
     a_bits: int
@@ -52,7 +52,7 @@ class LayerPrecision:
             why.append(f"activations {self.a_bits}->{self.run_a_bits} bit")
         if not self.on_accelerator:
             why.append("host fallback")
-        return (f"{self.layer:<12} ({self.module}) w{self.w_bits}a{self.a_bits} -> {target}"
+        return (f"{self.layer:<12} w{self.w_bits}a{self.a_bits} -> {target}"
                 + (f"  [{', '.join(why)}]" if why else ""))
 
 
@@ -89,25 +89,22 @@ class PrecisionMap:
 
 
 def module_paths(plan: NetworkPlan) -> dict[str, str]:
-    """Plan layer name -> module path in :class:`qnas.quant.build.QuantNet`."""
-    paths = {plan.stem.name: "stem", plan.head.name: "head"}
-    for i, block in enumerate(plan.blocks):
-        for spec, attr in zip(block.layers, ("expand", "dw", "project")):
-            paths[spec.name] = f"blocks.{i}.{attr}"
-    return paths
+    """Plan layer name -> module path in :class:`qnas.quant.build.QuantNet`, for every quantized
+    layer: the identity, since a layer's module path is its plan name (``qnas.quant.naming``)."""
+    return {spec.name: spec.name for spec in plan.quantized_layers()}
 
 
 def precision_map(plan: NetworkPlan, profile: str | DeviceProfile) -> PrecisionMap:
     """Resolve every quantized layer of ``plan`` on ``profile`` (a name, JSON path or profile)."""
     model = AnalyticLatencyModel(profile)
     p = model.profile
-    paths = module_paths(plan)
+    quantized = {spec.name for spec in plan.quantized_layers()}
     out = PrecisionMap(p.name)
     for cost in model.breakdown(plan):
         spec = cost.layer
-        if spec.name not in paths:  # adds and the pool carry no weights of their own
+        if spec.name not in quantized:  # adds and the pool carry no weights of their own
             continue
-        out.layers.append(LayerPrecision(spec.name, paths[spec.name], spec.op, spec.w_bits, spec.a_bits,
+        out.layers.append(LayerPrecision(spec.name, spec.name, spec.op, spec.w_bits, spec.a_bits,
                                          cost.w_bits, cost.a_bits, cost.unit,
                                          on_accelerator=cost.unit == p.primary_unit))
     return out

@@ -15,10 +15,11 @@ does this as its last step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import nn
+
+from qnas.quant.bn_fold import bn_fold
 
 
 @dataclass(frozen=True)
@@ -29,50 +30,33 @@ class GridOffset:
     max_offset_steps: float
 
 
-def _act_scale(act: nn.Module) -> float:
-    return float(torch.as_tensor(act.act_quant.scale()).detach().reshape(()))
-
-
-def _weight_scale(layer: nn.Module) -> torch.Tensor:
-    return layer.quant_weight().scale.detach().reshape(-1)
-
-
-def _conv_bn_pairs(model: nn.Module) -> Iterator[tuple[str, nn.Module, nn.BatchNorm2d, nn.Module]]:
-    """(name, conv, its BatchNorm, the activation quantizer feeding the conv) of a QuantNet."""
-    yield "stem", model.stem, model.stem_bn, model.input_quant
-    for i, b in enumerate(model.blocks):
-        yield f"blocks.{i}.expand", b.expand, b.bn1, b.in_quant
-        yield f"blocks.{i}.dw", b.dw, b.bn2, b.act1
-        yield f"blocks.{i}.project", b.project, b.bn3, b.act2
-
-
-def _bn_fold(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gamma / sigma, folded bias) of a BatchNorm in eval mode."""
-    inv = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-    return inv, bn.bias.detach() - bn.running_mean * inv
-
-
 @torch.no_grad()
 def _visit(model: nn.Module, snap: bool) -> list[GridOffset]:
     out: list[GridOffset] = []
-    for name, conv, bn, act in _conv_bn_pairs(model):
-        if getattr(conv, "bias", None) is not None:
-            raise ValueError(f"{name} has a conv bias; fold it into its BatchNorm before snapping")
-        inv, b_fold = _bn_fold(bn)
-        step = (_act_scale(act) * _weight_scale(conv) * inv.abs()).double()
+    layers = model.quant_layers()
+    for layer in layers:  # conv + BatchNorm: the folded bias is BN's shift
+        if layer.bn is None:
+            continue
+        if layer.bias is not None:
+            raise ValueError(f"{layer.name} has a conv bias; fold it into its BatchNorm before snapping")
+        bn = layer.bn
+        g, b_fold = bn_fold(bn)
+        step = (layer.input_act().scale_value * layer.weight().scale * g.abs()).double()
         ok = step > 0  # a channel with gamma = 0 has no accumulator to add to
         n = torch.where(ok, torch.round(b_fold.double() / step.clamp_min(1e-30)), torch.zeros_like(step))
         offset = torch.where(ok, (b_fold.double() - n * step) / step.clamp_min(1e-30), torch.zeros_like(step))
-        out.append(GridOffset(name, float(offset.abs().max()) if offset.numel() else 0.0))
+        out.append(GridOffset(layer.name, float(offset.abs().max()) if offset.numel() else 0.0))
         if snap:
             bn.bias.add_(torch.where(ok, n * step - b_fold.double(), torch.zeros_like(step)).to(bn.bias.dtype))
-    head = model.head
-    if head.bias is not None:
-        step = (_act_scale(model.head_quant) * _weight_scale(head)).double()
-        n = torch.round(head.bias.double() / step)
-        out.append(GridOffset("head", float(((head.bias.double() - n * step) / step).abs().max())))
+    for layer in layers:  # a layer without BatchNorm (the fc head) snaps its own bias
+        bias = layer.bias
+        if layer.bn is not None or bias is None:
+            continue
+        step = (layer.input_act().scale_value * layer.weight().scale).double()
+        n = torch.round(bias.double() / step)
+        out.append(GridOffset(layer.name, float(((bias.double() - n * step) / step).abs().max())))
         if snap:
-            head.bias.copy_((n * step).to(head.bias.dtype))
+            bias.copy_((n * step).to(bias.dtype))
     return out
 
 

@@ -15,6 +15,7 @@ in eval mode it computes the same outputs as the supernet.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from torch import nn
 from qnas.arch import Arch
 from qnas.errors import ArchError
 from qnas.quant.build import STREAM_BITS, QuantNet, build_model
+from qnas.quant.naming import block_path, legacy_supernet_key, rename_legacy_keys, split_block_path
 from qnas.quant.plan import BlockPlan, NetworkPlan
 from qnas.space import SearchSpace
 from qnas.supernet.layers import (
@@ -84,18 +86,17 @@ class SuperMBConv(nn.Module):
         return xq + self.out_quant(h) if self.plan.residual else h
 
     def active_state(self) -> dict[str, torch.Tensor]:
-        """State entries of :class:`qnas.quant.build.MBConv` for the active configuration."""
+        """State entries of :class:`qnas.quant.build.MBConv` for the active configuration: this
+        block's children have the MBConv's names, so each child's state goes under its own name."""
         e, d, p = self.plan.layers
-        parts: dict[str, dict[str, torch.Tensor]] = {
-            "in_quant": self.in_quant.active_state(), "expand": self.expand.active_state(),
-            "bn1": self.bn1.active_state(e.cout), "act1": self.act1.active_state(),
-            "dw": self.dw.active_state(), "bn2": self.bn2.active_state(d.cout),
-            "act2": self.act2.active_state(), "project": self.project.active_state(),
-            "bn3": self.bn3.active_state(p.cout),
-        }
-        if self.plan.residual:
-            parts["out_quant"] = self.out_quant.active_state()
-        return {f"{m}.{k}": v for m, sd in parts.items() for k, v in sd.items()}
+        channels = {self.bn1: e.cout, self.bn2: d.cout, self.bn3: p.cout}
+        out: dict[str, torch.Tensor] = {}
+        for name, child in self.named_children():
+            if child is self.out_quant and not self.plan.residual:
+                continue
+            state = child.active_state(channels[child]) if child in channels else child.active_state()
+            out.update((f"{name}.{k}", v) for k, v in state.items())
+        return out
 
     def active_batchnorms(self) -> list[tuple[nn.BatchNorm2d, int]]:
         e, d, p = self.plan.layers
@@ -133,13 +134,16 @@ class Supernet(nn.Module):
         stem_keys = [f"w{b}" for b in c.stem_head_w_bits] if bn_per_bits else ["q"]
         self.stem_bn = SwitchableBN(max_stem, stem_keys + ["f"])
         self.stem_act = nn.ReLU()
-        self.blocks = nn.ModuleDict()
+        # one module per stage holding its block positions: s{si}.b{j}, the extracted QuantNet's names
         cin = max_stem
         for si, s in enumerate(c.stages):
+            stage = nn.ModuleDict()
             for j in range(max(s.depths)):
-                self.blocks[f"s{si}_b{j}"] = SuperMBConv(cin, max_stage[si], s.stride if j == 0 else 1, self.space,
-                                                         bn_per_bits, kernel_transform)
+                stage_name, block_name = split_block_path(block_path(si, j))
+                stage[block_name] = SuperMBConv(cin, max_stage[si], s.stride if j == 0 else 1, self.space,
+                                                bn_per_bits, kernel_transform)
                 cin = max_stage[si]
+            self.add_module(stage_name, stage)
         self.pool_quant = ActQuantizers([STREAM_BITS])
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head_quant = ActQuantizers(c.stem_head_a_bits)
@@ -162,7 +166,7 @@ class Supernet(nn.Module):
     def set_active(self, arch: Arch, quantize: bool = True) -> "Supernet":
         """Run ``arch`` from now on; ``quantize=False`` runs it in float (weights and activations)."""
         plan = self.space.plan(arch)  # validates
-        for blk in self.blocks.values():
+        for _, blk in self.named_blocks():
             blk.plan = None
         order: list[SuperMBConv] = []
         plans = iter(plan.blocks)
@@ -170,7 +174,7 @@ class Supernet(nn.Module):
             for j, b in enumerate(genes):
                 if b.is_skip:
                     continue
-                blk = self.blocks[f"s{si}_b{j}"]
+                blk = self.block(si, j)
                 blk.set_active(next(plans), b.expand, quantize, self.bn_per_bits)
                 order.append(blk)
         self.input_quant.active_bits = plan.stem.a_bits if quantize else None
@@ -182,6 +186,22 @@ class Supernet(nn.Module):
         self._order = order
         self._active = ActiveConfig(arch, quantize, plan)
         return self
+
+    def block(self, stage: int, index: int) -> SuperMBConv:
+        """The block at position ``index`` of stage ``stage`` (module path ``s{stage}.b{index}``)."""
+        return self.get_submodule(block_path(stage, index))
+
+    def named_blocks(self) -> list[tuple[str, SuperMBConv]]:
+        """``(module path, block)`` of every block position, active or not, stage by stage."""
+        return [(f"{stage_name}.{name}", blk) for stage_name, stage in self.named_children()
+                if isinstance(stage, nn.ModuleDict) for name, blk in stage.items()]
+
+    @property
+    def blocks(self) -> dict[str, SuperMBConv]:
+        """Deprecated: the block positions by their old names (``s0_b1``); use :meth:`block`."""
+        warnings.warn("Supernet.blocks is deprecated; use supernet.block(stage, index) or named_blocks() "
+                      "(module paths s{stage}.b{index})", DeprecationWarning, stacklevel=2)
+        return {path.replace(".", "_"): blk for path, blk in self.named_blocks()}
 
     # ---- computation ---------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -197,15 +217,16 @@ class Supernet(nn.Module):
         if not self.quantize:
             raise ArchError("the supernet is in float mode; set_active(arch, quantize=True) before extracting")
         plan = self._active.plan
-        parts: dict[str, dict[str, torch.Tensor]] = {
-            "input_quant": self.input_quant.active_state(), "stem": self.stem.active_state(),
-            "stem_bn": self.stem_bn.active_state(plan.stem.cout),
-            "head_quant": self.head_quant.active_state(), "head": self.head.active_state(),
-            "pool_quant": self.pool_quant.active_state(), "logit_quant": self.logit_quant.active_state(),
-        }
-        for i, blk in enumerate(self._order):
-            parts[f"blocks.{i}"] = blk.active_state()
-        return {f"{m}.{k}": v for m, sd in parts.items() for k, v in sd.items()}
+        # The supernet's module tree is the QuantNet's: each active module's state goes under its own path.
+        parts: list[tuple[str, dict[str, torch.Tensor]]] = []
+        for name, child in self.named_children():
+            if isinstance(child, nn.ModuleDict):  # a stage: its active block positions
+                parts += [(f"{name}.{b}", blk.active_state()) for b, blk in child.items() if blk.plan is not None]
+            elif child is self.stem_bn:
+                parts.append((name, child.active_state(plan.stem.cout)))
+            elif hasattr(child, "active_state"):
+                parts.append((name, child.active_state()))
+        return {f"{m}.{k}": v for m, sd in parts for k, v in sd.items()}
 
     def extract(self, arch: Arch | None = None) -> QuantNet:
         """The standalone Brevitas model of ``arch`` (default: the active one) with inherited
@@ -221,6 +242,11 @@ class Supernet(nn.Module):
             self.set_active(previous.arch, previous.quantize)
         model.train(self.training)
         return model
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # checkpoints written before the s{si}.b{j} layout (keys blocks.s{si}_b{j}.*) still load
+        rename_legacy_keys(state_dict, prefix, legacy_supernet_key, "a supernet state dict")
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def get_active_subnet(self) -> QuantNet:
         """OFA's name for :meth:`extract` of the active arch."""

@@ -31,12 +31,12 @@ def exported(trained_digits_model, tmp_path_factory):
 
 
 def _n_quant_layers(model):
-    return 2 + 3 * len(model.blocks)  # stem + (expand, dw, project) per block + head
+    return 2 + 3 * len(model.plan.blocks)  # stem + (expand, dw, project) per block + head
 
 
 def _stream_quants(model):
     """The 8-bit quantizers that feed no weight layer: residual out_quant, pool_quant, logit_quant."""
-    return ([f"blocks.{i}.out_quant" for i, b in enumerate(model.blocks) if b.residual]
+    return ([f"{path}.out_quant" for path, b in model.named_blocks() if b.residual]
             + ["pool_quant", "logit_quant"])
 
 
@@ -77,7 +77,8 @@ def test_stored_codes_and_scales_equal_the_models(exported, trained_digits_model
     assert check.tensors == _n_quant_layers(model) == 17
     assert check.max_scale_rel_err < 1e-6
     n_act = _n_quant_layers(model) + len(_stream_quants(model))
-    assert _stream_quants(model) == ["blocks.0.out_quant", "blocks.2.out_quant", "pool_quant", "logit_quant"]
+    assert _stream_quants(model) == ["s0.b0.out_quant", "s1.b1.out_quant", "pool_quant", "logit_quant"]
+    assert [q.name for q in model.stream_quants()] == _stream_quants(model)
     assert any(f"{n_act} activation scales compared" in n for n in check.notes), check.notes
     _, act_scales = cml.stored_codes(path)
     for q in _stream_quants(model):  # the stream quantizers' scales are in the file too
@@ -89,10 +90,11 @@ def test_stored_codes_and_scales_equal_the_models(exported, trained_digits_model
     # the file really holds int8 / int4 codes and a 2-bit LUT, per the plan's bit widths
     weights, _ = cml.stored_codes(path)
     want = {8: "int8", 4: "int4", 2: "lut2"}
-    for name, layer, _, spec in cml._layers(model):
+    for layer in model.quant_layers():
+        name = layer.name
         codes, scale, storage = weights[cml._op_name(name)]
-        assert storage == want[spec.w_bits], name
-        ref = layer.quant_weight()
+        assert storage == want[layer.spec.w_bits], name
+        ref = layer.module.quant_weight()
         assert np.array_equal(codes, ref.int().numpy().astype(np.int64)), name
         assert np.array_equal(scale.reshape(-1), ref.scale.detach().numpy().reshape(-1).astype(np.float32)), name
 
@@ -131,7 +133,8 @@ def test_a_model_with_one_changed_code_does_not_match(exported, trained_digits_m
     path, _, exporter = exported
     _, _, model = trained_digits_model
     other = copy.deepcopy(model)
-    name, layer, _, spec = next(t for t in cml._layers(other) if t[3].w_bits == 2)
+    view = next(l for l in other.quant_layers() if l.spec.w_bits == 2)
+    name, layer = view.name, view.module
     before = layer.quant_weight().int().clone()
     with torch.no_grad():  # push one zero code to +1 (the scale is a learned parameter, unchanged)
         i = int((before.flatten() == 0).nonzero()[0])
@@ -171,17 +174,20 @@ def test_program_adds_the_quantized_block_input_to_the_quantized_output(exported
     fn = cml._load_program(path).functions["main"]
     ops = {op.name: op for op in fn.operations}
     producer = lambda v: v.op.name  # noqa: E731
-    for i, blk in enumerate(model.blocks):
+    blocks = model.named_blocks()
+    assert blocks
+    for path, blk in blocks:
+        b = path.replace(".", "_")  # ops are named after module paths: s1.b0 -> s1_b0_*
         if blk.residual:
-            add = ops[f"blocks_{i}_add"]
-            assert {producer(add.x), producer(add.y)} == {f"blocks_{i}_in_quant_dequantize",
-                                                          f"blocks_{i}_out_quant_dequantize"}
-            assert producer(ops[f"blocks_{i}_out_quant_quantize"].input) == f"blocks_{i}_bn3"
+            add = ops[f"{b}_add"]
+            assert {producer(add.x), producer(add.y)} == {f"{b}_in_quant_dequantize", f"{b}_out_quant_dequantize"}
+            assert producer(ops[f"{b}_out_quant_quantize"].input) == f"{b}_bn3"
         else:
-            assert f"blocks_{i}_add" not in ops and f"blocks_{i}_out_quant_quantize" not in ops
+            assert f"{b}_add" not in ops and f"{b}_out_quant_quantize" not in ops
     assert producer(ops["pool"].x) == "pool_quant_dequantize"
-    assert producer(ops["pool_quant_quantize"].input) == f"blocks_{len(model.blocks) - 1}" + (
-        "_add" if model.blocks[-1].residual else "_bn3")
+    last, last_blk = blocks[-1]
+    assert producer(ops["pool_quant_quantize"].input) == last.replace(".", "_") + (
+        "_add" if last_blk.residual else "_bn3")
     assert producer(ops["logit_quant_quantize"].input) == "head"
     assert [v.name for v in fn.outputs] == [cml.OUTPUT_NAME] and fn.outputs[0].op.op_type == "dequantize"
 
@@ -206,7 +212,8 @@ def test_refuses_to_overwrite_an_existing_path(trained_digits_model, tmp_path):
 def test_report_names_palettized_int4_and_int8_layers(exported, trained_digits_model):
     _, report, exporter = exported
     _, _, model = trained_digits_model
-    assert exporter.last_report is report and len(report.layers) == _n_quant_layers(model)
+    assert not hasattr(exporter, "last_report") and len(report.layers) == _n_quant_layers(model)
+    assert [m.layer for m in report.layers] == [l.name for l in model.quant_layers()]
     lines = report.lines()
     assert all("\n" not in line for line in lines)
     seen = set()

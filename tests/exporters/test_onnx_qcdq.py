@@ -1,8 +1,10 @@
+import copy
+
 import onnx
 import pytest
 import torch
 
-from qnas.errors import ExportError, QnasError
+from qnas.errors import ExportError
 from qnas.exporters import available_exporters, create_exporter
 from qnas.exporters.onnx_qcdq import measure_latency_ms
 
@@ -29,18 +31,27 @@ def test_weights_are_stored_as_integer_codes(trained_digits_model, tmp_path):
     space, arch, model = trained_digits_model
     path = create_exporter("onnx").export(model, torch.zeros(1, 1, arch.resolution, arch.resolution), tmp_path / "m.onnx")
     inits = {i.name: i for i in onnx.load(str(path)).graph.initializer}
-    int8 = [i for i in inits.values() if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
-    n_convs = 2 + 3 * len(model.plan.blocks)  # stem, blocks; fc is 2-D
-    assert len(int8) >= n_convs - 1
+    int8 = [i for i in inits.values() if i.data_type == onnx.TensorProto.INT8]
+    layers = model.quant_layers()
+    n_convs = sum(l.spec.op != "fc" for l in layers)  # stem and the blocks' convs: 4-D codes; the fc's are 2-D
+    assert sum(len(i.dims) == 4 for i in int8) == n_convs == len(layers) - 1
+    assert sum(len(i.dims) == 2 for i in int8) == 1
 
 
-def test_export_refuses_to_overwrite(trained_digits_model, tmp_path):
+def test_export_leaves_no_stale_quantizer_cache(trained_digits_model, tmp_path):
+    """Brevitas caches each quantizer's output while exporting; left in place, ``scale()`` would
+    answer from that cache and miss a later change of the model."""
     _, arch, model = trained_digits_model
-    out = tmp_path / "m.onnx"
-    out.write_text("user file")
-    with pytest.raises(QnasError, match="already exists"):
-        create_exporter("onnx").export(model, torch.zeros(1, 1, arch.resolution, arch.resolution), out)
-    assert out.read_text() == "user file"
+    other = copy.deepcopy(model)
+    create_exporter("onnx").export(other, torch.zeros(1, 1, arch.resolution, arch.resolution), tmp_path / "m.onnx")
+    for q in [l.input_quant for l in other.quant_layers()] + other.stream_quants():
+        assert q.module.act_quant._cached_act is None, q.name
+    proxy = other.logit_quant.act_quant
+    before = float(proxy.scale())
+    impl = proxy.fused_activation_quant_proxy.tensor_quant.scaling_impl
+    with torch.no_grad():  # Brevitas reads the stats buffer until collect_stats_steps, then the learned value
+        (impl.buffer if impl.counter <= impl.collect_stats_steps else impl.value).mul_(2.0)
+    assert float(proxy.scale()) == pytest.approx(2.0 * before, rel=1e-6)
 
 
 def test_unknown_backend_lists_valid_ones():

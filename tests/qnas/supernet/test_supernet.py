@@ -156,9 +156,30 @@ def test_extract_with_skipped_blocks_and_two_kernels(digits_splits):
     for arch in archs:
         x = digits_splits.val.at_resolution(arch.resolution).images[:16]
         net.set_active(arch)
+        model = net.extract(arch).eval()
         with torch.no_grad():
-            assert torch.allclose(net(x), net.extract(arch).eval()(x), atol=1e-6)
+            assert torch.allclose(net(x), model(x), atol=1e-6)
         assert net.active_param_count() == sum(p.numel() for p in build_model(space, arch).parameters())
+        # one name per block: the supernet's position s{si}.b{j} is the extracted model's module path
+        active = [path for path, blk in net.named_blocks() if blk.plan is not None]
+        assert active == [path for path, _ in model.named_blocks()]
+        assert all(net.get_submodule(p).plan.expand.name == f"{p}.expand" for p in active)
+
+
+def test_old_supernet_checkpoint_keys_load_with_a_deprecation_warning():
+    import re
+
+    space = tiny_space()
+    torch.manual_seed(0)
+    net = Supernet(space)
+    state = net.state_dict()
+    old = {re.sub(r"^s(\d+)\.b(\d+)\.", r"blocks.s\1_b\2.", k): v for k, v in state.items()}
+    assert any(k.startswith("blocks.s0_b0.") for k in old)
+    torch.manual_seed(1)
+    other = Supernet(space)
+    with pytest.warns(DeprecationWarning, match="old module names"):
+        other.load_state_dict(old, strict=True)
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in state.items())
 
 
 def test_extracted_state_dict_is_build_models(digits_splits, prepared):
@@ -178,9 +199,9 @@ def test_extracted_state_dict_is_build_models(digits_splits, prepared):
         with torch.no_grad():
             assert torch.equal(model(x), loaded(x))
         # per-channel weight scales are the supernet's, sliced
-        blk = net.blocks["s0_b0"]
+        blk = net.block(0, 0)
         net.set_active(arch)
-        v = model.state_dict()["blocks.0.expand.weight_quant.tensor_quant.scaling_impl.value"]
+        v = model.state_dict()["s0.b0.expand.weight_quant.tensor_quant.scaling_impl.value"]
         spec = blk.expand.spec
         assert torch.equal(v.flatten(), blk.expand.quant.value(f"w{spec.w_bits}", spec.cout))
 
@@ -190,7 +211,7 @@ def test_extracted_activation_quantizers_are_past_stats_collection(digits_splits
     arch = space.sample(5)
     model = net.extract(arch)
     before = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("scaling_impl.value")}
-    impl = model.blocks[0].act1.act_quant.fused_activation_quant_proxy.tensor_quant.scaling_impl
+    impl = model.s0.b0.act1.act_quant.fused_activation_quant_proxy.tensor_quant.scaling_impl
     assert impl.counter > impl.collect_stats_steps
     assert model.stem.weight_quant.tensor_quant.scaling_impl.init_done
     model.train()
@@ -199,7 +220,7 @@ def test_extracted_activation_quantizers_are_past_stats_collection(digits_splits
     out.sum().backward()  # QAT can go on from the inherited scales ...
     after = {k: v for k, v in model.state_dict().items() if k.endswith("scaling_impl.value")}
     assert all(torch.equal(before[k], after[k]) for k in before)  # ... which a train step did not re-collect
-    grad = model.blocks[0].act1.act_quant.fused_activation_quant_proxy.tensor_quant.scaling_impl.value.grad
+    grad = model.s0.b0.act1.act_quant.fused_activation_quant_proxy.tensor_quant.scaling_impl.value.grad
     assert grad is not None and torch.isfinite(grad).all()
 
 
