@@ -34,12 +34,13 @@ import numpy as np
 
 from qnas.arch import Arch, Block
 from qnas.errors import ArchError
+from qnas.quant.naming import BLOCK_LAYERS
 
 if TYPE_CHECKING:
     from qnas.space import SpaceConfig
 
-#: The convs of a block whose bits are genes, in gene order.
-BLOCK_CONVS: tuple[str, ...] = ("expand", "dw", "project")
+#: The convs of a block whose bits are genes, in gene order (their module names in a block).
+BLOCK_CONVS: tuple[str, ...] = BLOCK_LAYERS
 #: Gene groups; groups after ``PER_STAGE_FROM`` hold one tensor per stage.
 GROUPS: tuple[str, ...] = ("resolution", "width", "stem_w", "stem_a", "head_w", "head_a",
                            "depth", "op", "w_bits", "a_bits")

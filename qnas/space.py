@@ -12,6 +12,7 @@ import numpy as np
 from qnas.arch import Arch, Block
 from qnas.errors import ArchError, ConfigError
 from qnas.genes import GeneLayout, skip_allowed
+from qnas.quant.naming import block_path
 from qnas.quant.plan import BlockPlan, LayerSpec, NetworkPlan
 
 SUPPORTED_W_BITS = (2, 4, 8)
@@ -77,7 +78,7 @@ class BlockGeometry:
     @property
     def name(self) -> str:
         """The block's name, also its module path in models (``s1.b0``)."""
-        return f"s{self.stage}.b{self.pos}"
+        return block_path(self.stage, self.pos)
 
     @property
     def residual(self) -> bool:

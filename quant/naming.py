@@ -42,7 +42,7 @@ def block_path_of(block: BlockPlan) -> str:
 
     Raises ValueError when the layer names do not follow the scheme: a model built
     from such a plan could not name its modules after the plan."""
-    path = block.expand.name.rsplit(".", 1)[0]
+    path = block.name
     split_block_path(path)
     names = tuple(spec.name for spec in block.layers)
     if names != tuple(f"{path}.{layer}" for layer in BLOCK_LAYERS):

@@ -178,6 +178,8 @@ def load_float_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.M
     topology but other bit widths (or a float-trained one) can be post-training
     quantized. A missing or mis-shaped float tensor is a one-line :class:`QnasError`."""
     own = model.state_dict()
+    if hasattr(model, "upgrade_state_dict"):  # float weights saved under the old module names
+        state = model.upgrade_state_dict(dict(state))
     floats = {k: v for k, v in own.items() if not _is_quantizer_key(k)}
     missing = [k for k in floats if k not in state]
     if missing:
@@ -196,23 +198,10 @@ def load_float_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.M
     return model
 
 
-def _conv_bn_pairs(model: nn.Module) -> dict[nn.Module, nn.Module]:
-    """Each conv whose next sibling (registration order) is a BatchNorm2d -> that BN.
-
-    Matches qnas' QuantNet/MBConv (stem->stem_bn, expand->bn1, dw->bn2,
-    project->bn3), where each conv's output goes straight into that BN."""
-    pairs: dict[nn.Module, nn.Module] = {}
-    for parent in model.modules():
-        children = list(parent.children())
-        for a, b in zip(children, children[1:]):
-            if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d) and a.out_channels == b.num_features:
-                pairs[a] = b
-    return pairs
-
-
 @torch.no_grad()
 def _fold_new_biases(model: nn.Module, biasless: list[nn.Module]) -> int:
-    pairs = _conv_bn_pairs(model)
+    # each conv's output goes straight into its BN (QuantNet's typed layer views say which)
+    pairs = {layer.module: layer.bn for layer in model.quant_layers() if layer.bn is not None}
     folded = 0
     for conv in biasless:
         bias = getattr(conv, "bias", None)
