@@ -25,7 +25,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from qnas.latency.base import LatencyModel, LayerCost, as_layers, inherit_weightless_bits
-from qnas.latency.profile import WEIGHTED_OPS, DeviceProfile, ExecPrecision, load_profile, precision_key
+from qnas.latency.profile import DeviceProfile, ExecPrecision, load_profile, precision_key
+from qnas.quant.plan import WEIGHTED_OPS
 
 if TYPE_CHECKING:
     from qnas.latency.base import PlanLike

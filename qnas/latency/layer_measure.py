@@ -70,7 +70,6 @@ def _check_bits(layer: LayerSpec) -> None:
 
 def layer_onnx(layer: LayerSpec, bn_params_as_inputs: bool = False, seed: int = 0) -> "onnx.ModelProto":
     """A one-layer ONNX model of ``layer`` in the form qnas' QCDQ export gives it (see module doc)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     _check_bits(layer)
@@ -173,7 +172,6 @@ def _session(model: "onnx.ModelProto", threads: int) -> Any:
 
 
 def _identity_onnx(shape: tuple[int, ...]) -> "onnx.ModelProto":
-    import onnx
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, list(shape))

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from qnas.errors import LatencyTableError, QnasError, UnknownDeviceError
-from qnas.quant.plan import OP_KINDS, WEIGHTED_OPS, WEIGHTLESS_OPS
+from qnas.quant.plan import OP_KINDS, WEIGHTLESS_OPS
 
 SCHEMA_VERSION = 1
 OPS = OP_KINDS  # the layer kinds a profile prices (defined with the plan)

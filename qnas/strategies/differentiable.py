@@ -1,12 +1,11 @@
 """Differentiable architecture + precision search (ProxylessNAS / FBNet / GDAS style).
 
-A super-network holds, at every block position of the space, every op
-(kernel x expand) as one weight-shared MBConv (Single-Path NAS / once-for-all
-slicing: the first ``cin * e`` expand channels, the centre ``k x k`` of the
-depthwise kernel; separate per-op weights trained on random paths barely
-learn in a few epochs) and, at every conv, learned fake-quantizers (Brevitas'
-recipes, :mod:`qnas.supernet.quantize`) for every weight and activation bit
-width of the space. Architecture logits
+The weights live in the one weight-sharing supernet of the space
+(:class:`qnas.supernet.Supernet`, the same one the supernet accuracy source
+and progressive shrinking train: every op of a block position slices one
+MBConv, every conv has learned fake-quantizers for every weight and
+activation bit width), driven through differentiable gates
+(:mod:`qnas.supernet.gates`). Architecture logits
 (:class:`ArchLogits`) give a categorical distribution per gene group, the same
 structure as :class:`~qnas.latency.vectorized.ArchDistribution`:
 
@@ -21,12 +20,13 @@ One training step is a weight step on a train batch and an arch step on a
 validation batch. Both sample an arch with Gumbel noise:
 
 * op and depth: straight-through hard Gumbel-softmax (binarized paths, GDAS /
-  ProxylessNAS): only the sampled path is computed, its output multiplied by
-  the hard gate (value 1) whose gradient reaches the logits; a block beyond a
-  stage's minimum depth is mixed with its input by the depth gate;
+  ProxylessNAS): the supernet runs only the sampled path (its active arch),
+  each block's output multiplied by the hard gate (value 1) whose gradient
+  reaches the logits; a block beyond a stage's minimum depth is mixed with its
+  input by the depth gate;
 * bits: a conv's effective weight is the Gumbel-softmax-weighted mixture of its
-  fake-quantized versions (one conv per path), its input activation likewise
-  (``hard_bits=True`` makes these straight-through hard as well).
+  fake-quantized versions, its input activation likewise (``hard_bits=True``
+  makes these straight-through hard as well).
 
 The arch loss is ``CE + latency_weight * log(E[latency])`` or, with a latency
 budget ``B``, ``CE + lambda * relu(E[latency] / B' - 1)``, where ``E[latency]``
@@ -62,9 +62,13 @@ from qnas.arch import Arch
 from qnas.quant.train import cosine_lr
 from qnas.errors import ConfigError
 from qnas.space import SearchSpace
+from qnas.genes import BLOCK_CONVS
+from qnas.quant.naming import block_path
 from qnas.strategies.base import Budget, Strategy, StrategyContext, register_strategy
+from qnas.supernet.gates import PathGates
+from qnas.supernet.supernet import Supernet
 
-__all__ = ["DifferentiableOptions", "DifferentiableStrategy", "DifferentiableSearch", "ArchLogits", "SuperNet"]
+__all__ = ["DifferentiableOptions", "DifferentiableStrategy", "DifferentiableSearch", "ArchLogits", "path_arch_and_gates"]
 
 _MASKED = -1e4  # logit of a choice that is not allowed (a skip at a stage's first block)
 
@@ -294,188 +298,41 @@ class ArchLogits(nn.Module):
                           d.stem_w, d.stem_a, d.head_w, d.head_a)
 
 
-# ---------------------------------------------------------------------------- super-network
-class MixedActQuant(nn.Module):
-    """Signed per-tensor activation fake-quantizer per bit width (Brevitas' recipe); the output is
-    the gate-weighted sum of the quantized versions. ``relu`` applies ReLU first."""
-
-    def __init__(self, bits: Sequence[int], relu: bool = False):
-        super().__init__()
-        self.bits, self.relu = tuple(bits), relu
-        self.scale = nn.Parameter(torch.ones(len(self.bits)))
-        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
-
-    def forward(self, x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        from qnas.supernet.quantize import SCALING_MIN_VAL, abs_percentile, fake_quant
-
-        if self.relu:
-            x = torch.relu(x)
-        if self.training and not bool(self.initialized):
-            with torch.no_grad():
-                self.scale.fill_(float(abs_percentile(x).clamp_min(SCALING_MIN_VAL)))
-                self.initialized.fill_(True)
-        out = 0
-        for i, b in enumerate(self.bits):
-            out = out + gates[i] * fake_quant(x, self.scale[i], b, narrow=False)
-        return out
-
-
-class MixedQuantConv(nn.Module):
-    """Conv (or linear) whose effective weight is the gate-weighted sum of its per-bit-width fake-quantized
-    versions (signed, narrow range, per output channel, threshold initialised from max |w|)."""
-
-    def __init__(self, cin: int, cout: int, k: int, stride: int, groups: int, bits: Sequence[int], linear: bool = False):
-        super().__init__()
-        from qnas.supernet.quantize import WeightQuantizers
-
-        self.stride, self.groups, self.k, self.linear = stride, groups, k, linear
-        self.bits = tuple(bits)
-        if linear:
-            ref = nn.Linear(cin, cout)
-            self.weight = nn.Parameter(ref.weight.detach().clone())
-            self.bias = nn.Parameter(ref.bias.detach().clone())
-        else:
-            self.weight = nn.Parameter(torch.empty(cout, cin // groups, k, k))
-            nn.init.kaiming_normal_(self.weight, mode="fan_out")
-            self.bias = None
-        self.quant = WeightQuantizers(cout, (f"w{b}" for b in self.bits))
-        for b in self.bits:
-            self.quant.init_from(f"w{b}", self.weight)
-
-    def effective_weight(self, gates: torch.Tensor) -> torch.Tensor:
-        w = 0
-        for i, b in enumerate(self.bits):
-            w = w + gates[i] * self.quant(self.weight, f"w{b}", b)
-        return w
-
-    def forward(self, x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        w = self.effective_weight(gates)
-        if self.linear:
-            return F.linear(x, w, self.bias)
-        return F.conv2d(x, w, None, self.stride, self.k // 2, 1, self.groups)
-
-
-def _sliced_bn(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
-    """``bn`` on the first ``x.shape[1]`` channels (running statistics updated in place, as nn.BatchNorm2d)."""
-    k = x.shape[1]
-    factor = 0.0
-    if bn.training:
-        bn.num_batches_tracked.add_(1)
-        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    return F.batch_norm(x, bn.running_mean[:k], bn.running_var[:k], bn.weight[:k], bn.bias[:k],
-                        bn.training, factor, bn.eps)
-
-
-class MixedBlock(nn.Module):
-    """All MBConv candidates of one block position, as one weight-shared single path (Single-Path NAS /
-    once-for-all style): op (k, e) uses the first ``cin * e`` expand channels and the centre ``k x k`` of the
-    depthwise kernel, with its own batch norms and per-channel weight thresholds. Only the sampled op runs.
-
-    A path is quant -> expand 1x1 -> BN -> ReLU+quant -> depthwise kxk -> BN -> ReLU+quant -> project 1x1
-    -> BN (the deployed :class:`qnas.quant.build.MBConv`), each conv with its gate-mixed bit widths."""
-
-    def __init__(self, space: SearchSpace, cin: int, cout: int, stride: int, residual: bool):
-        super().__init__()
-        from qnas.supernet.quantize import WeightQuantizers
-
-        c = space.config
-        self.ops, self.residual, self.stride = tuple(space.ops), residual, stride
-        self.w_bits = tuple(c.w_bits)
-        self.kmax, emax = max(c.kernels), max(c.expands)
-        mid = cin * emax
-        self.cin = cin
-        self.expand_w = nn.Parameter(torch.empty(mid, cin, 1, 1))
-        self.dw_w = nn.Parameter(torch.empty(mid, 1, self.kmax, self.kmax))
-        self.project_w = nn.Parameter(torch.empty(cout, mid, 1, 1))
-        for w in (self.expand_w, self.dw_w, self.project_w):
-            nn.init.kaiming_normal_(w, mode="fan_out")
-        self.expand_q = WeightQuantizers(mid, (f"e{e}_w{b}" for e in c.expands for b in self.w_bits))
-        self.dw_q = WeightQuantizers(mid, (f"k{k}_w{b}" for k in c.kernels for b in self.w_bits))
-        self.project_q = WeightQuantizers(cout, (f"e{e}_w{b}" for e in c.expands for b in self.w_bits))
-        for b in self.w_bits:
-            for e in c.expands:
-                self.expand_q.init_from(f"e{e}_w{b}", self.expand_w[: cin * e])
-                self.project_q.init_from(f"e{e}_w{b}", self.project_w[:, : cin * e])
-            for k in c.kernels:
-                self.dw_q.init_from(f"k{k}_w{b}", self.kernel(k, mid))
-        # batch norms shared by the ops, sliced to the first channels (once-for-all)
-        self.bn1, self.bn2, self.bn3 = nn.BatchNorm2d(mid), nn.BatchNorm2d(mid), nn.BatchNorm2d(cout)
-        self.in_quant = MixedActQuant(c.a_bits)
-        self.act1 = MixedActQuant(c.a_bits, relu=True)
-        self.act2 = MixedActQuant(c.a_bits, relu=True)
-
-    def kernel(self, k: int, channels: int) -> torch.Tensor:
-        o = (self.kmax - k) // 2
-        return self.dw_w[:channels, :, o:o + k, o:o + k]
-
-    @staticmethod
-    def _mix(q: Any, w: torch.Tensor, key: str, bits: Sequence[int], gates: torch.Tensor) -> torch.Tensor:
-        out = 0
-        for i, b in enumerate(bits):
-            out = out + gates[i] * q(w, f"{key}_w{b}", b)
-        return out
-
-    def path(self, x: torch.Tensor, op: int, w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        k, e = self.ops[op]
-        mid = self.cin * e
-        we = self._mix(self.expand_q, self.expand_w[:mid], f"e{e}", self.w_bits, w[0])
-        h = _sliced_bn(self.bn1, F.conv2d(self.in_quant(x, a[0]), we))
-        wd = self._mix(self.dw_q, self.kernel(k, mid), f"k{k}", self.w_bits, w[1])
-        h = _sliced_bn(self.bn2, F.conv2d(self.act1(h, a[1]), wd, None, self.stride, k // 2, 1, mid))
-        wp = self._mix(self.project_q, self.project_w[:, :mid], f"e{e}", self.w_bits, w[2])
-        return self.bn3(F.conv2d(self.act2(h, a[2]), wp))
-
-    def forward(self, x: torch.Tensor, op: int, gate: torch.Tensor, w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        if op >= len(self.ops):  # skip (identity)
-            return gate * x
-        h = self.path(x, op, w, a)
-        return gate * (x + h if self.residual else h)
-
-
-class SuperNet(nn.Module):
-    """Mixed-op, mixed-precision super-network of a space at one (resolution, width)."""
-
-    def __init__(self, space: SearchSpace, resolution: int, width: float):
-        super().__init__()
-        from qnas.arch import Block
-
-        c = space.config
-        self.space = space
-        k0, e0 = space.ops[0]
-        depths = [max(s.depths) for s in c.stages]
-        self.min_depths = [min(s.depths) for s in c.stages]
-        self.depth_values = [tuple(s.depths) for s in c.stages]
-        stages = tuple(tuple(Block(k0, e0, (c.w_bits[0],) * 3, (c.a_bits[0],) * 3) for _ in range(d)) for d in depths)
-        sh = (c.stem_head_w_bits[0], c.stem_head_a_bits[0])
-        plan = space.plan(Arch(resolution, width, stages, sh, sh))
-        self.stem_quant = MixedActQuant(c.stem_head_a_bits)
-        st = plan.stem
-        self.stem = MixedQuantConv(st.cin, st.cout, st.k, st.stride, 1, c.stem_head_w_bits)
-        self.stem_bn = nn.BatchNorm2d(st.cout)
-        blocks = iter(plan.blocks)
-        self.stages = nn.ModuleList()
-        for d in depths:
-            row = nn.ModuleList()
-            for _ in range(d):
-                b = next(blocks)
-                row.append(MixedBlock(space, b.expand.cin, b.project.cout, b.depthwise.stride, b.residual))
-            self.stages.append(row)
-        self.head_quant = MixedActQuant(c.stem_head_a_bits)
-        self.head = MixedQuantConv(plan.head.cin, plan.head.cout, 1, 1, 1, c.stem_head_w_bits, linear=True)
-
-    def forward(self, x: torch.Tensor, s: PathSample) -> torch.Tensor:
-        x = torch.relu(self.stem_bn(self.stem(self.stem_quant(x, s.stem_a), s.stem_w)))
-        for si, row in enumerate(self.stages):
-            depth = self.depth_values[si][s.depth_idx[si]]
-            for j in range(depth):
-                o = s.op_idx[si][j]
-                out = row[j](x, o, s.op_gate[si][j, o], s.w[si][j], s.a[si][j])
-                if j >= self.min_depths[si]:  # depth gate: P(depth > j) path vs. the identity
-                    g = sum(s.depth_gate[si][k] for k, d in enumerate(self.depth_values[si]) if d > j)
-                    out = g * out + (1 - g) * x
-                x = out
-        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        return self.head(self.head_quant(x, s.head_a), s.head_w)
+# ---------------------------------------------------------------------------- the path on the supernet
+def path_arch_and_gates(space: SearchSpace, s: PathSample, res_idx: int, width_idx: int) -> tuple[Arch, PathGates]:
+    """The arch a sampled path runs (depths and ops as sampled, each conv at its most weighted bit
+    width) and the gates that make the supernet's forward pass differentiable in the logits."""
+    layout = space.genes
+    vec = [0] * len(layout)
+    vec[layout.resolution], vec[layout.width] = res_idx, width_idx
+    for gene, t in ((layout.stem_w, s.stem_w), (layout.stem_a, s.stem_a), (layout.head_w, s.head_w),
+                    (layout.head_a, s.head_a)):
+        vec[gene] = int(t.argmax())
+    gates = PathGates(w={"stem": s.stem_w, "head": s.head_w}, a={"stem": s.stem_a, "head": s.head_a})
+    skips = set()
+    for si, st in enumerate(space.config.stages):
+        vec[layout.depth[si]] = s.depth_idx[si]
+        depth = st.depths[s.depth_idx[si]]
+        for b in layout.stage_blocks(si):
+            op = s.op_idx[si][b.pos]
+            vec[b.op] = op
+            for c in range(3):
+                vec[b.w[c]] = int(s.w[si][b.pos, c].argmax())
+                vec[b.a[c]] = int(s.a[si][b.pos, c].argmax())
+            if b.pos >= depth:
+                continue
+            name = block_path(si, b.pos)
+            gates.op[name] = s.op_gate[si][b.pos, op]
+            if b.pos >= min(st.depths):  # P(depth > j): the path vs. the identity
+                gates.depth[name] = sum(s.depth_gate[si][k] for k, d in enumerate(st.depths) if d > b.pos)
+            if op == layout.skip_op and b.skip_allowed:
+                skips.add(name)
+                continue
+            for c, conv in enumerate(BLOCK_CONVS):
+                gates.w[f"{name}.{conv}"] = s.w[si][b.pos, c]
+                gates.a[f"{name}.{conv}"] = s.a[si][b.pos, c]
+    gates.skips = frozenset(skips)
+    return space.decode(vec), gates
 
 
 # ---------------------------------------------------------------------------- the search engine
@@ -513,7 +370,9 @@ class DifferentiableSearch:
         width_idx = next(i for i, w in enumerate(c.widths) if math.isclose(w, self.width))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.net = SuperNet(space, self.resolution, self.width)
+            # the one weight-sharing supernet; batch norm switches per expand ratio only (bits are mixed here)
+            self.net = Supernet(space, bn_per_bits=False)
+        self.res_idx, self.width_idx = res_idx, width_idx
         self.arch = ArchLogits(space, res_idx, width_idx)
         self.gen = torch.Generator().manual_seed(seed)
         hard = self.budget.latency_ms is not None
@@ -537,13 +396,7 @@ class DifferentiableSearch:
     def violation(self, arch: Arch) -> float:
         """Budget violation of an arch (latency from the latency model, size/peak counted)."""
         b = self.budget
-        rec = {"latency_ms": self.latency(arch) if b.latency_ms is not None else 0.0, "size_kb": 0.0, "peak_act_kb": 0.0}
-        if b.size_kb is not None or b.peak_act_kb is not None:
-            from qnas.costs import count_costs
-
-            cst = count_costs(self.space.plan(arch))
-            rec["size_kb"], rec["peak_act_kb"] = cst.size_kb, cst.peak_activation_bytes / 1024
-        return b.violation(rec)
+        return b.violation(Budget.record(self.space.plan(arch), self.latency(arch) if b.latency_ms is not None else 0.0))
 
     def _est_violation(self, vecs: list[list[int]], offset: float) -> np.ndarray:
         """Budget violation estimated from the table (+ offset); size/peak counted exactly."""
@@ -552,14 +405,10 @@ class DifferentiableSearch:
         if b.latency_ms is not None:
             lat = self.table_ms(np.asarray(vecs)) + offset
             v += np.maximum(lat - b.latency_ms, 0) / b.latency_ms
-        if b.size_kb is not None or b.peak_act_kb is not None:
-            from qnas.costs import count_costs
-
+        counted = Budget(None, b.size_kb, b.peak_act_kb)  # the limits the table cannot estimate
+        if counted != Budget():
             for i, vec in enumerate(vecs):
-                cst = count_costs(self.space.plan(self.space.decode(vec)))
-                for lim, val in ((b.size_kb, cst.size_kb), (b.peak_act_kb, cst.peak_activation_bytes / 1024)):
-                    if lim is not None and val > lim:
-                        v[i] += (val - lim) / lim
+                v[i] += counted.violation(Budget.record(self.space.plan(self.space.decode(vec)), 0.0))
         return v
 
     def _neighbours(self, vec: list[int], genes: Sequence[int]) -> list[list[int]]:
@@ -668,11 +517,18 @@ class DifferentiableSearch:
         o = self.opt
         return o.tau_start * (o.tau_end / o.tau_start) ** min(max(t, 0.0), 1.0)
 
+    def forward(self, x: torch.Tensor, s: PathSample) -> torch.Tensor:
+        """The supernet's logits on the sampled path ``s`` (gated: differentiable in the logits)."""
+        arch, gates = path_arch_and_gates(self.space, s, self.res_idx, self.width_idx)
+        self.net.set_active(arch, quantize=True)
+        with self.net.gated(gates):
+            return self.net(x)
+
     def weight_step(self, x: torch.Tensor, y: torch.Tensor, tau: float, uniform: bool = False) -> float:
         self.net.train()
         with torch.no_grad():
             s = self.arch.sample(tau, self.gen, self.opt.hard_bits, uniform=uniform)
-        loss = F.cross_entropy(self.net(x, s), y)
+        loss = F.cross_entropy(self.forward(x, s), y)
         self.w_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.w_opt.step()
@@ -693,7 +549,7 @@ class DifferentiableSearch:
         """One Adam step on the logits; returns (CE, accuracy of the sampled path, E[latency])."""
         self.net.train()
         s = self.arch.sample(tau, self.gen, self.opt.hard_bits)
-        out = self.net(x, s)
+        out = self.forward(x, s)
         ce = F.cross_entropy(out, y)
         e_ms = self.expected_ms()
         loss = self.arch_loss(ce, e_ms)
@@ -779,35 +635,17 @@ class DifferentiableSearch:
 
     # ---- results ---------------------------------------------------------------------
     @torch.no_grad()
-    def accuracy(self, vec: Sequence[int], train: Any, val: Any, recalibrate_batches: int = 8) -> float | None:
-        """Validation accuracy of one arch inside the super-network, after re-estimating the batch-norm
-        statistics of its path on ``recalibrate_batches`` train batches. None for another (resolution, width)."""
-        vec = list(vec)
-        if self.space.decode(vec).resolution != self.resolution or not math.isclose(self.space.decode(vec).width, self.width):
+    def accuracy(self, vec: Sequence[int], splits: Any, recalibrate_batches: int = 8) -> float | None:
+        """Validation accuracy of one arch inherited from the supernet, BN re-estimated on
+        ``recalibrate_batches`` train batches (the supernet accuracy source). None for another
+        (resolution, width) than the search trained."""
+        from qnas.supernet import SupernetEvaluator
+
+        arch = self.space.decode(vec)
+        if arch.resolution != self.resolution or not math.isclose(arch.width, self.width):
             return None
-        s = self.arch.path_from_genes(vec)
-        tr, va = train.at_resolution(self.resolution), val.at_resolution(self.resolution)
-        state = {k: v.clone() for k, v in self.net.state_dict().items()}
-        try:
-            bns = [m for m in self.net.modules() if isinstance(m, nn.BatchNorm2d)]
-            for m in bns:
-                m.reset_running_stats()
-                m.momentum = None
-            self.net.train()
-            for i, (x, _) in enumerate(tr.loader(self.opt.batch_size, shuffle=True, seed=self.seed + 7)):
-                if i >= recalibrate_batches:
-                    break
-                self.net(x, s)
-            self.net.eval()
-            correct = 0
-            for x, y in va.loader(256, shuffle=False):
-                correct += int((self.net(x, s).argmax(1) == y).sum())
-            return correct / max(len(va), 1)
-        finally:
-            for m in bns:
-                m.momentum = 0.1
-            self.net.load_state_dict(state)
-            self.net.train()
+        evaluator = SupernetEvaluator(self.net, splits, recalibrate_batches, self.opt.batch_size, self.seed + 7)
+        return evaluator(arch)["val_acc"]
 
 
 def _cycle(ds: Any, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -893,7 +731,7 @@ class DifferentiableStrategy(Strategy):
                 vec = search.repair(vec, self._log_probs) or search.repair(vec, self._log_probs, fixed_rw=False) \
                     or search.fastest()
             self.derived = space.decode(vec)
-            acc = search.accuracy(vec, splits.train, splits.val)
+            acc = search.accuracy(vec, splits)
         search.summary.update({
             "derived": self.derived.to_dict(), "describe": self.derived.describe(),
             "derived_ms": latency(self.derived), "budget_ms": self.budget.latency_ms, "repaired": repaired,
@@ -955,3 +793,14 @@ class DifferentiableStrategy(Strategy):
 
 
 register_strategy("differentiable", DifferentiableStrategy)
+
+
+def __getattr__(name: str) -> Any:
+    # One release of grace: the strategy's own super-network is gone; it drives qnas.supernet.Supernet.
+    if name == "SuperNet":
+        import warnings
+
+        warnings.warn("qnas.strategies.differentiable.SuperNet is deprecated: the differentiable search drives "
+                      "qnas.supernet.Supernet through PathGates (qnas.supernet.gates)", DeprecationWarning, stacklevel=2)
+        return Supernet
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,9 +15,10 @@ in eval mode it computes the same outputs as the supernet.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -34,6 +35,7 @@ from qnas.supernet.layers import (
     DynamicQLinear,
     SwitchableBN,
 )
+from qnas.supernet.gates import PathGates
 from qnas.supernet.quantize import ActQuantizers
 
 
@@ -102,6 +104,10 @@ class SuperMBConv(nn.Module):
         e, d, p = self.plan.layers
         return [(self.bn1.active_bn, e.cout), (self.bn2.active_bn, d.cout), (self.bn3.active_bn, p.cout)]
 
+    def weight_layers(self) -> list[tuple[str, nn.Module, ActQuantizers]]:
+        """(layer name in the block, weight layer, the activation quantizer feeding it), in execution order."""
+        return [("expand", self.expand, self.in_quant), ("dw", self.dw, self.act1), ("project", self.project, self.act2)]
+
 
 @dataclass(frozen=True)
 class ActiveConfig:
@@ -152,6 +158,8 @@ class Supernet(nn.Module):
         self.logit_quant = ActQuantizers([STREAM_BITS])
         self._active: ActiveConfig | None = None
         self._order: list[SuperMBConv] = []
+        self._positions: list[tuple[str, SuperMBConv | None]] = []  # active positions, a skip as None
+        self._gates: PathGates | None = None
         self.set_active(self.space.uniform(max(c.w_bits), max(c.a_bits)))
 
     # ---- configuration -------------------------------------------------
@@ -169,23 +177,45 @@ class Supernet(nn.Module):
         for _, blk in self.named_blocks():
             blk.plan = None
         order: list[SuperMBConv] = []
+        positions: list[tuple[str, SuperMBConv | None]] = []
         plans = iter(plan.blocks)
         for si, genes in enumerate(arch.stages):
             for j, b in enumerate(genes):
                 if b.is_skip:
+                    positions.append((block_path(si, j), None))
                     continue
                 blk = self.block(si, j)
                 blk.set_active(next(plans), b.expand, quantize, self.bn_per_bits)
                 order.append(blk)
+                positions.append((block_path(si, j), blk))
         self.input_quant.active_bits = plan.stem.a_bits if quantize else None
         self.stem.spec, self.stem.quantize = plan.stem, quantize
         self.stem_bn.key = _bn_key(None, plan.stem.w_bits, quantize, self.bn_per_bits)
         self.head_quant.active_bits = plan.head.a_bits if quantize else None
         self.pool_quant.active_bits = self.logit_quant.active_bits = STREAM_BITS if quantize else None
         self.head.spec, self.head.quantize = plan.head, quantize
-        self._order = order
+        self._order, self._positions = order, positions
         self._active = ActiveConfig(arch, quantize, plan)
         return self
+
+    @contextlib.contextmanager
+    def gated(self, gates: PathGates) -> Iterator["Supernet"]:
+        """Run the active arch through differentiable ``gates`` (:mod:`qnas.supernet.gates`): mixed
+        bit widths per layer, op and depth gates per block position. Quantized mode only."""
+        if not self.quantize:
+            raise ArchError("gates mix quantized bit widths; set_active(arch, quantize=True) first")
+        layers = [("stem", self.stem, self.input_quant), ("head", self.head, self.head_quant)]
+        layers += [(f"{path}.{name}", conv, q) for path, blk in self._positions if blk is not None
+                   for name, conv, q in blk.weight_layers()]
+        try:
+            for name, conv, q in layers:
+                conv.mix, q.mix = gates.w.get(name), gates.a.get(name)
+            self._gates = gates
+            yield self
+        finally:
+            self._gates = None
+            for _, conv, q in layers:
+                conv.mix = q.mix = None
 
     def block(self, stage: int, index: int) -> SuperMBConv:
         """The block at position ``index`` of stage ``stage`` (module path ``s{stage}.b{index}``)."""
@@ -206,10 +236,24 @@ class Supernet(nn.Module):
     # ---- computation ---------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem_act(self.stem_bn(self.stem(self.input_quant(x))))
-        for blk in self._order:
-            x = blk(x)
+        if self._gates is None:
+            for blk in self._order:
+                x = blk(x)
+        else:
+            x = self._gated_blocks(x, self._gates)
         x = torch.flatten(self.pool(self.pool_quant(x)), 1)
         return self.logit_quant(self.head(self.head_quant(x)))
+
+    def _gated_blocks(self, x: torch.Tensor, gates: PathGates) -> torch.Tensor:
+        for path, blk in self._positions:
+            out = x if blk is None else blk(x)  # a skip passes its input
+            if path in gates.op:
+                out = gates.op[path] * out
+            if path in gates.depth:  # the path vs. the identity, by P(depth > position)
+                g = gates.depth[path]
+                out = g * out + (1 - g) * x
+            x = out
+        return x
 
     # ---- extraction ----------------------------------------------------
     def active_state(self) -> dict[str, torch.Tensor]:

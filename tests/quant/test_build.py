@@ -4,7 +4,7 @@ import warnings
 import pytest
 import torch
 
-from qnas.arch import Arch, Block
+from qnas.arch import Arch
 from qnas.quant.build import QuantNet, build_model
 from qnas.quant.layer_view import QuantLayer
 from qnas.quant.naming import block_path, block_path_of, split_block_path

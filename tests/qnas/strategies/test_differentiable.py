@@ -108,7 +108,7 @@ def test_loss_decreases_on_tiny_digits_subset(space, cpu_ort, digits_splits):
 
     def loss() -> float:  # batch statistics: the running ones lag behind after a dozen steps
         with torch.no_grad():
-            return float(np.mean([torch.nn.functional.cross_entropy(search.net(x, p), y).item() for p in paths]))
+            return float(np.mean([torch.nn.functional.cross_entropy(search.forward(x, p), y).item() for p in paths]))
 
     search.weight_step(x, y, 1.0, uniform=True)  # initialises the activation quantizers
     before = loss()
