@@ -6,8 +6,9 @@ vendor SDK; the backends register themselves when the registry is first used
 imported inside each backend only when it runs."""
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from qnas.quant.lazy import lazy_exports
 
 _API = {
     "Capabilities": "qnas.exporters.base",
@@ -28,11 +29,4 @@ _SUBMODULES = ("base", "conformance", "coreml_mlprogram", "onnx_qcdq", "targets"
 __all__ = sorted(_API)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _API:
-        value = getattr(importlib.import_module(_API[name]), name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _API, _SUBMODULES)

@@ -11,8 +11,9 @@ stays fast::
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from qnas.quant.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -45,9 +46,4 @@ _API = {
 __all__ = sorted(_API)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _API:
-        value = getattr(importlib.import_module(_API[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'qnas' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _API)

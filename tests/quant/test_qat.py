@@ -198,7 +198,8 @@ def test_finish_qat_from_arch_json_with_float_teacher(tmp_path, digits_splits):
     res = finish_qat(arch_file, out=out, epochs=1, float_epochs=2, progress=False, splits=digits_splits)
     assert res.path == out and out.is_file() and not (tmp_path / "qat.qat-state.pt").exists()
     assert res.details["init"] == "ptq" and "float" in res.details["teacher"]
-    assert res.float_test_acc > 0.5 and res.test_acc > 0.5
+    # measured: float (2 epochs) ~79 %, QAT from its PTQ ~83 %: QAT keeps the float model's accuracy
+    assert res.float_test_acc >= 0.65 and res.test_acc >= res.float_test_acc - 0.1
     loaded = _export_ok(out, tmp_path, digits_splits)
     assert loaded.meta["finish"]["method"] == "qat" and loaded.meta["test_acc"] == pytest.approx(res.test_acc)
     with pytest.raises(CheckpointError, match="already exists"):
