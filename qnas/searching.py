@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from tqdm.auto import tqdm
 
 from qnas.accuracy_sources import accuracy_source_names, create_accuracy_source
@@ -150,7 +149,7 @@ def make_evaluator(cfg: SearchConfig, space: SearchSpace, splits: Splits, run: R
 
 def obtain_supernet(cfg: SearchConfig, space: SearchSpace, splits: Splits, run: RunDir | None, progress: bool):
     """The supernet at ``cfg.accuracy_path``, else one trained in (or resumed from) ``RUN/supernet``."""
-    from qnas.supernet import Supernet, SupernetTrainConfig, load_supernet, progressive_phases, train_supernet
+    from qnas.supernet import load_supernet
 
     if cfg.accuracy_path:
         supernet = load_supernet(cfg.accuracy_path)
@@ -158,14 +157,22 @@ def obtain_supernet(cfg: SearchConfig, space: SearchSpace, splits: Splits, run: 
             raise ConfigError(f"the supernet at {cfg.accuracy_path} was trained on another search space")
         return supernet
     ckpt_dir = run.file("supernet") if run else None
-    with torch.random.fork_rng():  # the same seed gives the same initial weights, in any process
-        torch.manual_seed(cfg.seed)
-        supernet = Supernet(space)
-    train_supernet(supernet, splits, SupernetTrainConfig(
-        phases=progressive_phases(cfg.supernet_epochs), batch_size=cfg.batch_size, seed=cfg.seed,
-        checkpoint_dir=str(ckpt_dir) if ckpt_dir else None,
-        resume=bool(ckpt_dir and (ckpt_dir / "supernet.pt").is_file()), progress=progress))
-    return supernet
+    resume = bool(ckpt_dir and (ckpt_dir / "supernet.pt").is_file())
+    return _train_new_supernet(space, splits, cfg.supernet_epochs, cfg.batch_size, cfg.seed, ckpt_dir, resume,
+                               progress)[0]
+
+
+def _train_new_supernet(space: SearchSpace, splits: Splits, epochs: int, batch_size: int, seed: int,
+                        checkpoint_dir: Path | None, resume: bool, progress: bool) -> tuple[Any, list[dict[str, Any]]]:
+    """A supernet initialised from ``seed`` (the same weights in any process), trained by progressive
+    shrinking with ``epochs`` per phase (checkpointed into ``checkpoint_dir``); and its history."""
+    from qnas.supernet import Supernet, SupernetTrainConfig, progressive_phases, train_supernet
+
+    supernet = Supernet.from_seed(space, seed)
+    history = train_supernet(supernet, splits, SupernetTrainConfig(
+        phases=progressive_phases(epochs), batch_size=batch_size, seed=seed,
+        checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, resume=resume, progress=progress))
+    return supernet, history
 
 
 def train_supernet_run(out: str | Path, *, data: str = "digits", data_path: str | None = None,
@@ -174,17 +181,12 @@ def train_supernet_run(out: str | Path, *, data: str = "digits", data_path: str 
     """Train a supernet over ``space`` (default: the embedded space sized for the data) into
     ``OUT/supernet.pt``, ``epochs`` per progressive-shrinking phase, checkpointed every epoch; ``resume``
     continues that file, ``overwrite`` starts over. Returns the per-epoch history."""
-    from qnas.supernet import Supernet, SupernetTrainConfig, progressive_phases, train_supernet
-
     out = Path(out)
     if (out / "supernet.pt").exists() and not (resume or overwrite):
         raise ConfigError(f"{out / 'supernet.pt'} exists; pass --resume to continue it or --force to start over")
     splits = prepare_data(data, data_path, seed)
     space = space_for(splits, space)
-    supernet = Supernet(space)
-    return train_supernet(supernet, splits, SupernetTrainConfig(
-        phases=progressive_phases(epochs), batch_size=batch_size, seed=seed, checkpoint_dir=str(out),
-        resume=resume, progress=progress))
+    return _train_new_supernet(space, splits, epochs, batch_size, seed, out, resume, progress)[1]
 
 
 def strategy_options(cfg: SearchConfig, space: SearchSpace, evaluator: Callable[[Arch], dict[str, Any]],

@@ -368,10 +368,8 @@ class DifferentiableSearch:
         self.resolution, self.width = self._choose_resolution_width()
         res_idx = c.resolutions.index(self.resolution)
         width_idx = next(i for i, w in enumerate(c.widths) if math.isclose(w, self.width))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            # the one weight-sharing supernet; batch norm switches per expand ratio only (bits are mixed here)
-            self.net = Supernet(space, bn_per_bits=False)
+        # the one weight-sharing supernet; batch norm switches per expand ratio only (bits are mixed here)
+        self.net = Supernet.from_seed(space, seed, bn_per_bits=False)
         self.res_idx, self.width_idx = res_idx, width_idx
         self.arch = ArchLogits(space, res_idx, width_idx)
         self.gen = torch.Generator().manual_seed(seed)

@@ -162,6 +162,14 @@ class Supernet(nn.Module):
         self._gates: PathGates | None = None
         self.set_active(self.space.uniform(max(c.w_bits), max(c.a_bits)))
 
+    @classmethod
+    def from_seed(cls, space: SearchSpace, seed: int, **options: Any) -> "Supernet":
+        """A supernet whose initial weights depend only on ``seed``, in any process (the global
+        random state is left as it was)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(space, **options)
+
     # ---- configuration -------------------------------------------------
     @property
     def active_arch(self) -> Arch:

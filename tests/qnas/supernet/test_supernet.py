@@ -402,3 +402,18 @@ def test_train_supernet_refuses_mismatched_data(digits_splits):
     space = SearchSpace(SpaceConfig(in_channels=3))
     with pytest.raises(ConfigError, match="channel"):
         train_supernet(Supernet(space), tiny_splits(digits_splits), fast_cfg())
+
+
+def test_from_seed_gives_the_same_weights_and_leaves_the_global_rng():
+    space = tiny_space()
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    a = Supernet.from_seed(space, 7)
+    after = torch.rand(3)
+    b = Supernet.from_seed(space, 7)
+    assert torch.equal(before, after)  # the global random state was not consumed
+    for (k, v), (_, w) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(v, w), k
+    c = Supernet.from_seed(space, 8)
+    assert any(not torch.equal(v, w) for v, w in zip(a.state_dict().values(), c.state_dict().values()))
