@@ -633,11 +633,20 @@ class DifferentiableSearch:
 
     # ---- results ---------------------------------------------------------------------
     @torch.no_grad()
-    def accuracy(self, vec: Sequence[int], splits: Any, recalibrate_batches: int = 8) -> float | None:
+    def accuracy(self, vec: Sequence[int], splits: Any, recalibrate_batches: Any = 8, *old: Any) -> float | None:
         """Validation accuracy of one arch inherited from the supernet, BN re-estimated on
         ``recalibrate_batches`` train batches (the supernet accuracy source). None for another
         (resolution, width) than the search trained."""
         from qnas.supernet import SupernetEvaluator
+
+        if not hasattr(splits, "val"):  # deprecated form accuracy(vec, train, val[, recalibrate_batches])
+            import warnings
+
+            from qnas.data import Splits
+
+            warnings.warn("DifferentiableSearch.accuracy(vec, train, val) is deprecated; pass the Splits: "
+                          "accuracy(vec, splits)", DeprecationWarning, stacklevel=2)
+            splits, recalibrate_batches = Splits(splits, recalibrate_batches, recalibrate_batches), (old or (8,))[0]
 
         arch = self.space.decode(vec)
         if arch.resolution != self.resolution or not math.isclose(arch.width, self.width):
