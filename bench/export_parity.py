@@ -41,7 +41,7 @@ def main() -> None:
     from qnas.quant.checkpoint import atomic_write
     from qnas.quant.train import TrainConfig, train
     from qnas.space import SearchSpace
-    from qnas.supernet import recalibrate_bn
+    from qnas.quant.batchnorm import recalibrate_bn
 
     torch.set_num_threads(1)
     space = SearchSpace()

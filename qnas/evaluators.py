@@ -19,7 +19,7 @@ from qnas.quant.build import build_model
 from qnas.quant.checkpoint import load_checkpoint, save_checkpoint
 from qnas.quant.train import TrainConfig, evaluate, train
 from qnas.space import SearchSpace
-from qnas.supernet.evaluate import recalibrate_bn
+from qnas.quant.batchnorm import recalibrate_bn
 
 
 class TrainingEvaluator:

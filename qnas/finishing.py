@@ -166,13 +166,13 @@ def train_float(model: nn.Module, data: ArchData, epochs: int, seed: int, batch_
                 lr: float = 3e-3) -> nn.Module:
     """Train ``model``'s float weights in place with every quantizer off, then re-estimate its BN
     statistics (float) on up to 1024 training images; returns it in eval mode."""
-    from qnas.quant.ptq import float_mode, recalibrate_bn
+    from qnas.quant.ptq import float_mode, recalibrate_bn_float
 
     train_ds = data.part("train")
     with float_mode(model):
         train(model, train_ds.loader(batch_size, True, seed), None,
               TrainConfig(epochs=epochs, lr=lr, seed=seed, progress=progress, desc="float model"))
-    recalibrate_bn(model, train_ds.images[:1024], batch_size)
+    recalibrate_bn_float(model, train_ds.images[:1024], batch_size)
     model.eval()
     return model
 
