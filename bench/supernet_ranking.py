@@ -41,7 +41,7 @@ def main() -> None:
     splits = split(load_digits(), seed=0)
     space = SearchSpace()
     t0 = time.perf_counter()
-    supernet = Supernet(space)
+    supernet = Supernet.from_seed(space, 0)  # the same initial weights in every run
     train_supernet(supernet, splits, SupernetTrainConfig(phases=progressive_phases(a.supernet_epochs), seed=0,
                                                          progress=False))
     t_supernet = time.perf_counter() - t0
