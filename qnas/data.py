@@ -473,6 +473,33 @@ def _read_cifar_file(f: Path) -> tuple[np.ndarray, np.ndarray]:
     return rec[:, 1:].reshape(-1, 3, 32, 32), labels
 
 
+def cifar_batch_files(root: Path, train: bool) -> list[Path]:
+    """The CIFAR-10 binary files to read under ``root`` (or its ``cifar-10-batches-bin``):
+    every ``data_batch_N.bin`` in numeric order for ``train``, else ``test_batch.bin``."""
+
+    def _has_batches(d: Path) -> bool:
+        return (d / "test_batch.bin").is_file() or any(d.glob("data_batch_*.bin"))
+
+    if not _has_batches(root) and (root / _CIFAR_SUBDIR).is_dir():
+        root = root / _CIFAR_SUBDIR
+    if not train:
+        f = root / "test_batch.bin"
+        if not f.is_file():
+            raise _err(f"CIFAR-10 test file not found: {f}; download the CIFAR-10 binary version "
+                       "(cifar-10-binary.tar.gz) and pass its cifar-10-batches-bin folder")
+        return [f]
+
+    def _num(p: Path) -> tuple[int, str]:
+        tail = p.stem[len("data_batch_"):]
+        return (int(tail), p.name) if tail.isdigit() else (10 ** 9, p.name)
+
+    files = sorted((p for p in root.glob("data_batch_*.bin") if p.is_file()), key=_num)
+    if not files:
+        raise _err(f"no data_batch_*.bin files in {root}; download the CIFAR-10 binary "
+                   "version (cifar-10-binary.tar.gz) and pass its cifar-10-batches-bin folder")
+    return files
+
+
 def load_cifar10(path: PathLike, train: bool = True,
                  mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None) -> ImageDataset:
@@ -488,27 +515,7 @@ def load_cifar10(path: PathLike, train: bool = True,
     if not root.is_dir():
         raise _err(f"CIFAR-10 path is not a directory: {root}; pass the folder holding "
                    "data_batch_*.bin and test_batch.bin")
-
-    def _has_batches(d: Path) -> bool:
-        return (d / "test_batch.bin").is_file() or any(d.glob("data_batch_*.bin"))
-
-    if not _has_batches(root) and (root / _CIFAR_SUBDIR).is_dir():
-        root = root / _CIFAR_SUBDIR
-    if train:
-        def _num(p: Path) -> tuple[int, str]:
-            tail = p.stem[len("data_batch_"):]
-            return (int(tail), p.name) if tail.isdigit() else (10 ** 9, p.name)
-
-        files = sorted((p for p in root.glob("data_batch_*.bin") if p.is_file()), key=_num)
-        if not files:
-            raise _err(f"no data_batch_*.bin files in {root}; download the CIFAR-10 binary "
-                       "version (cifar-10-binary.tar.gz) and pass its cifar-10-batches-bin folder")
-    else:
-        f = root / "test_batch.bin"
-        if not f.is_file():
-            raise _err(f"CIFAR-10 test file not found: {f}; download the CIFAR-10 binary version "
-                       "(cifar-10-binary.tar.gz) and pass its cifar-10-batches-bin folder")
-        files = [f]
+    files = cifar_batch_files(root, train)
     parts = [_read_cifar_file(f) for f in files]
     images = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
     labels = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from qnas.augment import AUGMENT_POLICIES, eval_transform, train_transform
-from qnas.data import (_CIFAR_RECORD, _CIFAR_SUBDIR, IMAGE_EXTENSIONS, ImageDataset, IndexLike,
+from qnas.data import (_CIFAR_RECORD, IMAGE_EXTENSIONS, cifar_batch_files, ImageDataset, IndexLike,
                        PathLike, _err, _existing, open_npz)
 from qnas.dataset_kinds import DATASET_KINDS
 
@@ -405,27 +405,6 @@ def _channel_stats(source: Any, channels: int, size: int, policy: str) -> tuple[
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
-def _cifar_files(root: Path, train: bool) -> list[Path]:
-    if not ((root / "test_batch.bin").is_file() or any(root.glob("data_batch_*.bin"))) \
-            and (root / _CIFAR_SUBDIR).is_dir():
-        root = root / _CIFAR_SUBDIR
-    if not train:
-        f = root / "test_batch.bin"
-        if not f.is_file():
-            raise _err(f"CIFAR-10 test file not found: {f}; pass the cifar-10-batches-bin folder")
-        return [f]
-
-    def _num(p: Path) -> tuple[int, str]:
-        tail = p.stem[len("data_batch_"):]
-        return (int(tail), p.name) if tail.isdigit() else (10 ** 9, p.name)
-
-    files = sorted((p for p in root.glob("data_batch_*.bin") if p.is_file()), key=_num)
-    if not files:
-        raise _err(f"no data_batch_*.bin files in {root}; pass the cifar-10-batches-bin folder "
-                   "of the CIFAR-10 binary version")
-    return files
-
-
 def open_stream(kind: str, path: PathLike, *, size: int | None = None, train: bool = True,
                 policy: str | None = None, channels: int | None = None,
                 mean: Sequence[float] | None = None,
@@ -461,7 +440,7 @@ def open_stream(kind: str, path: PathLike, *, size: int | None = None, train: bo
     elif k == "cifar10":
         if not root.is_dir():
             raise _err(f"CIFAR-10 path is not a directory: {root}; pass the folder holding data_batch_*.bin")
-        source, num_classes, ch = _CifarSource(_cifar_files(root, train)), 10, 3
+        source, num_classes, ch = _CifarSource(cifar_batch_files(root, train)), 10, 3
     else:
         if root.is_dir():
             raise _err(f"npz path is a directory, not a file: {root}; pass the .npz file itself")
