@@ -167,6 +167,43 @@ def import_sdk(module: str, extra: str) -> Any:
         raise ExportError(f"{module} is not installed ({e}); install it with: pip install \"qnas[{extra}]\"") from None
 
 
+def mobile_space_features(model: nn.Module) -> list[tuple[str, str]]:
+    """(layer kind, where) of each layer of the standard mobile spaces in ``model``'s plan:
+    ``squeeze-excite``, ``block without expand conv``, a ``relu6``/``hswish`` activation,
+    ``feature-mix conv``, ``pre-classifier linear``; empty for a model of the plain MBConv space
+    (and for anything without a plan)."""
+    plan = getattr(model, "plan", None)
+    if plan is None or not hasattr(plan, "blocks"):
+        return []
+    out: list[tuple[str, str]] = []
+    if getattr(plan, "stem_act", "relu") != "relu":
+        out.append((f"{plan.stem_act} activation", "stem"))
+    for b in plan.blocks:
+        if b.expand is None:
+            out.append(("block without expand conv", b.name))
+        if getattr(b, "act", "relu") != "relu":
+            out.append((f"{b.act} activation", b.name))
+        if getattr(b, "se", None) is not None:
+            out.append(("squeeze-excite", f"{b.name}.se"))
+    if getattr(plan, "mix", None) is not None:
+        out.append(("feature-mix conv", "mix"))
+    if getattr(plan, "pre_head", None) is not None:
+        out.append(("pre-classifier linear", "pre_head"))
+    return out
+
+
+def refuse_mobile_space_features(model: nn.Module, backend: str) -> None:
+    """One-line :class:`ExportError` naming the first layer kind ``backend`` cannot write yet
+    (see :func:`mobile_space_features`), never a silently wrong file."""
+    found = mobile_space_features(model)
+    if found:
+        kinds = sorted({k for k, _ in found})
+        kind, where = found[0]
+        raise ExportError(f"the {backend} backend cannot export a {kind} yet (layer {where}; this model also has "
+                          f"{', '.join(k for k in kinds if k != kind) or 'nothing else of the kind'}); export it "
+                          "with the onnx or tensorrt backend")
+
+
 _REGISTRY: dict[str, Callable[[], Exporter]] = {}
 # the backends shipped with qnas, imported (and so registered) on first use of the registry
 _BUILTIN_BACKENDS = ("onnx_qcdq", "tensorrt_onnx", "coreml_mlprogram", "tflite_litert")

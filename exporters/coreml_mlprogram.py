@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from qnas.exporters.base import (Capabilities, CodeCheck, Exporter, ParityReport, compare_logits, import_sdk,
-                                 quiet_native_output, register)
+                                 quiet_native_output, refuse_mobile_space_features, register)
 from qnas.quant.errors import ExportError
 from qnas.quant.layer_view import ActQuantizer, QuantLayer, read_act_quant, read_weight_quant
 
@@ -554,6 +554,7 @@ class CoreMLExporter(Exporter):
     def export_with_report(self, model: nn.Module, example_input: torch.Tensor, out: str | Path,
                            overwrite: bool = False) -> tuple[Path, CoreMLReport]:
         out = Path(out)
+        refuse_mobile_space_features(model, "coreml")
         if out.suffix != ".mlpackage":
             raise ExportError(f"a CoreML ML program is a .mlpackage directory; name the output *.mlpackage, not {out.name}")
         if out.exists() and not overwrite:

@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qnas.exporters.base import (Capabilities, CodeCheck, Exporter, ParityReport, compare_logits, import_sdk,
-                                 quiet_native_output, register)
+                                 quiet_native_output, refuse_mobile_space_features, register)
 from qnas.quant.bn_fold import bn_fold
 from qnas.quant.checkpoint import atomic_write
 from qnas.quant.errors import ExportError
@@ -677,6 +677,7 @@ class TFLiteLitertExporter(Exporter):
     def export_with_report(self, model: nn.Module, example_input: torch.Tensor, out: str | Path,
                            overwrite: bool = False) -> tuple[Path, TFLiteReport]:
         out = Path(out)
+        refuse_mobile_space_features(model, "tflite")
         if out.exists() and not overwrite:
             raise ExportError(f"{out} already exists; choose another path or pass overwrite=True (--force)")
         with quiet_native_output():  # the SDKs' import-time log lines

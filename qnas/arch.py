@@ -20,7 +20,7 @@ class Block:
     A skipped block (identity) has ``kernel == expand == 0`` and no bits."""
 
     kernel: int
-    expand: int
+    expand: int | float
     w_bits: tuple[int, ...]
     a_bits: tuple[int, ...]
 
@@ -50,7 +50,7 @@ class Block:
         missing = [k for k in ("k", "e", "w", "a") if k not in d]
         if missing:
             raise ArchError(f"{where} lacks field(s) {missing}; a block needs k, e, w, a (or op: skip)")
-        return cls(_int(d["k"], f"{where}.k"), _int(d["e"], f"{where}.e"),
+        return cls(_int(d["k"], f"{where}.k"), _expand(d["e"], f"{where}.e"),
                    _ints(d["w"], f"{where}.w"), _ints(d["a"], f"{where}.a"))
 
 
@@ -137,6 +137,14 @@ def _int(v: Any, where: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise ArchError(f"arch.{where} must be an integer, got {v!r}")
     return v
+
+
+def _expand(v: Any, where: str) -> int | float:
+    """An expand ratio: an integer, or a fractional number like MobileNetV3's 2.5 (an integral
+    float such as ``4.0`` is refused, as before: write ``4``)."""
+    if isinstance(v, float) and not v.is_integer() and v >= 1:
+        return v
+    return _int(v, where)
 
 
 def _ints(v: Any, where: str) -> tuple[int, ...]:

@@ -32,8 +32,11 @@ class Costs:
 
 
 def layer_size_bits(layer: LayerSpec) -> int:
+    """Deployed size of a layer's weights at its bit width, float32 biases at 32 bits."""
     if layer.op == "fc":
         return layer.cin * layer.cout * layer.w_bits + layer.cout * 32
+    if layer.bias:
+        return (layer.params - layer.cout) * layer.w_bits + layer.cout * 32
     return layer.params * layer.w_bits
 
 
@@ -55,13 +58,14 @@ def count_costs(plan: NetworkPlan) -> Costs:
 
     peak = 0
     residual_keep = 0  # block input kept alive for the residual add
-    in_residual = {l.name for b in plan.blocks if b.residual for l in b.layers}
+    in_residual = {l.name for b in plan.blocks if b.residual for l in b.all_layers}
     in_residual |= {f"{b.name}.add" for b in plan.blocks if b.residual}
+    firsts = {b.first.name for b in plan.blocks}  # the layer reading a block's input
     for i, l in enumerate(layers):
         in_bits = l.a_bits if l.weighted else consumer_bits(i)
         live = l.in_elems * in_bits + l.out_elems * consumer_bits(i)
         if l.name in in_residual:
-            if l.name.endswith(".expand"):
+            if l.name in firsts:
                 residual_keep = l.in_elems * l.a_bits  # that is this layer's own input: counted once
             else:
                 live += residual_keep

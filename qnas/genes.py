@@ -15,8 +15,11 @@ The layout, in order::
         op (kernel x expand pair, plus "skip" when the space allows skips),
         w_bits of (expand, depthwise, project), a_bits of (expand, depthwise, project)
 
-Genes of positions beyond a stage's depth, and the bit genes of a skipped
-block, do not change the decoded arch (:meth:`GeneLayout.active`);
+A stage may have its own (kernel, expand) pairs (``space.stage_ops``): its op
+genes index those. Genes of positions beyond a stage's depth, the bit genes of
+a skipped block, and the expand-conv bit genes of an op without expand conv
+(expand ratio 1 in a space with ``expand1_no_conv``; they decode as the
+depthwise conv's bits) do not change the decoded arch (:meth:`GeneLayout.active`);
 :meth:`GeneLayout.canonical` sets them to 0.
 
 Each gene also names its *group* and its *slot* in that group's tensor, the
@@ -90,14 +93,23 @@ class BlockGenes:
 class GeneLayout:
     """Which integer of a gene vector means what, for one search-space config.
 
-    ``ops`` are the space's (kernel, expand) pairs; when the config allows skips
-    the op gene has one more value, :attr:`skip_op`."""
+    ``ops`` are the space's (kernel, expand) pairs and ``stage_ops`` each stage's (default: ``ops``
+    for every stage); when the config allows skips the op gene has one more value, the last
+    (:meth:`skip_index`; :attr:`skip_op` when every stage has the same number of ops)."""
 
-    def __init__(self, config: "SpaceConfig", ops: Sequence[tuple[int, int]]):
+    def __init__(self, config: "SpaceConfig", ops: Sequence[tuple[int, Any]],
+                 stage_ops: Sequence[Sequence[tuple[int, Any]]] | None = None):
         c = self.config = config
         self.ops = tuple(ops)
-        self.skip_op: int | None = len(self.ops) if c.allow_skip else None
-        op_choices: tuple[Any, ...] = self.ops + ((SKIP,) if c.allow_skip else ())
+        self.stage_ops: tuple[tuple[tuple[int, Any], ...], ...] = (
+            tuple(tuple(o) for o in stage_ops) if stage_ops is not None else tuple(self.ops for _ in c.stages))
+        n_ops = {len(o) for o in self.stage_ops}
+        self.skip_op: int | None = (len(self.ops) if len(n_ops) == 1 and len(self.ops) in n_ops else
+                                    (n_ops.pop() if len(n_ops) == 1 else None)) if c.allow_skip else None
+        no_expand = bool(getattr(c, "expand1_no_conv", False))
+        #: per stage, per op index: whether the op has an expand conv (False for skip)
+        self.op_has_expand = [np.asarray([not (no_expand and e == 1) for _, e in o] + ([False] if c.allow_skip else []))
+                              for o in self.stage_ops]
         genes: list[Gene] = []
 
         def add(group: str, choices: Sequence[Any], **where: Any) -> int:
@@ -114,6 +126,7 @@ class GeneLayout:
         self.blocks: list[BlockGenes] = []
         for si, s in enumerate(c.stages):
             self.depth.append(add("depth", s.depths, stage=si))
+            op_choices: tuple[Any, ...] = self.stage_ops[si] + ((SKIP,) if c.allow_skip else ())
             for j in range(max(s.depths)):
                 op = add("op", op_choices, stage=si, pos=j)
                 w = tuple(add("w_bits", c.w_bits, stage=si, pos=j, conv=k) for k in range(len(BLOCK_CONVS)))
@@ -135,6 +148,10 @@ class GeneLayout:
         """Inclusive upper bound of each gene (lower bounds are 0)."""
         return self._bounds.tolist()
 
+    def skip_index(self, stage: int) -> int | None:
+        """The op-gene value meaning "skip" in ``stage`` (None when the space has no skips)."""
+        return len(self.stage_ops[stage]) if self.config.allow_skip else None
+
     def stage_blocks(self, stage: int) -> list[BlockGenes]:
         return [b for b in self.blocks if b.stage == stage]
 
@@ -142,14 +159,14 @@ class GeneLayout:
         """Shape of each group's tensor (a list of shapes, one per stage, for the stage groups);
         the last axis holds the choices."""
         c = self.config
-        n_op = len(self.ops) + (1 if c.allow_skip else 0)
+        n_op = [len(o) + (1 if c.allow_skip else 0) for o in self.stage_ops]
         nb = len(BLOCK_CONVS)
         return {
             "resolution": (len(c.resolutions),), "width": (len(c.widths),),
             "stem_w": (len(c.stem_head_w_bits),), "stem_a": (len(c.stem_head_a_bits),),
             "head_w": (len(c.stem_head_w_bits),), "head_a": (len(c.stem_head_a_bits),),
             "depth": [(len(s.depths),) for s in c.stages],
-            "op": [(max(s.depths), n_op) for s in c.stages],
+            "op": [(max(s.depths), n_op[si]) for si, s in enumerate(c.stages)],
             "w_bits": [(max(s.depths), nb, len(c.w_bits)) for s in c.stages],
             "a_bits": [(max(s.depths), nb, len(c.a_bits)) for s in c.stages],
         }
@@ -210,12 +227,13 @@ class GeneLayout:
                 continue
             blk = blocks[bg.pos]
             if blk.is_skip:
-                vec[bg.op] = self.skip_op  # type: ignore[assignment]
+                vec[bg.op] = self.skip_index(bg.stage)  # type: ignore[assignment]
                 continue
-            vec[bg.op] = self.ops.index((blk.kernel, blk.expand))
-            for g, w in zip(bg.w, blk.w_bits):
+            vec[bg.op] = op = self.stage_ops[bg.stage].index((blk.kernel, blk.expand))
+            first = 0 if self.op_has_expand[bg.stage][op] else 1  # no expand conv: its bits are inactive
+            for g, w in list(zip(bg.w, blk.w_bits))[first:]:
                 vec[g] = c.w_bits.index(w)
-            for g, a in zip(bg.a, blk.a_bits):
+            for g, a in list(zip(bg.a, blk.a_bits))[first:]:
                 vec[g] = c.a_bits.index(a)
         return vec
 
@@ -230,13 +248,17 @@ class GeneLayout:
         for bg in self.blocks:
             if bg.pos >= depths[bg.stage]:
                 continue
-            op = vec[bg.op]
+            op, ops = vec[bg.op], self.stage_ops[bg.stage]
+            if op == self.skip_index(bg.stage):
+                if bg.skip_allowed:
+                    stages[bg.stage].append(Block.skip())
+                    continue
+                op = 0
             wb = tuple(g[i].choices[vec[i]] for i in bg.w)
             ab = tuple(g[i].choices[vec[i]] for i in bg.a)
-            if op == self.skip_op:
-                stages[bg.stage].append(Block.skip() if bg.skip_allowed else Block(*self.ops[0], wb, ab))
-            else:
-                stages[bg.stage].append(Block(*self.ops[op], wb, ab))
+            if not self.op_has_expand[bg.stage][op]:  # no expand conv: its (inactive) bits mirror the dw conv's
+                wb, ab = (wb[1],) + wb[1:], (ab[1],) + ab[1:]
+            stages[bg.stage].append(Block(*ops[op], wb, ab))
         return Arch(c.resolutions[vec[self.resolution]], c.widths[vec[self.width]], tuple(tuple(s) for s in stages),
                     (c.stem_head_w_bits[vec[self.stem_w]], c.stem_head_a_bits[vec[self.stem_a]]),
                     (c.stem_head_w_bits[vec[self.head_w]], c.stem_head_a_bits[vec[self.head_a]]))
@@ -256,8 +278,15 @@ class GeneLayout:
         for bg in self.blocks:
             on = self.depth_values[bg.stage][X[:, self.depth[bg.stage]]] > bg.pos
             act[:, bg.op] = on
-            bits_on = on & (X[:, bg.op] != self.skip_op) if (bg.skip_allowed and self.skip_op is not None) else on
+            skip = self.skip_index(bg.stage)
+            bits_on = on & (X[:, bg.op] != skip) if (bg.skip_allowed and skip is not None) else on
             act[:, list(bg.bits)] = bits_on[:, None]
+            has_expand = self.op_has_expand[bg.stage]
+            if not has_expand.all():  # ops without expand conv: the expand conv's bit genes do not matter
+                op = np.where(X[:, bg.op] == skip, 0, X[:, bg.op]) if (skip is not None and not bg.skip_allowed) else X[:, bg.op]
+                exp_on = bits_on & has_expand[op]
+                act[:, bg.w[0]] = exp_on
+                act[:, bg.a[0]] = exp_on
         return act[0] if one else act
 
 

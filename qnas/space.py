@@ -13,22 +13,51 @@ from qnas.arch import Arch, Block
 from qnas.errors import ArchError, ConfigError
 from qnas.genes import GeneLayout, skip_allowed
 from qnas.quant.naming import block_path
-from qnas.quant.plan import BlockPlan, LayerSpec, NetworkPlan
+from qnas.quant.plan import ACTIVATIONS, BlockPlan, LayerSpec, NetworkPlan, SEPlan
 
 SUPPORTED_W_BITS = (2, 4, 8)
 SUPPORTED_A_BITS = (4, 8)
 SUPPORTED_KERNELS = (3, 5, 7)
+SUPPORTED_STEM_KERNELS = (1, 3, 5, 7)
+#: Bits of the squeeze-excite convs and of the quantizers inside it (not searched).
+SE_BITS = 8
 
 RngLike = "np.random.Generator | int | None"
 
 
 @dataclass(frozen=True)
 class StageConfig:
-    """A stage of MBConv blocks: output channels at width 1.0, allowed depths, stride of its first block."""
+    """A stage of MBConv blocks: output channels at width 1.0, allowed depths, stride of its first block.
+
+    ``kernels``/``expands`` (None: the space's lists) override the space-wide choices for this
+    stage; ``act`` is the activation after its expand and depthwise convs (relu, relu6, hswish);
+    ``se`` puts a squeeze-excite after the depthwise conv of each of its blocks."""
 
     channels: int
     depths: tuple[int, ...]
     stride: int = 1
+    kernels: tuple[int, ...] | None = None
+    expands: tuple[float, ...] | None = None
+    act: str = "relu"
+    se: bool = False
+
+
+@dataclass(frozen=True)
+class ExcludeRule:
+    """An op combination the space leaves out: every (kernel, expand) op matching all the given
+    fields (None: any), in ``stage`` (None: every stage)."""
+
+    stage: int | None = None
+    kernel: int | None = None
+    expand: float | None = None
+
+    def matches(self, stage: int, kernel: int, expand: float) -> bool:
+        return ((self.stage is None or self.stage == stage) and (self.kernel is None or self.kernel == kernel)
+                and (self.expand is None or math.isclose(self.expand, expand)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in (("stage", self.stage), ("kernel", self.kernel), ("expand", self.expand))
+                if v is not None}
 
 
 @dataclass(frozen=True)
@@ -53,9 +82,27 @@ class SpaceConfig:
     # First and last layer stay 8-bit unless the space widens these.
     stem_head_w_bits: tuple[int, ...] = (8,)
     stem_head_a_bits: tuple[int, ...] = (8,)
+    # ---- standard mobile spaces (all off by default) ----
+    stem_kernel: int = 3
+    stem_act: str = "relu"
+    #: an expand ratio of 1 has no expand conv (MobileNetV2's first block); else it builds a 1x1 conv
+    expand1_no_conv: bool = False
+    #: channels (at width 1.0) of a 1x1 feature-mix conv before the pool (MobileNetV2's 1280); 0: none
+    mix_channels: int = 0
+    mix_act: str = "relu"
+    #: features (at width 1.0) of a linear layer between the pool and the classifier (MobileNetV3's 1280); 0: none
+    pre_head_channels: int = 0
+    pre_head_act: str = "hswish"
+    #: (kernel, expand) combinations the space leaves out
+    exclude: tuple[ExcludeRule, ...] = ()
 
 
 _FIELDS = {f for f in SpaceConfig.__dataclass_fields__}
+#: fields written by :meth:`SearchSpace.to_dict` only when they differ from the default
+_OPTIONAL_FIELDS = ("stem_kernel", "stem_act", "expand1_no_conv", "mix_channels", "mix_act",
+                    "pre_head_channels", "pre_head_act", "exclude")
+_STAGE_KEYS = ("channels", "depths", "stride", "kernels", "expands", "act", "se")
+_EXCLUDE_KEYS = ("stage", "kernel", "expand")
 
 
 @dataclass(frozen=True)
@@ -89,6 +136,25 @@ def make_divisible(v: float, divisor: int = 8) -> int:
     return max(divisor, int(v + divisor / 2) // divisor * divisor)
 
 
+def make_divisible_tv(v: float, divisor: int = 8) -> int:
+    """torchvision's ``_make_divisible``: :func:`make_divisible` that never rounds down by more than 10 %."""
+    new = make_divisible(v, divisor)
+    return new + divisor if new < 0.9 * v else new
+
+
+def mid_channels(cin: int, expand: float) -> int:
+    """Channels inside a block: ``cin * expand`` for an integer ratio (exact, as before), else rounded
+    to a multiple of 8 (MobileNetV3's 2.5 and 2.3 of 80 channels: 200 and 184)."""
+    if isinstance(expand, int):
+        return cin * expand
+    return make_divisible(cin * expand)
+
+
+def se_channels(mid: int) -> int:
+    """Squeeze channels of a squeeze-excite on ``mid`` channels (torchvision MobileNetV3, OFA)."""
+    return make_divisible_tv(mid // 4)
+
+
 def _rng(rng: Any) -> np.random.Generator:
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
@@ -106,9 +172,18 @@ class SearchSpace:
         self.config = config or SpaceConfig()
         _validate_config(self.config)
         c = self.config
-        self.ops: tuple[tuple[int, int], ...] = tuple((k, e) for k in c.kernels for e in c.expands)
+        #: the space-wide (kernel, expand) pairs
+        self.ops: tuple[tuple[int, Any], ...] = tuple((k, e) for k in c.kernels for e in c.expands)
+        #: each stage's (kernel, expand) pairs: its own kernel/expand lists (else the space's), minus exclusions
+        self.stage_ops: tuple[tuple[tuple[int, Any], ...], ...] = tuple(
+            tuple((k, e) for k in (s.kernels or c.kernels) for e in (s.expands or c.expands)
+                  if not any(r.matches(si, k, e) for r in c.exclude))
+            for si, s in enumerate(c.stages))
+        for si, ops in enumerate(self.stage_ops):
+            if not ops:
+                raise ConfigError(f"stage {si} has no (kernel, expand) op left after the exclude rules; relax them")
         #: the gene vector's layout (:class:`~qnas.genes.GeneLayout`): which integer means what
-        self.genes = GeneLayout(c, self.ops)
+        self.genes = GeneLayout(c, self.ops, self.stage_ops)
         self._geometry: dict[tuple[int, float], list[BlockGeometry]] = {}
 
     # ---- construction -------------------------------------------------
@@ -124,12 +199,13 @@ class SearchSpace:
             if k == "stages":
                 if not isinstance(v, list) or not v:
                     raise ConfigError("stages must be a non-empty list of {channels, depths, stride}")
-                stages = []
-                for i, s in enumerate(v):
-                    if not isinstance(s, dict) or set(s) - {"channels", "depths", "stride"} or "channels" not in s or "depths" not in s:
-                        raise ConfigError(f"stages[{i}] must be a mapping with channels, depths and optional stride, got {s!r}")
-                    stages.append(StageConfig(s["channels"], _tuple(s["depths"], f"stages[{i}].depths"), s.get("stride", 1)))
-                kw[k] = tuple(stages)
+                kw[k] = tuple(_stage_from_dict(s, i) for i, s in enumerate(v))
+            elif k == "exclude":
+                if not isinstance(v, list):
+                    raise ConfigError(f"exclude must be a list of {{stage, kernel, expand}} mappings, got {v!r}")
+                kw[k] = tuple(_exclude_from_dict(r, i) for i, r in enumerate(v))
+            elif k == "expands":
+                kw[k] = tuple(_number(x) for x in _tuple(v, k))
             elif isinstance(SpaceConfig.__dataclass_fields__[k].default, tuple):
                 kw[k] = _tuple(v, k)
             else:
@@ -138,11 +214,18 @@ class SearchSpace:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "SearchSpace":
+        """The space of a YAML file, or of a preset name (:mod:`qnas.presets`: ``mobilenetv2``,
+        ``mobilenetv3-large``, ``ofa-mbv3``, ``proxyless-mobile``, ``cifar-small``) where no such
+        file exists."""
         import yaml
 
+        from qnas import presets
+
         p = Path(path)
+        if not p.is_file() and presets.is_preset_name(str(path)):
+            return presets.preset_space(str(path))
         if not p.is_file():
-            raise ConfigError(f"search-space file not found: {p}")
+            raise ConfigError(f"search-space file not found: {p} (nor a preset: {', '.join(presets.PRESETS)})")
         try:
             d = yaml.safe_load(p.read_text())
         except yaml.YAMLError as e:
@@ -150,8 +233,16 @@ class SearchSpace:
         return cls.from_dict(d or {})
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self.config)
-        d["stages"] = [{"channels": s["channels"], "depths": list(s["depths"]), "stride": s["stride"]} for s in d["stages"]]
+        """The config as plain JSON/YAML data; the options of the standard mobile spaces appear only
+        when they differ from their defaults (so the default space's dict is what it always was)."""
+        c = self.config
+        default = SpaceConfig()
+        d = asdict(c)
+        d["stages"] = [_stage_to_dict(s) for s in c.stages]
+        d["exclude"] = [r.to_dict() for r in c.exclude]
+        for k in _OPTIONAL_FIELDS:
+            if getattr(c, k) == getattr(default, k):
+                del d[k]
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
     # ---- genotype operations -----------------------------------------
@@ -227,8 +318,11 @@ class SearchSpace:
                     if not self.skip_allowed(i, j):
                         raise ArchError(f"{where} is a skip, allowed only when allow_skip is set and not on a stage's first block")
                     continue
-                _check(f"{where}.kernel", b.kernel, c.kernels)
-                _check(f"{where}.expand", b.expand, c.expands)
+                _check(f"{where}.kernel", b.kernel, s.kernels or c.kernels)
+                _check(f"{where}.expand", b.expand, s.expands or c.expands)
+                if (b.kernel, b.expand) not in self.stage_ops[i]:
+                    raise ArchError(f"{where} is k{b.kernel}e{b.expand}, a combination the space excludes; "
+                                    f"choose one of {['k%se%s' % op for op in self.stage_ops[i]]}")
                 if len(b.w_bits) != 3 or len(b.a_bits) != 3:
                     raise ArchError(f"{where} needs 3 weight and 3 activation bit widths (expand, depthwise, project)")
                 for n, w in enumerate(b.w_bits):
@@ -241,8 +335,9 @@ class SearchSpace:
         """The largest (or smallest) arch with every searchable layer at one bit width."""
         c = self.config
         pick = max if largest else min
-        k, e = pick(c.kernels), pick(c.expands)
-        stages = tuple(tuple(Block(k, e, (w_bits,) * 3, (a_bits,) * 3) for _ in range(pick(s.depths))) for s in c.stages)
+        ops = [pick(o, key=lambda ke: (ke[1], ke[0])) for o in self.stage_ops]  # largest expand, then kernel
+        stages = tuple(tuple(Block(*ops[si], (w_bits,) * 3, (a_bits,) * 3) for _ in range(pick(s.depths)))
+                       for si, s in enumerate(c.stages))
         sh = (max(c.stem_head_w_bits), max(c.stem_head_a_bits))
         arch = Arch(resolution or pick(c.resolutions), pick(c.widths), stages, sh, sh)
         return self.validate(arch)
@@ -268,22 +363,55 @@ class SearchSpace:
     def stem_layer(self, resolution: int, width: float, bits: tuple[int, int]) -> LayerSpec:
         c = self.config
         return LayerSpec("stem", "conv", c.in_channels, self.channels(width)[0], resolution,
-                         _out(resolution, c.stem_stride), 3, c.stem_stride, 1, *bits)
+                         _out(resolution, c.stem_stride), c.stem_kernel, c.stem_stride, 1, *bits)
 
     def head_layer(self, cin: int, bits: tuple[int, int]) -> LayerSpec:
         return LayerSpec("head", "fc", cin, self.config.num_classes, 1, 1, 1, 1, 1, *bits)
 
-    @staticmethod
-    def block_layers(geo: BlockGeometry, block: Block) -> BlockPlan:
-        """The three layers of a (non-skipped) MBConv ``block`` at position ``geo``:
-        expand 1x1 -> depthwise kxk -> project 1x1, each with its own bits."""
-        mid = geo.cin * block.expand
+    def mix_layer(self, cin: int, hw: int, width: float, bits: tuple[int, int]) -> LayerSpec | None:
+        """The 1x1 feature-mix conv before the pool (``mix``), at the head's bits; None when the space has none."""
+        c = self.config
+        if not c.mix_channels:
+            return None
+        return LayerSpec("mix", "pwconv", cin, make_divisible(c.mix_channels * width), hw, hw, 1, 1, 1, *bits)
+
+    def pre_head_layer(self, cin: int, width: float, bits: tuple[int, int]) -> LayerSpec | None:
+        """The linear layer between the pool and the classifier (``pre_head``), at the head's bits; None
+        when the space has none."""
+        c = self.config
+        if not c.pre_head_channels:
+            return None
+        return LayerSpec("pre_head", "fc", cin, make_divisible(c.pre_head_channels * width), 1, 1, 1, 1, 1, *bits)
+
+    def has_expand_conv(self, expand: float) -> bool:
+        """Whether a block of this expand ratio has an expand conv (not at ratio 1 with ``expand1_no_conv``)."""
+        return not (self.config.expand1_no_conv and expand == 1)
+
+    def block_layers(self, geo: BlockGeometry, block: Block) -> BlockPlan:
+        """The layers of a (non-skipped) MBConv ``block`` at position ``geo``: expand 1x1 (none at
+        expand ratio 1 when the space says ``expand1_no_conv``) -> depthwise kxk -> squeeze-excite
+        (in an ``se`` stage; 8-bit) -> project 1x1, each with its own bits."""
+        stage = self.config.stages[geo.stage]
+        mid = mid_channels(geo.cin, block.expand)
         n, (we, wd, wp), (ae, ad, ap) = geo.name, block.w_bits, block.a_bits
+        if self.has_expand_conv(block.expand):
+            expand: LayerSpec | None = LayerSpec(f"{n}.expand", "pwconv", geo.cin, mid, geo.hw_in, geo.hw_in, 1, 1, 1, we, ae)
+        else:
+            expand, mid = None, geo.cin
+        se = None
+        if stage.se:
+            sq, hw = se_channels(mid), geo.hw_out
+            se = SEPlan(
+                LayerSpec(f"{n}.se.pool", "pool", mid, mid, hw, 1, w_bits=ap, a_bits=ap),
+                LayerSpec(f"{n}.se.reduce", "pwconv", mid, sq, 1, 1, 1, 1, 1, SE_BITS, SE_BITS, bias=True),
+                LayerSpec(f"{n}.se.expand", "pwconv", sq, mid, 1, 1, 1, 1, 1, SE_BITS, SE_BITS, bias=True),
+                LayerSpec(f"{n}.se.mul", "mul", mid, mid, hw, hw, w_bits=ap, a_bits=ap),
+            )
         return BlockPlan(
-            LayerSpec(f"{n}.expand", "pwconv", geo.cin, mid, geo.hw_in, geo.hw_in, 1, 1, 1, we, ae),
+            expand,
             LayerSpec(f"{n}.dw", "dwconv", mid, mid, geo.hw_in, geo.hw_out, block.kernel, geo.stride, mid, wd, ad),
             LayerSpec(f"{n}.project", "pwconv", mid, geo.cout, geo.hw_out, geo.hw_out, 1, 1, 1, wp, ap),
-            residual=geo.residual,
+            residual=geo.residual, act=stage.act, se=se,
         )
 
     def plan(self, arch: Arch) -> NetworkPlan:
@@ -296,15 +424,21 @@ class SearchSpace:
             genes = arch.stages[geo.stage]
             if geo.pos < len(genes) and not genes[geo.pos].is_skip:
                 blocks.append(self.block_layers(geo, genes[geo.pos]))
-        head = self.head_layer(blocks[-1].project.cout if blocks else stem.cout, arch.head_bits)
-        return NetworkPlan(c.in_channels, arch.resolution, c.num_classes, stem, tuple(blocks), head)
+        last = blocks[-1].project if blocks else stem
+        mix = self.mix_layer(last.cout, last.hw_out, arch.width, arch.head_bits)
+        pre = self.pre_head_layer((mix or last).cout, arch.width, arch.head_bits)
+        head = self.head_layer((pre or mix or last).cout, arch.head_bits)
+        return NetworkPlan(c.in_channels, arch.resolution, c.num_classes, stem, tuple(blocks), head,
+                           mix=mix, pre_head=pre, stem_act=c.stem_act, mix_act=c.mix_act, pre_head_act=c.pre_head_act)
 
     def size(self) -> float:
         """Number of distinct archs (log10), for reports."""
         c = self.config
-        per_block = len(self.ops) * len(c.w_bits) ** 3 * len(c.a_bits) ** 3
         total = math.log10(len(c.resolutions) * len(c.widths) * (len(c.stem_head_w_bits) * len(c.stem_head_a_bits)) ** 2)
         for si, s in enumerate(c.stages):
+            # an op without expand conv has two bit genes fewer that matter
+            per_block = sum(len(c.w_bits) ** (3 if self.has_expand_conv(e) else 2)
+                            * len(c.a_bits) ** (3 if self.has_expand_conv(e) else 2) for _, e in self.stage_ops[si])
             count = 0
             for d in s.depths:
                 n = 1
@@ -333,7 +467,54 @@ def _tuple(v: Any, name: str) -> tuple:
     return tuple(v)
 
 
+def _number(v: Any) -> Any:
+    """An integral float (``6.0``) as an int, so that ``6.0`` and ``6`` are the same expand ratio."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def _stage_from_dict(s: Any, i: int) -> StageConfig:
+    if not isinstance(s, dict) or set(s) - set(_STAGE_KEYS) or "channels" not in s or "depths" not in s:
+        raise ConfigError(f"stages[{i}] must be a mapping with channels, depths and optional "
+                          f"{', '.join(_STAGE_KEYS[2:])}, got {s!r}")
+    kernels = _tuple(s["kernels"], f"stages[{i}].kernels") if s.get("kernels") is not None else None
+    expands = (tuple(_number(x) for x in _tuple(s["expands"], f"stages[{i}].expands"))
+               if s.get("expands") is not None else None)
+    return StageConfig(s["channels"], _tuple(s["depths"], f"stages[{i}].depths"), s.get("stride", 1),
+                       kernels, expands, s.get("act", "relu"), s.get("se", False))
+
+
+def _stage_to_dict(s: StageConfig) -> dict[str, Any]:
+    d: dict[str, Any] = {"channels": s.channels, "depths": list(s.depths), "stride": s.stride}
+    if s.kernels is not None:
+        d["kernels"] = list(s.kernels)
+    if s.expands is not None:
+        d["expands"] = list(s.expands)
+    if s.act != "relu":
+        d["act"] = s.act
+    if s.se:
+        d["se"] = True
+    return d
+
+
+def _exclude_from_dict(r: Any, i: int) -> ExcludeRule:
+    if not isinstance(r, dict) or not r or set(r) - set(_EXCLUDE_KEYS):
+        raise ConfigError(f"exclude[{i}] must be a mapping of some of {list(_EXCLUDE_KEYS)}, got {r!r}")
+    return ExcludeRule(r.get("stage"), r.get("kernel"), _number(r["expand"]) if "expand" in r else None)
+
+
 def _validate_config(c: SpaceConfig) -> None:
+    def expand_list(name: str, vals: Sequence[Any]) -> None:
+        if all(isinstance(x, int) for x in vals):
+            ints(name, vals)
+        elif not vals or any(isinstance(x, bool) or not isinstance(x, (int, float)) or x < 1 for x in vals):
+            raise ConfigError(f"{name} must be a non-empty list of numbers >= 1, got {list(vals)}")
+        elif len(set(vals)) != len(vals):
+            raise ConfigError(f"{name} has duplicates: {list(vals)}")
+
+    def act(name: str, v: Any) -> None:
+        if v not in ACTIVATIONS:
+            raise ConfigError(f"{name} must be one of {list(ACTIVATIONS)}, got {v!r}")
+
     def ints(name: str, vals: Sequence[Any], lo: int = 1) -> None:
         if not vals or any(isinstance(x, bool) or not isinstance(x, int) or x < lo for x in vals):
             raise ConfigError(f"{name} must be a non-empty list of integers >= {lo}, got {list(vals)}")
@@ -351,7 +532,7 @@ def _validate_config(c: SpaceConfig) -> None:
     bad = [k for k in c.kernels if k not in SUPPORTED_KERNELS]
     if bad:
         raise ConfigError(f"kernels contains {bad}; supported depthwise kernels: {list(SUPPORTED_KERNELS)}")
-    ints("expands", c.expands)
+    expand_list("expands", c.expands)
     ints("resolutions", c.resolutions, lo=8)
     if not c.widths or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= 4 for w in c.widths):
         raise ConfigError(f"widths must be a non-empty list of numbers in (0, 4], got {list(c.widths)}")
@@ -373,3 +554,26 @@ def _validate_config(c: SpaceConfig) -> None:
         ints(f"stages[{i}].depths", s.depths)
         if s.stride not in (1, 2):
             raise ConfigError(f"stages[{i}].stride must be 1 or 2, got {s.stride!r}")
+        if s.kernels is not None:
+            ints(f"stages[{i}].kernels", s.kernels)
+            bad = [k for k in s.kernels if k not in SUPPORTED_KERNELS]
+            if bad:
+                raise ConfigError(f"stages[{i}].kernels contains {bad}; supported depthwise kernels: {list(SUPPORTED_KERNELS)}")
+        if s.expands is not None:
+            expand_list(f"stages[{i}].expands", s.expands)
+        act(f"stages[{i}].act", s.act)
+        if not isinstance(s.se, bool):
+            raise ConfigError(f"stages[{i}].se must be true or false, got {s.se!r}")
+    if c.stem_kernel not in SUPPORTED_STEM_KERNELS:
+        raise ConfigError(f"stem_kernel must be one of {list(SUPPORTED_STEM_KERNELS)}, got {c.stem_kernel!r}")
+    for name in ("stem_act", "mix_act", "pre_head_act"):
+        act(name, getattr(c, name))
+    for name in ("mix_channels", "pre_head_channels"):
+        v = getattr(c, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError(f"{name} must be an integer >= 0 (0: none), got {v!r}")
+    if not isinstance(c.expand1_no_conv, bool):
+        raise ConfigError(f"expand1_no_conv must be true or false, got {c.expand1_no_conv!r}")
+    for i, r in enumerate(c.exclude):
+        if r.stage is not None and not (isinstance(r.stage, int) and 0 <= r.stage < len(c.stages)):
+            raise ConfigError(f"exclude[{i}].stage must be a stage index 0..{len(c.stages) - 1}, got {r.stage!r}")

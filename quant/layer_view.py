@@ -20,7 +20,7 @@ from torch import nn
 
 from qnas.quant.plan import LayerSpec
 
-StreamKind = Literal["residual", "pool", "logits"]
+StreamKind = Literal["residual", "pool", "logits", "se", "gate"]
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,9 @@ class QuantLayer:
     """set on the last layer of a residual block"""
     block: str | None = None
     """the block path (``s0.b1``), None for the stem and the head"""
+    act: str = "relu"
+    """the activation at ``relu`` (when set): relu, relu6, hswish (the standard mobile spaces) or
+    hsigmoid (a squeeze-excite gate); exporters that only write ReLU refuse the others"""
 
     @property
     def name(self) -> str:

@@ -45,9 +45,21 @@ def block_path_of(block: BlockPlan) -> str:
     path = block.name
     split_block_path(path)
     names = tuple(spec.name for spec in block.layers)
-    if names != tuple(f"{path}.{layer}" for layer in BLOCK_LAYERS):
-        raise ValueError(f"block layers {names} are not named '{path}.expand', '{path}.dw', '{path}.project'")
+    expected = tuple(f"{path}.{layer}" for layer in block_layer_names(block.expand is not None, block.se is not None))
+    if names != expected:
+        raise ValueError(f"block layers {names} are not named {', '.join(map(repr, expected))}")
     return path
+
+
+SE_LAYERS = ("se.reduce", "se.expand")
+"""a squeeze-excite's weight layers, in execution order (module paths inside the block)"""
+
+
+def block_layer_names(has_expand: bool = True, has_se: bool = False) -> tuple[str, ...]:
+    """The weight layers of a block in execution order (their module paths inside the block):
+    ``expand`` (unless the block has none), ``dw``, ``se.reduce`` and ``se.expand`` (with
+    squeeze-excite), ``project``."""
+    return (("expand",) if has_expand else ()) + ("dw",) + (SE_LAYERS if has_se else ()) + ("project",)
 
 
 def rename_legacy_keys(state: MutableMapping[str, Any], prefix: str, rename: Callable[[str], str | None],

@@ -244,7 +244,8 @@ class HybridLatencyModel(LatencyModel):
         was fitted on (another table, another profile)."""
         if not self._ref_layers:
             return None
-        return {"layers": [asdict(l) for l in self._ref_layers],
+        # ``bias`` only where set: files of the default space stay as they were
+        return {"layers": [{k: v for k, v in asdict(l).items() if k != "bias" or v} for l in self._ref_layers],
                 "base_ms": float(self.base.predict(self._ref_layers))}
 
     def to_dict(self) -> dict[str, Any]:

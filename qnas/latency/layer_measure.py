@@ -150,8 +150,13 @@ def layer_onnx(layer: LayerSpec, bn_params_as_inputs: bool = False, seed: int = 
         nodes.append(helper.make_node("GlobalAveragePool", ["input"], ["gap"]))
         nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], axis=1))
         out, out_shape = "flat", [1, l.cin]
+    elif l.op == "mul":  # a squeeze-excite gate [1, C, 1, 1] times its feature map
+        inputs.append(helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, l.cin, l.hw_in, l.hw_in]))
+        inputs.append(helper.make_tensor_value_info("gate", TensorProto.FLOAT, [1, l.cin, 1, 1]))
+        nodes.append(helper.make_node("Mul", ["input", "gate"], ["mul"]))
+        out, out_shape = "mul", [1, l.cin, l.hw_in, l.hw_in]
     else:
-        raise LatencyTableError(f"cannot build layer {l.name!r}: unknown op {l.op!r}; ops are conv, dwconv, pwconv, fc, add, pool")
+        raise LatencyTableError(f"cannot build layer {l.name!r}: unknown op {l.op!r}; ops are conv, dwconv, pwconv, fc, add, pool, mul")
     graph = helper.make_graph(nodes, f"qnas_layer_{l.op}", inputs + extra_inputs,
                               [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)], initializer=inits)
     model = helper.make_model(graph, producer_name="qnas.latency.layer_measure",
@@ -215,7 +220,7 @@ def time_layer(layer: LayerSpec, threads: int = 1, warmup: int = 5, repeats: int
                                 f"({str(e).splitlines()[0][:160]}); report this with the key") from None
     rng = np.random.default_rng(0)
     feeds = {i.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32)
-             for i in sess.get_inputs() if i.name in ("input", "residual")}
+             for i in sess.get_inputs() if i.name in ("input", "residual", "gate")}
     return _median_run_ms(sess, feeds, warmup, repeats)
 
 

@@ -41,6 +41,12 @@ unit means fp16. Bit widths between grid points are rounded *up* to
 the next of ``W_GRID``/``A_GRID`` (a 3-bit weight runs no faster than a 4-bit
 one). Weightless ops (add, pool) ignore ``w_bits``.
 
+``mul`` (the squeeze-excite gate times its feature map) is an elementwise op
+like ``add``: a profile that gives no ``mul`` efficiency prices it with the
+``add`` efficiency, and a native entry whose ``ops`` list ``add`` but not
+``mul`` runs ``mul`` too (every target qnas ships runs both on the same
+elementwise unit); give ``mul`` explicitly to say otherwise.
+
 The rule the loader and the analytic model maintain: a precision the target
 cannot execute is never cheaper than the precision it falls back to.
 """
@@ -68,6 +74,8 @@ _PREC_RE = re.compile(r"^w(\d+)a(\d+)$")
 _W_RE = re.compile(r"^w(\d+)$")
 _A_RE = re.compile(r"^a(\d+)$")
 _MAX_CHAIN = 32
+#: ops a profile may leave out: priced as (and native wherever) the op they stand for
+OP_DEFAULTS: dict[str, str] = {"mul": "add"}
 
 
 def precision_key(w_bits: int, a_bits: int) -> str:
@@ -387,6 +395,9 @@ class _Parser:
                     raise self.fail(f"'{where}' has key {k!r}", f"use op names: {', '.join(OPS)}")
                 out[k] = positive(v, f"{where}.{k}")
             if kind == "op_map":
+                for op, like in OP_DEFAULTS.items():
+                    if op not in out and like in out:
+                        out[op] = out[like]
                 missing = [op for op in OPS if op not in out]
                 if missing:
                     raise self.fail(f"missing field '{where}.{missing[0]}'", f"give an efficiency for every op: {', '.join(OPS)}")
@@ -475,6 +486,7 @@ class _Parser:
             bad = [o for o in ops if o not in OPS]
             if bad:
                 raise self.fail(f"'{w}.ops' has {bad[0]!r}", f"use op names: {', '.join(OPS)}")
+            ops += tuple(op for op, like in OP_DEFAULTS.items() if op not in ops and like in ops)
             k = tuple(e["k"]) if "k" in e else None
             stride = tuple(e["stride"]) if "stride" in e else None
             min_cout = e.get("min_cout")

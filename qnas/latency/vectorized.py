@@ -27,6 +27,13 @@ factorised distribution over archs as a torch expression
 (:meth:`VectorizedTablePredictor.expected_latency`, see
 :class:`ArchDistribution`), both equal to ``TableLatencyModel.predict`` of
 the planned arch.
+
+The standard mobile spaces add, only where the space has them: per-stage op
+lists (the op axis is the largest stage's; a stage's skip value is its own op
+count), ops without expand conv (their ``expand`` entries stay 0 and the
+residual add's consumer bits are the depthwise conv's), a squeeze-excite array
+``se [n_pos, RW, n_ops, n_a]`` (its pool, two convs and mul, by the project
+conv's activation bits), and ``mix``/``pre_head`` ``[RW, n_head_w, n_head_a]``.
 """
 from __future__ import annotations
 
@@ -64,8 +71,16 @@ class SpaceGeometry:
         c = self.config = space.config
         layout = self.layout = space.genes
         self.ops = tuple(space.ops)
-        self.n_ops = len(self.ops)
-        self.skip_col = c.allow_skip  # the op gene has an extra "skip" value
+        self.stage_ops = tuple(getattr(space, "stage_ops", (self.ops,) * len(c.stages)))
+        self.stage_n_ops = [len(o) for o in self.stage_ops]
+        self.n_ops = max(self.stage_n_ops)  # the op axis of the block arrays
+        self.skip_col = c.allow_skip  # the op gene has an extra "skip" value (each stage's last)
+        self.has_expand = [np.asarray([space.has_expand_conv(e) if hasattr(space, "has_expand_conv") else True
+                                       for _, e in o] + [True] * (self.n_ops - len(o))) for o in self.stage_ops]
+        self.all_expand = all(h.all() for h in self.has_expand)
+        self.has_se = any(getattr(s, "se", False) for s in c.stages)
+        self.has_mix = bool(getattr(c, "mix_channels", 0))
+        self.has_pre_head = bool(getattr(c, "pre_head_channels", 0))
         self.R, self.W = len(c.resolutions), len(c.widths)
         self.RW = self.R * self.W
         self.n_w, self.n_a = len(c.w_bits), len(c.a_bits)
@@ -82,7 +97,7 @@ class SpaceGeometry:
         # geometry per (resolution, width) index rw = r * W + w
         self.pos_geo: list[list[BlockGeometry]] = []  # [rw][p]
         self.stem_cout: list[int] = []
-        self.head_cin: list[int] = []
+        self.head_cin: list[int] = []  # the pool's channels (the last block's, or the mix conv's)
         self.final_hw: list[int] = []
         self.rw_pairs: list[tuple[int, float]] = []
         for r in c.resolutions:
@@ -90,7 +105,10 @@ class SpaceGeometry:
                 geo = space.block_geometry(r, w)
                 self.rw_pairs.append((r, w))
                 self.pos_geo.append(geo)
-                self.head_cin.append(geo[-1].cout)
+                cout = geo[-1].cout
+                if self.has_mix:
+                    cout = space.mix_layer(cout, geo[-1].hw_out, w, (8, 8)).cout
+                self.head_cin.append(cout)
                 self.final_hw.append(geo[-1].hw_out)
 
     # ---- which genes mean what ----------------------------------------------
@@ -113,40 +131,68 @@ class SpaceGeometry:
         return sorted(u)
 
     # ---- layers ------------------------------------------------------------------
-    def block_layers(self, geo: BlockGeometry, op: int, w_bits: int, a_bits: int) -> tuple[LayerSpec, ...]:
-        """The three convs of op ``op`` at ``geo`` with every conv at ``(w_bits, a_bits)``."""
+    def block_plan(self, geo: BlockGeometry, op: int, w_bits: int, a_bits: int) -> Any:
+        """The :class:`~qnas.quant.plan.BlockPlan` of op ``op`` of the block's stage at ``geo``, every
+        conv at ``(w_bits, a_bits)``."""
         from qnas.arch import Block
 
-        k, e = self.ops[op]
-        return self.space.block_layers(geo, Block(k, e, (w_bits,) * 3, (a_bits,) * 3)).layers
+        k, e = self.stage_ops[geo.stage][op]
+        return self.space.block_layers(geo, Block(k, e, (w_bits,) * 3, (a_bits,) * 3))
+
+    def block_layers(self, geo: BlockGeometry, op: int, w_bits: int, a_bits: int) -> tuple[LayerSpec, ...]:
+        """The (expand, depthwise, project) convs of op ``op`` at ``geo`` with every conv at
+        ``(w_bits, a_bits)``; the expand conv is None for an op without one."""
+        bp = self.block_plan(geo, op, w_bits, a_bits)
+        return (bp.expand, bp.depthwise, bp.project)
 
     def slots(self) -> Iterator[tuple[str, tuple[int, ...], LayerSpec]]:
-        """Every (array name, index, layer) the space needs, in a fixed order."""
+        """Every (array name, index, layer) the space needs, in a fixed order (``se`` slots
+        yield each of the four SE layers under the same index: their costs add up)."""
         c, sp = self.config, self.space
         for rw, (r, w) in enumerate(self.rw_pairs):
             for i, wb in enumerate(c.stem_head_w_bits):
                 for j, ab in enumerate(c.stem_head_a_bits):
                     yield "stem", (rw, i, j), sp.stem_layer(r, w, (wb, ab))
             for p, geo in enumerate(self.pos_geo[rw]):
-                for o in range(self.n_ops):
+                for o in range(self.stage_n_ops[geo.stage]):
                     for i, wb in enumerate(c.w_bits):
                         for j, ab in enumerate(c.a_bits):
-                            for conv, layer in zip(CONVS, self.block_layers(geo, o, wb, ab)):
-                                yield conv, (p, rw, o, i, j), layer
+                            bp = self.block_plan(geo, o, wb, ab)
+                            for conv, layer in zip(CONVS, (bp.expand, bp.depthwise, bp.project)):
+                                if layer is not None:
+                                    yield conv, (p, rw, o, i, j), layer
+                            if bp.se is not None and i == 0:  # SE: by the project's a bits only
+                                for layer in bp.se.all_layers:
+                                    yield "se", (p, rw, o, j), layer
                 if geo.residual:
                     for u in self.add_union_bits(geo.stage, geo.pos):
                         yield "add", (p, rw, u), add_layer(geo.name, geo.cout, geo.hw_out, self.union_a[u])
+            last = self.pos_geo[rw][-1]
             for u in self.head_a_u.tolist():
                 yield "pool", (rw, u), pool_layer(self.head_cin[rw], self.final_hw[rw], self.union_a[u])
             for i, wb in enumerate(c.stem_head_w_bits):
                 for j, ab in enumerate(c.stem_head_a_bits):
-                    yield "head", (rw, i, j), sp.head_layer(self.head_cin[rw], (wb, ab))
+                    cin = self.head_cin[rw]
+                    if self.has_mix:
+                        yield "mix", (rw, i, j), sp.mix_layer(last.cout, last.hw_out, w, (wb, ab))
+                    if self.has_pre_head:
+                        pre = sp.pre_head_layer(cin, w, (wb, ab))
+                        yield "pre_head", (rw, i, j), pre
+                        cin = pre.cout
+                    yield "head", (rw, i, j), sp.head_layer(cin, (wb, ab))
 
     def array_shapes(self) -> dict[str, tuple[int, ...]]:
         blk = (self.n_pos, self.RW, self.n_ops, self.n_w, self.n_a)
-        return {"stem": (self.RW, self.n_sw, self.n_sa), "head": (self.RW, self.n_sw, self.n_sa),
-                "pool": (self.RW, self.n_u), "add": (self.n_pos, self.RW, self.n_u),
-                "expand": blk, "dw": blk, "project": blk}
+        out = {"stem": (self.RW, self.n_sw, self.n_sa), "head": (self.RW, self.n_sw, self.n_sa),
+               "pool": (self.RW, self.n_u), "add": (self.n_pos, self.RW, self.n_u),
+               "expand": blk, "dw": blk, "project": blk}
+        if self.has_se:
+            out["se"] = (self.n_pos, self.RW, self.n_ops, self.n_a)
+        if self.has_mix:
+            out["mix"] = (self.RW, self.n_sw, self.n_sa)
+        if self.has_pre_head:
+            out["pre_head"] = (self.RW, self.n_sw, self.n_sa)
+        return out
 
 
 def _call_layer_ms(layer_ms: Callable[[LayerSpec], float], layer: LayerSpec) -> float:
@@ -184,7 +230,10 @@ class VectorizedTablePredictor:
             key = layer.key()
             if key not in cache:
                 cache[key] = _call_layer_ms(layer_ms, layer)
-            self.arrays[name][idx] = cache[key]
+            if name == "se":  # the four layers of a squeeze-excite share one entry
+                self.arrays[name][idx] += cache[key]
+            else:
+                self.arrays[name][idx] = cache[key]
         self.n_keys = len(cache)
         self._flat = {k: np.ascontiguousarray(v).ravel() for k, v in self.arrays.items()}
         c = space.config
@@ -204,7 +253,11 @@ class VectorizedTablePredictor:
         n_w, n_a, n_ops, n_u, RW = g.n_w, g.n_a, g.n_ops, g.n_u, g.RW
         rw = X[:, L.resolution] * g.W + X[:, L.width]
         total = f["stem"][(rw * g.n_sw + X[:, L.stem_w]) * g.n_sa + X[:, L.stem_a]]
-        total = total + f["head"][(rw * g.n_sw + X[:, L.head_w]) * g.n_sa + X[:, L.head_a]]
+        head_idx = (rw * g.n_sw + X[:, L.head_w]) * g.n_sa + X[:, L.head_a]
+        total = total + f["head"][head_idx]
+        for extra in ("mix", "pre_head"):
+            if extra in f:
+                total = total + f[extra][head_idx]
         carry = g.head_a_u[X[:, L.head_a]]  # union index of the a bits of the next consumer
         total = total + f["pool"][rw * n_u + carry]
         block_a_u = g.block_a_u
@@ -215,7 +268,7 @@ class VectorizedTablePredictor:
             active = depth > b.pos
             op = X[:, b.op]
             if g.skip_col:
-                is_skip = op == n_ops
+                is_skip = op == g.stage_n_ops[b.stage]
                 live = active & ~is_skip if b.skip_allowed else active
                 op = np.where(is_skip, 0, op)  # decode: a skip where none is allowed is ops[0]
             else:
@@ -225,8 +278,14 @@ class VectorizedTablePredictor:
                     + fd[(base + X[:, b.w[1]]) * n_a + X[:, b.a[1]]]
                     + fp[(base + X[:, b.w[2]]) * n_a + X[:, b.a[2]]]
                     + fa[(p * RW + rw) * n_u + carry])
+            if "se" in f:
+                cost = cost + f["se"][((p * RW + rw) * n_ops + op) * n_a + X[:, b.a[2]]]
             total = total + np.where(live, cost, 0.0)
-            carry = np.where(live, block_a_u[X[:, b.a[0]]], carry)
+            if g.all_expand:
+                carry = np.where(live, block_a_u[X[:, b.a[0]]], carry)
+            else:  # an op without expand conv reads its input at the depthwise conv's bits
+                first_a = np.where(g.has_expand[b.stage][op], X[:, b.a[0]], X[:, b.a[1]])
+                carry = np.where(live, block_a_u[first_a], carry)
         return total
 
     def predict_archs(self, archs: Iterable["Arch"]) -> np.ndarray:
@@ -271,26 +330,40 @@ class VectorizedTablePredictor:
         p_rw = (dist.resolution[:, None] * dist.width[None, :]).reshape(g.RW)
         total = torch.einsum("r,i,j,rij->", p_rw, dist.stem_w, dist.stem_a, T["stem"])
         total = total + torch.einsum("r,i,j,rij->", p_rw, dist.head_w, dist.head_a, T["head"])
+        for extra in ("mix", "pre_head"):
+            if extra in T:
+                total = total + torch.einsum("r,i,j,rij->", p_rw, dist.head_w, dist.head_a, T[extra])
         head_u = dist.head_a @ T["head_u"]
+
+        def first_bits(si: int, j: int, q: "torch.Tensor") -> "torch.Tensor":
+            """Distribution (over the union of a bits) of the bits a block reads its input at."""
+            a0 = dist.a_bits[si][j, 0] @ T["block_u"]
+            if g.all_expand:
+                return a0
+            p_e = (q * torch.as_tensor(g.has_expand[si][:q.shape[0]], dtype=q.dtype, device=q.device)).sum()
+            return p_e * a0 + (1 - p_e) * (dist.a_bits[si][j, 1] @ T["block_u"])
+
+        def op_dist(si: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+            """(P(skip) per position, distribution over the stage's ops per position)."""
+            ops, n = dist.op[si], g.stage_n_ops[si]
+            if g.skip_col:
+                allowed = torch.as_tensor([b.skip_allowed for b in self.space.genes.stage_blocks(si)], device=p_rw.device)
+                p_skip = torch.where(allowed, ops[:, n], torch.zeros_like(ops[:, n]))
+                # a skip gene where no skip is allowed decodes to ops[0]
+                fold = torch.where(allowed, torch.zeros_like(p_skip), ops[:, n])
+                return p_skip, torch.cat([ops[:, :1] + fold[:, None], ops[:, 1:n]], dim=1)
+            return torch.zeros_like(ops[:, 0]), ops
         total = total + torch.einsum("r,u,ru->", p_rw, head_u, T["pool"])
         p = 0
         for si, s in enumerate(self.space.config.stages):
             D = g.max_depths[si]
             depth_vals = torch.as_tensor(s.depths, device=p_rw.device)
-            ops = dist.op[si]
-            if g.skip_col:
-                allowed = torch.as_tensor([b.skip_allowed for b in self.space.genes.stage_blocks(si)], device=p_rw.device)
-                p_skip = torch.where(allowed, ops[:, g.n_ops], torch.zeros_like(ops[:, g.n_ops]))
-                # a skip gene where no skip is allowed decodes to ops[0]
-                fold = torch.where(allowed, torch.zeros_like(p_skip), ops[:, g.n_ops])
-                q_ops = torch.cat([ops[:, :1] + fold[:, None], ops[:, 1:g.n_ops]], dim=1)
-            else:
-                p_skip = torch.zeros_like(ops[:, 0])
-                q_ops = ops
+            n_s = g.stage_n_ops[si]
+            p_skip, q_ops = op_dist(si)
             p_depth = [dist.depth[si][depth_vals == d].sum() for d in range(D + 1)]  # P(depth == d)
-            a_u = [dist.a_bits[si][j, 0] @ T["block_u"] for j in range(D)]
+            a_u = [first_bits(si, j, q_ops[j]) for j in range(D)]
             if si + 1 < g.n_stages:
-                nxt = dist.a_bits[si + 1][0, 0] @ T["block_u"]
+                nxt = first_bits(si + 1, 0, op_dist(si + 1)[1][0])
             else:
                 nxt = head_u
             for j in range(D):
@@ -298,7 +371,9 @@ class VectorizedTablePredictor:
                 wj, aj = dist.w_bits[si][j], dist.a_bits[si][j]
                 conv = 0
                 for ci, name in enumerate(CONVS):
-                    conv = conv + torch.einsum("o,i,j,roij->r", q_ops[j], wj[ci], aj[ci], T[name][p + j])
+                    conv = conv + torch.einsum("o,i,j,roij->r", q_ops[j], wj[ci], aj[ci], T[name][p + j][:, :n_s])
+                if "se" in T:
+                    conv = conv + torch.einsum("o,j,roj->r", q_ops[j], aj[2], T["se"][p + j][:, :n_s])
                 total = total + pa * (p_rw @ conv)
                 # residual add: consumer = first live block after j in this stage, else the next stage / head
                 if not self.arrays["add"][p + j].any():  # never residual

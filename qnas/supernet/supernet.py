@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from qnas.arch import Arch
-from qnas.errors import ArchError
+from qnas.errors import ArchError, ConfigError
 from qnas.quant.build import STREAM_BITS, QuantNet, build_model
 from qnas.quant.naming import block_path, legacy_supernet_key, rename_legacy_keys, split_block_path
 from qnas.quant.plan import BlockPlan, NetworkPlan
@@ -37,6 +37,32 @@ from qnas.supernet.layers import (
 )
 from qnas.supernet.gates import PathGates
 from qnas.supernet.quantize import ActQuantizers
+
+
+def mobile_space_features(space: SearchSpace) -> list[str]:
+    """What of the standard mobile spaces ``space`` uses that the supernet does not build yet
+    (empty for the plain MBConv space): per-stage op lists, fractional expand ratios, blocks
+    without expand conv, squeeze-excite, relu6/h-swish, a stem kernel other than 3, the
+    feature-mix conv, the pre-classifier linear, exclude rules."""
+    c = space.config
+    out: list[str] = []
+    if any(s.kernels is not None or s.expands is not None for s in c.stages) or c.exclude:
+        out.append("per-stage kernel/expand choices")
+    if any(not isinstance(e, int) for ops in space.stage_ops for _, e in ops):
+        out.append("fractional expand ratios")
+    if c.expand1_no_conv and any(e == 1 for ops in space.stage_ops for _, e in ops):
+        out.append("blocks without expand conv")
+    if any(s.se for s in c.stages):
+        out.append("squeeze-excite")
+    if any(a != "relu" for a in [s.act for s in c.stages] + [c.stem_act]):
+        out.append("relu6/h-swish activations")
+    if c.stem_kernel != 3:
+        out.append(f"a {c.stem_kernel}x{c.stem_kernel} stem")
+    if c.mix_channels:
+        out.append("the feature-mix conv")
+    if c.pre_head_channels:
+        out.append("the pre-classifier linear")
+    return out
 
 
 def _bn_key(expand: int | None, w_bits: int, quantize: bool, per_bits: bool) -> str:
@@ -131,6 +157,11 @@ class Supernet(nn.Module):
         super().__init__()
         self.space = space or SearchSpace()
         self.bn_per_bits, self.kernel_transform = bn_per_bits, kernel_transform
+        unsupported = mobile_space_features(self.space)
+        if unsupported:
+            raise ConfigError(f"the weight-sharing supernet cannot build {unsupported[0]} yet "
+                              f"(this space also has: {', '.join(unsupported[1:]) or 'nothing else new'}); "
+                              "use --accuracy train / zero-cost / predictor for this space")
         c = self.space.config
         maxes = [self.space.channels(w) for w in c.widths]
         max_stem = max(m[0] for m in maxes)
