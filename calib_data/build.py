@@ -101,6 +101,7 @@ def build_calibration_set(
     std: Sequence[float] | None = None,
     arch: Any = None,
     model: PathLike | None = None,
+    stream: bool = False,
 ) -> CalibrationSet:
     """Draw a class-balanced, seeded calibration set.
 
@@ -122,6 +123,8 @@ def build_calibration_set(
             resolution sets ``resolution``.
         model: a finished model (``model.pt`` or run dir): its resolution,
             normalization and split seed are used.
+        stream: read the data lazily (:func:`qnas.streaming.open_stream`): only
+            the ``n`` chosen images are decoded.
     """
     kind = source.strip().lower() if isinstance(source, str) else source
     if kind not in DATASET_KINDS:
@@ -166,9 +169,13 @@ def build_calibration_set(
                    + "; pass only one of them")
     res = next(iter(sources.values())) if sources else None
 
-    ds = load_dataset(kind, None if kind == "digits" else src_path,
-                      **({"mean": mean} if mean is not None else {}),
-                      **({"std": std} if std is not None else {}))
+    norm = {**({"mean": mean} if mean is not None else {}), **({"std": std} if std is not None else {})}
+    if stream and kind != "digits":
+        from qnas.streaming import open_stream
+
+        ds = open_stream(kind, src_path, size=res if kind == "imagefolder" else None, **norm)
+    else:
+        ds = load_dataset(kind, None if kind == "digits" else src_path, **norm)
     parts = split_dataset(ds, seed=int(split_seed))
     pool = getattr(parts, split)
     idx = _balanced_indices(pool.labels.numpy(), n, seed, int(min_per_class),

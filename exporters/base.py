@@ -192,18 +192,6 @@ def mobile_space_features(model: nn.Module) -> list[tuple[str, str]]:
     return out
 
 
-def refuse_mobile_space_features(model: nn.Module, backend: str) -> None:
-    """One-line :class:`ExportError` naming the first layer kind ``backend`` cannot write yet
-    (see :func:`mobile_space_features`), never a silently wrong file."""
-    found = mobile_space_features(model)
-    if found:
-        kinds = sorted({k for k, _ in found})
-        kind, where = found[0]
-        raise ExportError(f"the {backend} backend cannot export a {kind} yet (layer {where}; this model also has "
-                          f"{', '.join(k for k in kinds if k != kind) or 'nothing else of the kind'}); export it "
-                          "with the onnx or tensorrt backend")
-
-
 _REGISTRY: dict[str, Callable[[], Exporter]] = {}
 # the backends shipped with qnas, imported (and so registered) on first use of the registry
 _BUILTIN_BACKENDS = ("onnx_qcdq", "tensorrt_onnx", "coreml_mlprogram", "tflite_litert")

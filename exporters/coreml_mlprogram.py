@@ -23,6 +23,12 @@ The MIL program is written op by op from the :class:`~qnas.quant.build.QuantNet`
   the codes), then ``relu``, ``reduce_mean`` pooling and a ``linear`` head with
   its float bias.
 
+Standard mobile-space kinds: ``relu6``; h-swish and hard-sigmoid as torch computes them
+(``add 3 -> clip [0, 6] -> [mul x ->] real_div 6``); squeeze-excite as ``reduce_mean`` (keep
+dims) -> its quantizer -> conv with bias -> relu -> conv with bias -> hard-sigmoid -> gate
+quantizer -> ``mul`` with the feature map -> ``se.out_quant``; the feature-mix conv and the
+pre-classifier ``linear`` like any conv / the head.
+
 Prediction needs the CoreML runtime, which exists only on macOS. Elsewhere
 :meth:`CoreMLExporter.check_codes` re-opens the saved package, reads every
 constexpr weight op and compares its integer codes and scales (and every
@@ -46,7 +52,8 @@ import torch
 from torch import nn
 
 from qnas.exporters.base import (Capabilities, CodeCheck, Exporter, ParityReport, compare_logits, import_sdk,
-                                 quiet_native_output, refuse_mobile_space_features, register)
+                                 quiet_native_output, register)
+from qnas.exporters.activations import check_activation
 from qnas.quant.errors import ExportError
 from qnas.quant.layer_view import ActQuantizer, QuantLayer, read_act_quant, read_weight_quant
 
@@ -215,7 +222,11 @@ _STREAM_ROLES = {
     "residual": "residual block output, added to the quantized block input",
     "pool": "features before global average pooling",
     "logits": f"logits (output '{OUTPUT_NAME}')",
+    "se": "squeeze-excite input: pooled, and multiplied by the gate",
+    "gate": "squeeze-excite gate (after the hard-sigmoid), multiplied with the feature map",
 }
+#: the activations after a conv/linear this backend writes
+ACTIVATIONS = ("relu", "relu6", "hswish", "hsigmoid")
 
 
 def _ident(path: str) -> str:
@@ -309,8 +320,9 @@ def _build_program(model: nn.Module, shape: tuple[int, ...]) -> tuple[Any, list[
         s, p = m.stride, m.padding
         if isinstance(p, str):
             raise ExportError(f"{layer.name}: string padding {p!r} is not supported by the coreml exporter")
+        kw = {} if layer.bias is None else {"bias": conv_bias(layer)}  # the squeeze-excite convs have a bias
         return mb.conv(x=x, weight=w, strides=list(s), pad_type="custom", pad=[p[0], p[0], p[1], p[1]],
-                       dilations=list(m.dilation), groups=int(m.groups), name=_ident(layer.name))
+                       dilations=list(m.dilation), groups=int(m.groups), name=_ident(layer.name), **kw)
 
     def linear(x: Any, layer: QuantLayer) -> Any:
         w = weight(layer)
@@ -331,15 +343,36 @@ def _build_program(model: nn.Module, shape: tuple[int, ...]) -> tuple[Any, list[
     def relu(x: Any, layer: QuantLayer) -> Any:
         # a QuantReLU's ReLU is named after the quantizer, a plain ReLU module after itself
         fused = layer.relu == layer.output_quant.name
-        return mb.relu(x=x, name=_ident(layer.relu) + ("_relu" if fused else ""))
+        if layer.act == "relu":
+            return mb.relu(x=x, name=_ident(layer.relu) + ("_relu" if fused else ""))
+        name = _ident(layer.relu) + (f"_{layer.act}" if fused else "")
+        if layer.act == "relu6":
+            return mb.relu6(x=x, name=name)
+        # torch's own arithmetic (fp32): hardsigmoid = min(max(x + 3, 0), 6) / 6, hardswish = x * that
+        r = mb.clip(x=mb.add(x=x, y=np.float32(3), name=f"{name}_add3"), alpha=np.float32(0), beta=np.float32(6),
+                    name=f"{name}_clip")
+        if layer.act == "hswish":
+            r = mb.mul(x=x, y=r, name=f"{name}_mul")
+        return mb.real_div(x=r, y=np.float32(6), name=name)
+
+    def conv_bias(layer: QuantLayer) -> Any:
+        bias = layer.bias
+        return None if bias is None else bias.detach().cpu().float().numpy().astype(np.float32)
 
     @mb.program(input_specs=[mb.TensorSpec(shape=shape, dtype=types.fp32)], opset_version=ct.target.iOS18)
     def prog(input):  # noqa: A002 - the input's name in the model
         x = act(input, layers[0].input_quant.name)
         quantized = {layers[0].input_quant.name: x}  # quantizer path -> its output, for the residual adds
+        pooled = False
+        se_input = None
         for layer in layers:
-            if layer.spec.op == "fc":  # global average pooling of pool_quant's output feeds the classifier
+            if layer.spec.op == "fc" and not pooled:  # global average pooling of pool_quant's output feeds the classifier
                 x = mb.reduce_mean(x=x, axes=[2, 3], keep_dims=False, name="pool")
+                x = act(x, layer.input_quant.name)
+                pooled = True
+            elif _se_part(layer) == "reduce":  # squeeze-excite: pool the feature map (act2's output)
+                se_input = x
+                x = mb.reduce_mean(x=x, axes=[2, 3], keep_dims=True, name=_ident(f"{layer.block}.se.pool"))
                 x = act(x, layer.input_quant.name)
             x = linear(x, layer) if layer.spec.op == "fc" else conv(x, layer)
             if layer.bn is not None:
@@ -351,25 +384,42 @@ def _build_program(model: nn.Module, shape: tuple[int, ...]) -> tuple[Any, list[
                 x = mb.add(x=quantized[r.skip.name], y=act(x, r.quant.name), name=_ident(r.name))
             x = act(x, layer.output_quant.name)  # logit_quant's dequantize is named OUTPUT_NAME
             quantized[layer.output_quant.name] = x
+            if _se_part(layer) == "expand":  # the gate times the feature map, quantized for the project conv
+                x = mb.mul(x=se_input, y=x, name=_ident(f"{layer.block}.se.mul"))
+                x = act(x, f"{layer.block}.se.out_quant")
+                quantized[f"{layer.block}.se.out_quant"] = x
         return x
 
     return prog, report, act_report
 
 
 def _check_supported(model: nn.Module, layers: list[QuantLayer]) -> None:
-    import brevitas.nn as qnn
-
     head = layers[-1]
-    if head.spec.op != "fc" or any(layer.spec.op == "fc" for layer in layers[:-1]):
-        raise ExportError("the coreml exporter expects one fully connected head as the last layer")
+    fcs = [i for i, layer in enumerate(layers) if layer.spec.op == "fc"]
+    if head.spec.op != "fc" or fcs not in ([len(layers) - 1], [len(layers) - 2, len(layers) - 1]):
+        raise ExportError("the coreml exporter expects a fully connected head as the last layer "
+                          "(after at most one pre-classifier linear)")
     bq = getattr(head.module, "bias_quant", None)
     if bq is not None and getattr(bq, "is_quant_enabled", False):
         raise ExportError("the head's bias is quantized; the coreml exporter writes a float bias only")
     if not isinstance(getattr(model, "pool", None), nn.AdaptiveAvgPool2d) or model.pool.output_size not in (1, (1, 1)):
         raise ExportError("the coreml exporter expects global average pooling before the head")
-    for layer in layers:
-        if layer.relu is not None and not isinstance(model.get_submodule(layer.relu), (nn.ReLU, qnn.QuantReLU)):
-            raise ExportError(f"the coreml exporter expects a ReLU at {layer.relu}")
+    for i, layer in enumerate(layers):
+        check_activation(model, layer, "coreml", ACTIVATIONS)
+        part = _se_part(layer)
+        if part is not None:
+            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            want = "expand" if part == "reduce" else "project"
+            if nxt is None or nxt.block != layer.block or not nxt.name.endswith(f".{want}") or (
+                    part == "expand" and nxt.input_quant.name != f"{layer.block}.se.out_quant"):
+                raise ExportError(f"{layer.name}: the coreml exporter expects squeeze-excite as reduce, expand, "
+                                  "then the block's project conv")
+
+
+def _se_part(layer: QuantLayer) -> str | None:
+    """``reduce``/``expand`` for a squeeze-excite conv (``s1.b0.se.reduce``), else None."""
+    parts = layer.name.rsplit(".", 2)
+    return parts[2] if len(parts) == 3 and parts[1] == "se" and parts[2] in ("reduce", "expand") else None
 
 
 def _save_package(mlmodel: Any, out: Path, overwrite: bool) -> Path:
@@ -504,15 +554,19 @@ def simulate(path: str | Path, images: torch.Tensor, batch_size: int = 256) -> t
                 y = torch.clamp(a["x"], float(a["alpha"]), float(a["beta"]))
             elif t == "relu":
                 y = torch.relu(a["x"])
-            elif t == "add":
-                y = a["x"] + a["y"]
+            elif t == "relu6":
+                y = torch.clamp(a["x"], 0.0, 6.0)
+            elif t in ("add", "mul", "real_div"):
+                xv, yv = (v if isinstance(v, torch.Tensor) else f32(v) for v in (a["x"], a["y"]))
+                y = xv + yv if t == "add" else xv * yv if t == "mul" else xv / yv
             elif t == "batch_norm":
                 y = F.batch_norm(a["x"], f32(a["mean"]), f32(a["variance"]), f32(a["gamma"]), f32(a["beta"]),
                                  False, 0.0, float(a["epsilon"]))
             elif t == "conv":
                 pad = [int(p) for p in a["pad"]]
                 xx = F.pad(a["x"], [pad[2], pad[3], pad[0], pad[1]])
-                y = F.conv2d(xx, a["weight"], None, [int(s) for s in a["strides"]], 0,
+                bias = a.get("bias")
+                y = F.conv2d(xx, a["weight"], None if bias is None else f32(bias), [int(s) for s in a["strides"]], 0,
                              [int(d) for d in a["dilations"]], int(a["groups"]))
             elif t == "reduce_mean":
                 y = a["x"].mean(dim=[int(d) for d in a["axes"]], keepdim=bool(a["keep_dims"]))
@@ -554,7 +608,6 @@ class CoreMLExporter(Exporter):
     def export_with_report(self, model: nn.Module, example_input: torch.Tensor, out: str | Path,
                            overwrite: bool = False) -> tuple[Path, CoreMLReport]:
         out = Path(out)
-        refuse_mobile_space_features(model, "coreml")
         if out.suffix != ".mlpackage":
             raise ExportError(f"a CoreML ML program is a .mlpackage directory; name the output *.mlpackage, not {out.name}")
         if out.exists() and not overwrite:

@@ -39,6 +39,15 @@ Mapping decisions (reported per layer by :meth:`TFLiteLitertExporter.export_with
   outputs ``logit_quant``'s scale, which is the file's output scale. Nothing is
   calibrated or bounded from data.
 
+Standard mobile-space kinds: ReLU6 is exact (``F.relu6`` before the output Q/DQ); h-swish
+runs as TFLite's int8 ``HARD_SWISH``, whose input is the conv/FC output requantized to int8
+at ``max(hi * out_scale, 3) / 127`` (the one tensor without a learned quantizer, so not exact:
+measured a few logit steps, top-1 identical); the squeeze-excite gate's hard-sigmoid is folded
+into its expand conv (weight scales / 6, bias / 6 + 0.5, the [0, 1] clamp by the gate's
+integer clamp), the SE is ``MEAN`` -> two ``CONV_2D`` with bias -> ``MUL``; blocks without
+expand conv, any stem kernel, the feature-mix conv and the pre-classifier ``FULLY_CONNECTED``
+reuse the conv/FC path.
+
 The converter emits int8 input/output tensors. With ``int8_io=False`` (default) the
 file gets a float input with a ``QUANTIZE`` op in front and a ``DEQUANTIZE`` op at the
 end (added by flatbuffer surgery, :func:`add_float_io`); with ``int8_io=True`` (Edge
@@ -60,12 +69,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from qnas.exporters.base import (Capabilities, CodeCheck, Exporter, ParityReport, compare_logits, import_sdk,
-                                 quiet_native_output, refuse_mobile_space_features, register)
+                                 quiet_native_output, register)
+from qnas.exporters.activations import check_activation
 from qnas.quant.bn_fold import bn_fold
 from qnas.quant.checkpoint import atomic_write
 from qnas.quant.errors import ExportError
 from qnas.quant.integer_grid import grid_offsets
 from qnas.quant.layer_view import QuantLayer, read_act_quant, read_weight_quant
+
+#: the activations after a conv/FC this backend writes
+ACTIVATIONS = ("relu", "relu6", "hswish", "hsigmoid")
 
 EXTRA = "tflite"
 INT8_MIN, INT8_MAX = -128, 127
@@ -207,11 +220,15 @@ class QLayer(nn.Module):
     unit coarser than the output scale, so without ``k`` the bias would round by whole output codes."""
 
     def __init__(self, name: str, fw: FoldedWeight, out: QAct, relu: bool, conv: dict[str, Any] | None,
-                 requested: tuple[int, int]):
+                 requested: tuple[int, int], act: str | None = None, pre_scale: float | None = None):
         super().__init__()
         self.layer_name = name
         self.conv = conv
         self.relu = relu
+        self.act = act
+        """None/relu (``relu``), relu6, hswish (int8 HARD_SWISH from ``pre_scale``), hsigmoid (folded:
+        the weights and bias carry the 1/6 and +0.5, ``out`` clamps to [0, 1])"""
+        self.pre_scale = pre_scale
         self.out = out
         self.bits = fw.bits
         self.requested = requested
@@ -244,7 +261,25 @@ class QLayer(nn.Module):
             y = F.linear(x, self.weight(), self.bias)
         if self.relu:
             y = torch.relu(y)
+        elif self.act == "relu6":
+            y = F.relu6(y)
+        elif self.act == "hswish":  # TFLite's int8 HARD_SWISH reads an int8 tensor: quantize first
+            y = F.hardswish(_qdq(y, self.pre_scale))
         return self.out(y)
+
+
+class QSE(nn.Module):
+    """Squeeze-excite: ``MEAN`` (requantized to ``in_act``'s scale) -> 1x1 ``reduce`` conv (bias,
+    ReLU) -> 1x1 ``expand`` conv (bias, hard-sigmoid folded in) -> ``MUL`` with the feature map,
+    requantized to ``out``'s scale (the quantizer feeding the project conv)."""
+
+    def __init__(self, in_act: QAct, reduce: QLayer, expand: QLayer, out: QAct):
+        super().__init__()
+        self.in_act, self.reduce, self.expand, self.out = in_act, reduce, expand, out
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        g = self.expand(self.reduce(self.in_act(torch.mean(h, dim=(2, 3), keepdim=True))))
+        return self.out(h * g)
 
 
 class QBlock(nn.Module):
@@ -254,14 +289,21 @@ class QBlock(nn.Module):
     requantizes to the next consumer (``add_out``); otherwise ``project`` outputs at the
     next consumer's scale directly."""
 
-    def __init__(self, expand: QLayer, dw: QLayer, project: QLayer, residual: bool, add_out: QAct | None):
+    def __init__(self, expand: QLayer | None, dw: QLayer, project: QLayer, residual: bool, add_out: QAct | None,
+                 se: QSE | None = None):
         super().__init__()
-        self.expand, self.dw, self.project = expand, dw, project
+        if se is None:
+            self.expand, self.dw, self.project = expand, dw, project
+        else:  # registered in execution order: ref.layers() lists the weights in the file's op order
+            self.expand, self.dw, self.se, self.project = expand, dw, se, project
         self.residual = residual
         self.add_out = add_out if add_out is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.project(self.dw(self.expand(x)))
+        h = self.dw(self.expand(x) if self.expand is not None else x)
+        if getattr(self, "se", None) is not None:
+            h = self.se(h)
+        h = self.project(h)
         return self.add_out(x + h) if self.residual else h
 
 
@@ -272,16 +314,25 @@ class TFLiteReference(nn.Module):
     that of their consumer (next ``in_quant`` or ``pool_quant``), the pooled features
     ``head_quant``'s, the logits ``logit_quant``'s."""
 
-    def __init__(self, input_act: QAct, stem: QLayer, blocks: list[QBlock], head_act: QAct, head: QLayer):
+    def __init__(self, input_act: QAct, stem: QLayer, blocks: list[QBlock], head_act: QAct, head: QLayer,
+                 mix: QLayer | None = None, pre_head: QLayer | None = None):
         super().__init__()
         self.input_act, self.stem = input_act, stem
         self.blocks = nn.Sequential(*blocks)
+        if mix is not None:  # feature-mix 1x1 conv before the pool
+            self.mix = mix
         self.head_act = head_act
+        if pre_head is not None:  # linear before the classifier
+            self.pre_head = pre_head
         self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.stem(self.input_act(x)))
+        if hasattr(self, "mix"):
+            x = self.mix(x)
         x = self.head_act(torch.mean(x, dim=(2, 3)))
+        if hasattr(self, "pre_head"):
+            x = self.pre_head(x)
         return self.head(x)
 
     def layers(self) -> list[QLayer]:
@@ -293,47 +344,74 @@ def _qact(a: ActQ, relu: bool = False) -> QAct:
     return QAct(a.scale, max(0, a.lo) if relu else a.lo, a.hi)
 
 
+def _out_act(a: ActQ, act: str | None) -> QAct:
+    """The output quantizer of a layer ending in ``act``: codes ``>= 0`` after relu/relu6, and
+    ``[0, round(1 / scale)]`` after a (folded) hard-sigmoid, whose clamp to [0, 1] it is."""
+    if act in ("relu", "relu6"):
+        return _qact(a, relu=True)
+    if act == "hsigmoid":
+        one = int(np.rint(np.float32(1.0) / np.float32(a.scale)))
+        return QAct(a.scale, max(0, a.lo), min(a.hi, one))
+    return _qact(a)
+
+
 def build_reference(model: nn.Module) -> TFLiteReference:
     """The plain-torch Q/DQ module equivalent to a trained :class:`QuantNet` (eval mode).
 
     Nothing is invented: each conv/FC output (BN folded, ReLU fused) and each residual sum
     is requantized straight to the learned quantizer that consumes it
     (:meth:`~qnas.quant.build.QuantNet.quant_layers` names them)."""
-    import brevitas.nn as qnn
-
     if not callable(getattr(model, "quant_layers", None)):
         raise ExportError(f"TFLite export supports qnas QuantNet models; {type(model).__name__} has no quant_layers()")
     pool = getattr(model, "pool", None)
     if not isinstance(pool, nn.AdaptiveAvgPool2d) or pool.output_size not in (1, (1, 1)):
         raise ExportError("TFLite export expects a global average pool before the head")
     layers = model.quant_layers()
-    for layer in layers:
-        if layer.relu is not None and not isinstance(model.get_submodule(layer.relu), (nn.ReLU, qnn.QuantReLU)):
-            raise ExportError(f"TFLite export expects a ReLU at {layer.relu}")
+    acts = {layer.name: check_activation(model, layer, "tflite", ACTIVATIONS) for layer in layers}
 
     def qlayer(layer: QuantLayer) -> QLayer:
-        relu = layer.relu is not None
+        act = acts[layer.name]
         m = layer.module
         conv = dict(stride=m.stride, padding=m.padding, groups=m.groups) if isinstance(m, nn.Conv2d) else None
         # a residual block's last conv outputs at out_quant's scale; the add requantizes to the consumer
         out = layer.residual.quant if layer.residual is not None else layer.output_quant
-        return QLayer(layer.name, fold_weight(m, layer.bn), _qact(act_q(out.module), relu=relu), relu, conv,
-                      (layer.spec.w_bits, layer.spec.a_bits))
+        a = act_q(out.module)
+        fw = fold_weight(m, layer.bn)
+        pre_scale = None
+        if act == "hsigmoid":  # relu6(y + 3) / 6 = clamp(y / 6 + 0.5, 0, 1): 1/6 into the scales, the clamp by `out`
+            bias = fw.bias if fw.bias is not None else torch.zeros(fw.scale.numel())
+            fw = FoldedWeight(fw.codes, (fw.scale / 6).float(), bias / 6 + 0.5, fw.bits, fw.qmax)
+        elif act == "hswish":  # HARD_SWISH's int8 input: covers [-3, 3] and the output's range
+            pre_scale = max(a.hi * a.scale, 3.0) / INT8_MAX
+        return QLayer(layer.name, fw, _out_act(a, act), act == "relu", conv,
+                      (layer.spec.w_bits, layer.spec.a_bits), act=None if act == "relu" else act, pre_scale=pre_scale)
 
-    stem, *block_layers, head = layers
+    stem, *rest, head = layers
+    pre_head = rest.pop() if rest and rest[-1].spec.op == "fc" else None
+    mix = rest.pop() if rest and rest[-1].block is None else None
     qblocks = []
-    for block, members in groupby(block_layers, key=lambda l: l.block):
+    for block, members in groupby(rest, key=lambda l: l.block):
         group = list(members)
-        if block is None or len(group) != 3:
-            raise ExportError("TFLite export expects blocks of three layers (expand, dw, project)")
-        last = group[-1]
+        se = [l for l in group if l.name.rsplit(".", 2)[-2:-1] == ["se"]]
+        main = [l for l in group if l not in se]
+        if block is None or len(main) not in (2, 3) or main[-2].spec.op != "dwconv" or len(se) not in (0, 2):
+            raise ExportError("TFLite export expects blocks of [expand,] dw, [squeeze-excite,] project layers")
+        expand, dw, last = ([None] * (3 - len(main))) + main
         residual = last.residual is not None
-        if residual and group[0].module.in_channels != last.module.out_channels:
+        if residual and main[0].module.in_channels != last.module.out_channels:
             raise ExportError(f"{last.block}: residual with different channel counts")
         add_out = _qact(act_q(last.output_quant.module)) if residual else None
-        qblocks.append(QBlock(*(qlayer(l) for l in group), residual=residual, add_out=add_out))
+        qse = None
+        if se:
+            reduce, excite = se
+            qse = QSE(_qact(act_q(reduce.input_quant.module)), qlayer(reduce), qlayer(excite),
+                      _qact(act_q(last.input_quant.module)))
+        qblocks.append(QBlock(None if expand is None else qlayer(expand), qlayer(dw), qlayer(last),
+                              residual=residual, add_out=add_out, se=qse))
+    after_pool = pre_head if pre_head is not None else head
     ref = TFLiteReference(_qact(act_q(stem.input_quant.module)), qlayer(stem), qblocks,
-                          _qact(act_q(head.input_quant.module)), qlayer(head))
+                          _qact(act_q(after_pool.input_quant.module)), qlayer(head),
+                          mix=None if mix is None else qlayer(mix), pre_head=None if pre_head is None else qlayer(pre_head))
     return ref.eval()
 
 
@@ -677,7 +755,6 @@ class TFLiteLitertExporter(Exporter):
     def export_with_report(self, model: nn.Module, example_input: torch.Tensor, out: str | Path,
                            overwrite: bool = False) -> tuple[Path, TFLiteReport]:
         out = Path(out)
-        refuse_mobile_space_features(model, "tflite")
         if out.exists() and not overwrite:
             raise ExportError(f"{out} already exists; choose another path or pass overwrite=True (--force)")
         with quiet_native_output():  # the SDKs' import-time log lines

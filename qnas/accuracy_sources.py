@@ -2,7 +2,8 @@
 
 An accuracy source is a callable ``evaluator(arch) -> {"val_acc": ..., ...}``. A source registers a
 factory under a name (:func:`register_accuracy_source`); :func:`create_accuracy_source` builds one for
-a search from its :class:`~qnas.options.SearchConfig`. Built in:
+a search from its :class:`~qnas.options.SearchConfig` (which also says the torch device the sources train
+and evaluate on, ``torch_device``). Built in:
 
 * ``train``     -- brief stand-alone QAT per arch (:class:`qnas.evaluators.TrainingEvaluator`);
 * ``supernet``  -- weights inherited from the weight-sharing supernet + BN re-calibration;
@@ -88,7 +89,8 @@ def _train(cfg: "SearchConfig", space: "SearchSpace", splits: "Splits", run: "Ru
 
     state_dir = run.file("candidates") if run else None
     return TrainingEvaluator(space, splits, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
-                             progress=progress and cfg.executor == "local", threads=cfg.threads, state_dir=state_dir)
+                             progress=progress and cfg.executor == "local", threads=cfg.threads, state_dir=state_dir,
+                             torch_device=cfg.torch_device, amp=cfg.amp)
 
 
 def _supernet(cfg: "SearchConfig", space: "SearchSpace", splits: "Splits", run: "RunDir | None",
@@ -111,7 +113,7 @@ def _zero_cost(cfg: "SearchConfig", space: "SearchSpace", splits: "Splits", run:
                progress: bool) -> Evaluator:
     from qnas.zero_cost import ZeroCostEvaluator
 
-    return ZeroCostEvaluator(space, splits.train, proxy=cfg.proxy, seed=cfg.seed)
+    return ZeroCostEvaluator(space, splits.train, proxy=cfg.proxy, seed=cfg.seed, torch_device=cfg.torch_device)
 
 
 register_accuracy_source("train", _train)

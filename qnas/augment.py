@@ -21,7 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AUGMENT_POLICIES", "resize", "random_resized_crop", "pad_crop", "hflip_maybe",
+__all__ = ["AUGMENT_POLICIES", "resize", "resize_batch", "random_resized_crop", "pad_crop", "hflip_maybe",
            "center_crop_resize", "train_transform", "eval_transform"]
 
 #: ``imagenet``: random-resized-crop + flip; ``cifar``: pad-4-crop + flip; ``none``: resize only.
@@ -32,11 +32,17 @@ _EVAL_CROP = 0.875  # ImageNet convention: resize to size/0.875, centre-crop siz
 
 def resize(img: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear resize of one ``(C, H, W)`` image to ``size`` x ``size`` (anti-aliased when shrinking)."""
-    h, w = img.shape[-2:]
+    return resize_batch(img[None], size)[0]
+
+
+def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize of a ``(N, C, H, W)`` batch (anti-aliased when shrinking): one batch read at
+    the largest resolution serves every subnet's resolution (elastic-resolution supernet training)."""
+    h, w = x.shape[-2:]
     if (h, w) == (size, size):
-        return img
-    return F.interpolate(img[None], size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=size < h or size < w)[0]
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=size < h or size < w)
 
 
 def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:

@@ -248,6 +248,10 @@ class ImageDataset(NCHWImages):
         return ImageDataset(self.images[index], self.labels[index], self.num_classes,
                             self.name, self.mean, self.std)
 
+    def head(self, n: int) -> "ImageDataset":
+        """The first ``n`` samples (as :meth:`qnas.streaming.StreamingImageDataset.head`, which reads only those)."""
+        return self.subset(slice(0, int(n)))
+
     def loader(self, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
         """A single-process :class:`DataLoader` over ``(image, label)`` pairs.
 

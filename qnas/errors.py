@@ -3,11 +3,11 @@ message is one line saying what is wrong and how to fix it; the CLI prints it
 and exits with status 2."""
 from __future__ import annotations
 
-from qnas.quant.errors import CheckpointError, ExportError, QnasError, TrainingError
+from qnas.quant.errors import CheckpointError, ExportError, QnasError, TorchDeviceError, TrainingError
 
 __all__ = [
     "QnasError", "ArchError", "ConfigError", "DataError", "UnknownDeviceError",
-    "CheckpointError", "LatencyTableError", "TrainingError", "ExportError",
+    "CheckpointError", "LatencyTableError", "TrainingError", "ExportError", "TorchDeviceError",
 ]
 
 
@@ -24,7 +24,8 @@ class DataError(QnasError):
 
 
 class UnknownDeviceError(QnasError):
-    """A device/latency profile name that qnas does not know."""
+    """A latency target (device profile) name that qnas does not know (``--target``; not the torch
+    device, which is :class:`TorchDeviceError`)."""
 
 
 class LatencyTableError(QnasError):

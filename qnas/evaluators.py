@@ -27,16 +27,20 @@ class TrainingEvaluator:
 
     Deterministic for a seed and thread count. With ``state_dir`` each trained
     state is saved as ``state_dir/UID.pt`` so a chosen candidate can be
-    finished from it later, also after a resume or from a remote worker."""
+    finished from it later, also after a resume or from a remote worker.
+    ``torch_device``/``amp``: where (and in which mixed precision) each arch trains
+    and is evaluated; the kept states are CPU tensors."""
 
     def __init__(self, space: SearchSpace, splits: Splits, epochs: int = 3, batch_size: int = 64,
                  lr: float = 3e-3, seed: int = 0, progress: bool = True, threads: int | None = None,
-                 state_dir: str | Path | None = None, bn_batches: int = 10):
+                 state_dir: str | Path | None = None, bn_batches: int = 10, torch_device: str = "cpu",
+                 amp: str = "off"):
         self.space = space
         self.data = ResizedSplits(splits)
         self.epochs, self.batch_size, self.lr, self.seed = epochs, batch_size, lr, seed
         self.progress, self.threads, self.bn_batches = progress, threads, bn_batches
         self.state_dir = Path(state_dir) if state_dir else None
+        self.torch_device, self.amp = torch_device, amp
         self.states: dict[str, dict[str, torch.Tensor]] = {}
 
     def __call__(self, arch: Arch) -> dict[str, Any]:
@@ -46,12 +50,12 @@ class TrainingEvaluator:
             t0 = time.perf_counter()
             train(model, self.data("train", arch.resolution).loader(self.batch_size, True, self.seed), None,
                   TrainConfig(epochs=self.epochs, lr=self.lr, seed=self.seed, progress=self.progress,
-                              desc=f"train {arch.uid}"))
+                              desc=f"train {arch.uid}", torch_device=self.torch_device, amp=self.amp))
             # brief training leaves BN running statistics stale: re-estimate them first
             recalibrate_bn(model, self.data("train", arch.resolution).loader(self.batch_size, True, self.seed),
                            batches=self.bn_batches)
             acc = evaluate(model, self.data("val", arch.resolution).loader(512, False))
-        self.states[arch.uid] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.states[arch.uid] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if self.state_dir is not None:
             save_checkpoint(self.state_dir / f"{arch.uid}.pt", model, {"arch": arch.to_dict(), "val_acc": acc})
         return {"val_acc": acc, "train_seconds": round(time.perf_counter() - t0, 3)}

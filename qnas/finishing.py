@@ -37,6 +37,7 @@ from qnas.quant.build import build_model
 from qnas.quant.checkpoint import load_checkpoint, load_state
 from qnas.quant.integer_grid import snap_biases
 from qnas.quant.qat import QATConfig, qat
+from qnas.quant.torch_device import resolve_torch_device
 from qnas.quant.train import TrainConfig, evaluate, train
 from qnas.rundir import resolve_arch
 from qnas.space import SearchSpace
@@ -57,6 +58,7 @@ class FinishSource:
     supernet_path: Path | None = None
     state_path: Path | None = None  # candidates/UID.pt or a finished model.pt
     note: str = ""
+    stream: bool = False  # read the data lazily (qnas.streaming)
 
     @property
     def has_weights(self) -> bool:
@@ -65,7 +67,7 @@ class FinishSource:
 
 def resolve_source(run_or_arch: str | Path, space: SearchSpace | str | Path | None = None, data: str | None = None,
                    data_path: str | None = None, seed: int | None = None,
-                   batch_size: int | None = None) -> FinishSource:
+                   batch_size: int | None = None, stream: bool = False) -> FinishSource:
     """Read what to finish from a run directory, an arch JSON file or a ``model.pt`` (the arch as
     :func:`qnas.rundir.resolve_arch` finds it) with the weights the run left for it. Explicit
     ``space``/``data``/``data_path``/``seed``/``batch_size`` override what the run recorded."""
@@ -88,7 +90,7 @@ def resolve_source(run_or_arch: str | Path, space: SearchSpace | str | Path | No
         cfg.get(key) if cfg.get(key) is not None else default)
     return FinishSource(found.space, found.arch, pick(data, "data", "digits"), pick(data_path, "data_path", None),
                         int(pick(seed, "seed", 0)), int(pick(batch_size, "batch_size", 64)), run,
-                        supernet_path, state_path, found.note)
+                        supernet_path, state_path, found.note, bool(stream or cfg.get("stream", False)))
 
 
 # ---- models -------------------------------------------------------------------------
@@ -143,16 +145,16 @@ def _load_splits(src: FinishSource, splits: Splits | None) -> Splits:
         return splits
     from qnas.searching import prepare_data
 
-    return prepare_data(src.data, src.data_path, src.seed)
+    return prepare_data(src.data, src.data_path, src.seed, src.stream, src.space)
 
 
-def _run_weights(src: FinishSource, splits: Splits) -> tuple[nn.Module | None, str]:
+def _run_weights(src: FinishSource, splits: Splits, device: torch.device | None = None) -> tuple[nn.Module | None, str]:
     """The model the run's weights give for the arch: the supernet's extraction (BN recalibrated as in
-    search), a candidate's trained state or a finished model; else None."""
+    search, on ``device``), a candidate's trained state or a finished model; else None. On the CPU."""
     if src.supernet_path is not None:
         from qnas.supernet import SupernetEvaluator, load_supernet
 
-        supernet = load_supernet(src.supernet_path)
+        supernet = load_supernet(src.supernet_path).to(device or torch.device("cpu"))
         if supernet.space.to_dict() != src.space.to_dict():
             raise ConfigError(f"the supernet at {src.supernet_path} was trained on another search space")
         return SupernetEvaluator(supernet, splits, batch_size=src.batch_size, seed=src.seed).extract(src.arch), "supernet"
@@ -163,16 +165,17 @@ def _run_weights(src: FinishSource, splits: Splits) -> tuple[nn.Module | None, s
 
 
 def train_float(model: nn.Module, data: ArchData, epochs: int, seed: int, batch_size: int, progress: bool,
-                lr: float = 3e-3) -> nn.Module:
-    """Train ``model``'s float weights in place with every quantizer off, then re-estimate its BN
-    statistics (float) on up to 1024 training images; returns it in eval mode."""
+                lr: float = 3e-3, *, torch_device: str = "cpu", amp: str = "off") -> nn.Module:
+    """Train ``model``'s float weights in place with every quantizer off on ``torch_device``, then
+    re-estimate its BN statistics (float) on up to 1024 training images; returns it in eval mode."""
     from qnas.quant.ptq import float_mode, recalibrate_bn_float
 
     train_ds = data.part("train")
     with float_mode(model):
         train(model, train_ds.loader(batch_size, True, seed), None,
-              TrainConfig(epochs=epochs, lr=lr, seed=seed, progress=progress, desc="float model"))
-    recalibrate_bn_float(model, train_ds.images[:1024], batch_size)
+              TrainConfig(epochs=epochs, lr=lr, seed=seed, progress=progress, desc="float model",
+                          torch_device=torch_device, amp=amp))
+    recalibrate_bn_float(model, train_ds.head(1024).images, batch_size)
     model.eval()
     return model
 
@@ -192,7 +195,8 @@ def _calibration(calib: Any, src: FinishSource, splits: Splits, n: int = 512):
         from qnas.calib_data.build import build_calibration_set
 
         cs = build_calibration_set(src.data, src.data_path, n=min(n, len(splits.train)), resolution=src.arch.resolution,
-                                   seed=src.seed, split_seed=src.seed, mean=splits.train.mean, std=splits.train.std)
+                                   seed=src.seed, split_seed=src.seed, mean=splits.train.mean, std=splits.train.std,
+                                   stream=src.stream)
     elif isinstance(calib, CalibrationSet):
         cs = calib
     else:
@@ -214,7 +218,7 @@ class FinishResult:
     float_test_acc: float | None = None
     started_from_val_acc: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
-    model: nn.Module | None = field(default=None, repr=False)
+    model: nn.Module | None = field(default=None, repr=False)  # on the CPU
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "method": self.method, "val_acc": self.val_acc, "test_acc": self.test_acc,
@@ -229,6 +233,14 @@ class FinishResult:
             out.append(f"  float model: val acc {100 * self.float_val_acc:.2f} %, test acc {100 * self.float_test_acc:.2f} %")
         if self.started_from_val_acc is not None:
             out.append(f"  started from val acc {100 * self.started_from_val_acc:.2f} %")
+        kept = self.details.get("kept")
+        if kept is not None:
+            ran = len(self.details.get("history", []))
+            line = (f"  kept the best epoch on validation: {self.details['kept_epoch']} of {ran}"
+                    if kept == "best" else f"  kept the last epoch ({self.details['kept_epoch']})")
+            if self.details.get("stopped_early_after") is not None:
+                line += f", stopped early after epoch {self.details['stopped_early_after']}"
+            out.append(line)
         return out
 
 
@@ -270,11 +282,13 @@ def finish_qat(run_or_arch: str | Path, options: QATFinishOptions | None = None,
     teacher = "none" if opts.teacher is None else opts.teacher
     init = opts.init
     progress = opts.progress
-    src = resolve_source(run_or_arch, opts.space, opts.data, opts.data_path, opts.seed, opts.batch_size)
+    src = resolve_source(run_or_arch, opts.space, opts.data, opts.data_path, opts.seed, opts.batch_size, opts.stream)
     cfg = opts.qat_config or QATConfig(epochs=opts.epochs, lr=opts.lr, kd_weight=opts.kd_weight,
                                        kd_temperature=opts.kd_temperature, freeze_bn_fraction=opts.freeze_bn_fraction,
-                                       seed=src.seed)
-    cfg = replace(cfg, progress=progress, desc="finish (QAT)").validate()
+                                       seed=src.seed, keep_best=opts.keep_best, early_stop=opts.early_stop)
+    cfg = replace(cfg, progress=progress, desc="finish (QAT)", torch_device=opts.torch_device,
+                  amp=opts.amp).validate()
+    device = resolve_torch_device(cfg.torch_device)
     path = _out_path(src, opts.out, opts.overwrite)
     if teacher == "auto":
         teacher = "supernet" if src.supernet_path is not None else "float"
@@ -289,7 +303,7 @@ def finish_qat(run_or_arch: str | Path, options: QATFinishOptions | None = None,
     val_loader = d.part("val").loader(512, False)
 
     torch.manual_seed(src.seed)
-    base, base_from = _run_weights(src, splits) if src.has_weights else (None, "scratch")
+    base, base_from = _run_weights(src, splits, device) if src.has_weights else (None, "scratch")
     need_float = teacher == "float" or (init == "ptq" and base is None)
     if init == "auto":
         init = "supernet" if base is not None else ("ptq" if need_float else "scratch")
@@ -299,7 +313,7 @@ def finish_qat(run_or_arch: str | Path, options: QATFinishOptions | None = None,
         torch.manual_seed(src.seed)
         float_model = copy.deepcopy(base) if base is not None else build_model(src.space, src.arch)
         train_float(float_model, d, opts.float_epochs if opts.float_epochs is not None else cfg.epochs, src.seed,
-                    src.batch_size, progress)
+                    src.batch_size, progress, torch_device=cfg.torch_device, amp=cfg.amp)
         float_val = float_accuracy(float_model, val_loader)
         float_test = float_accuracy(float_model, d.part("test").loader(512, False))
 
@@ -311,8 +325,9 @@ def finish_qat(run_or_arch: str | Path, options: QATFinishOptions | None = None,
     else:  # ptq
         from qnas.quant.ptq import PTQConfig, ptq
 
-        model = copy.deepcopy(float_model if float_model is not None else base)
+        model = copy.deepcopy(float_model if float_model is not None else base).to(device)
         ptq(model, _calibration(opts.calib, src, splits).images, PTQConfig(method="minmax", progress=progress))
+    model.to(device)
     started = evaluate(model, val_loader)
 
     teacher_module = None
@@ -340,10 +355,13 @@ def finish_qat(run_or_arch: str | Path, options: QATFinishOptions | None = None,
     finish = {"method": "qat", "init": init, "init_weights": base_from if init == "supernet" else init,
               "teacher": teacher_desc, "config": cfg.to_dict(), **hist.summary(),
               "float_val_acc": float_val, "float_test_acc": float_test}
-    _save(path, model, src, splits, test_acc, val_acc, finish, overwrite=True)
-    state_path.unlink(missing_ok=True)
+    model.cpu()
+    if _is_main():
+        _save(path, model, src, splits, test_acc, val_acc, finish, overwrite=True)
+        state_path.unlink(missing_ok=True)
+    _barrier()
     details = {"init": init, "teacher": teacher_desc, "qat_seconds": round(t_qat, 2),
-               "history": hist.to_dicts(), "resumed_from_epoch": hist.resumed_from_epoch}
+               "history": hist.to_dicts(), "resumed_from_epoch": hist.resumed_from_epoch, **hist.selection()}
     if src.note:
         details["note"] = src.note
     return FinishResult(path, "qat", val_acc, test_acc, time.perf_counter() - t0, float_val, float_test, started,
@@ -351,11 +369,25 @@ def finish_qat(run_or_arch: str | Path, options: QATFinishOptions | None = None,
 
 
 def _state_fits(state_path: Path, cfg: QATConfig) -> bool:
+    from qnas.quant.qat import _changed_settings
+
     try:
         payload = torch.load(state_path, map_location="cpu", weights_only=True)
-        return json.loads(payload["config_json"]) == json.loads(json.dumps(cfg.fingerprint()))
+        return not _changed_settings(json.loads(payload["config_json"]), cfg)
     except Exception:
         return False
+
+
+def _is_main() -> bool:
+    from qnas.quant.distributed import context
+
+    return context().is_main
+
+
+def _barrier() -> None:
+    from qnas.quant.distributed import barrier
+
+    barrier()
 
 
 # ---- PTQ -------------------------------------------------------------------------------
@@ -377,19 +409,22 @@ def finish_ptq(run_or_arch: str | Path, calib: Any = None, method: str | None = 
         fields["method"] = method
     opts = with_fields(options or PTQFinishOptions(), fields).validate()
     method, progress, float_epochs = opts.method, opts.progress, opts.float_epochs
-    src = resolve_source(run_or_arch, opts.space, opts.data, opts.data_path, opts.seed, opts.batch_size)
+    src = resolve_source(run_or_arch, opts.space, opts.data, opts.data_path, opts.seed, opts.batch_size, opts.stream)
     path = _out_path(src, opts.out, opts.overwrite)
     splits = _load_splits(src, splits)
     cs = _calibration(opts.calib, src, splits)
     d = ArchData(splits, src.arch)
     val_loader = d.part("val").loader(512, False)
     test_loader = d.part("test").loader(512, False)
+    device = resolve_torch_device(opts.torch_device)
     torch.manual_seed(src.seed)
-    model, base_from = _run_weights(src, splits) if src.has_weights else (None, "scratch")
+    model, base_from = _run_weights(src, splits, device) if src.has_weights else (None, "scratch")
     trained_float = model is None
     if model is None:
         model = build_model(src.space, src.arch)
-        train_float(model, d, float_epochs, src.seed, src.batch_size, progress)
+        train_float(model, d, float_epochs, src.seed, src.batch_size, progress, torch_device=opts.torch_device,
+                    amp=opts.amp)
+    model.to(device)
     float_val = float_accuracy(model, val_loader)
     float_test = float_accuracy(model, test_loader)
     t_ptq = time.perf_counter()
@@ -402,7 +437,10 @@ def finish_ptq(run_or_arch: str | Path, calib: Any = None, method: str | None = 
     finish = {"method": f"ptq:{method}", "weights": "float training" if trained_float else base_from,
               "float_epochs": float_epochs if trained_float else 0, "calibration": cs.meta,
               "float_val_acc": float_val, "float_test_acc": float_test}
-    _save(path, model, src, splits, test_acc, val_acc, finish, overwrite=True)
+    model.cpu()
+    if _is_main():
+        _save(path, model, src, splits, test_acc, val_acc, finish, overwrite=True)
+    _barrier()
     details = {"weights": finish["weights"], "ptq_seconds": round(t_ptq, 2), "calibration_n": len(cs)}
     if src.note:
         details["note"] = src.note

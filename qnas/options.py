@@ -10,19 +10,23 @@ Torch-free on purpose, so that building the CLI parser stays fast.
 """
 from __future__ import annotations
 
+import functools
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, TypeVar
 
 from qnas.errors import ConfigError
-from qnas.quant.configs import PTQ_METHODS, QATConfig  # torch-free: the QAT/PTQ defaults, defined once
+from qnas.quant.configs import (PTQ_METHODS, QATConfig,  # torch-free: the QAT/PTQ defaults, defined once
+                                validate_run_device)
 
 if TYPE_CHECKING:
     from qnas.strategies.base import Budget
 
 __all__ = ["SearchConfig", "DemoConfig", "demo_search_config", "default_out", "search_budget", "FinishOptions",
-           "QATFinishOptions", "PTQFinishOptions", "TEACHERS", "INITS", "PTQ_METHODS", "with_fields"]
+           "QATFinishOptions", "PTQFinishOptions", "TEACHERS", "INITS", "PTQ_METHODS", "with_fields",
+           "check_latency_target", "target_alias"]
 
 #: ``teacher`` values of a QAT finish.
 TEACHERS: tuple[str, ...] = ("auto", "float", "supernet", "none")
@@ -41,6 +45,47 @@ def with_fields(options: _Options, changes: Mapping[str, Any]) -> _Options:
     return replace(options, **changes) if changes else options  # type: ignore[type-var]
 
 
+def check_latency_target(name: Any) -> None:
+    """Refuse a latency target that is spelled like a torch device (``cuda``, ``cpu``, ``mps`` ...) and is
+    no profile: the user meant ``--torch-device``. Other unknown names are left to the latency models."""
+    from qnas.latency.profile import PROFILES_DIR, known_profiles
+    from qnas.quant.torch_device import is_torch_device_name
+
+    if is_torch_device_name(name) and not (PROFILES_DIR / f"{name}.json").is_file():
+        raise ConfigError(f"unknown latency target {name!r}; the torch device is --torch-device "
+                          f"(latency targets: {', '.join(known_profiles())})")
+
+
+def target_alias(cls: type) -> type:
+    """Let ``cls(device=...)`` and ``obj.device`` keep meaning the latency ``target`` for one release,
+    with a DeprecationWarning (``device`` was renamed: it was confusable with the torch device)."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, device: Any = None, **kwargs: Any) -> None:
+        if device is not None:
+            warnings.warn(f"{cls.__name__}(device=...) is deprecated: the latency target is now 'target' "
+                          "(the torch device is 'torch_device')", DeprecationWarning, stacklevel=2)
+            if kwargs.get("target") is not None:
+                raise ConfigError(f"give {cls.__name__} either target or its deprecated name device, not both")
+            kwargs["target"] = device
+        init(self, *args, **kwargs)
+
+    def _get(self: Any) -> Any:
+        warnings.warn(f"{cls.__name__}.device is deprecated; use .target (the latency target)",
+                      DeprecationWarning, stacklevel=2)
+        return self.target
+
+    def _set(self: Any, value: Any) -> None:
+        warnings.warn(f"{cls.__name__}.device is deprecated; use .target (the latency target)",
+                      DeprecationWarning, stacklevel=2)
+        self.target = value
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    cls.device = property(_get, _set, doc="Deprecated name of ``target``.")  # type: ignore[attr-defined]
+    return cls
+
+
 def default_out(prefix: str) -> str:
     """The default run directory of a command: ``runs/PREFIX-TIMESTAMP``."""
     return str(Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -54,13 +99,21 @@ def search_budget(config: Mapping[str, Any]) -> "Budget":
     return Budget(config.get("latency_budget_ms"), config.get("size_budget_kb"), config.get("memory_budget_kb"))
 
 
+@target_alias
 @dataclass
 class SearchConfig:
-    """Everything that defines a search; saved as the run's ``config.json`` and read back by ``--resume``."""
+    """Everything that defines a search; saved as the run's ``config.json`` and read back by ``--resume``.
+
+    ``target``: the latency target (a device profile, ``qnas latency show NAME``; formerly ``device``).
+    ``torch_device``: where the search trains and evaluates (supernet, accuracy sources, differentiable
+    search): ``cpu`` (default), ``cuda``, ``cuda:N``, ``mps`` or ``auto``; ``amp``: mixed precision of
+    that training (``off``, ``bf16``, ``fp16``). ``ray_address``: the Ray cluster ``executor="ray"``
+    connects to (None: a local Ray runtime)."""
 
     data: str = "digits"
     data_path: str | None = None
-    device: str = "cpu-ort"
+    stream: bool = False  # read the data lazily from disk (qnas.streaming) instead of loading it whole
+    target: str = "cpu-ort"
     latency_kind: str = "analytic"
     latency_table: str | None = None
     latency_hybrid: str | None = None
@@ -81,9 +134,17 @@ class SearchConfig:
     executor: str = "local"
     threads: int | None = None
     space: dict[str, Any] | None = None
+    torch_device: str = "cpu"
+    amp: str = "off"
+    ray_address: str | None = None
 
     def validate(self) -> "SearchConfig":
         from qnas.accuracy_sources import accuracy_source
+
+        check_latency_target(self.target)
+        validate_run_device(self.torch_device, self.amp)
+        if self.ray_address is not None and self.executor != "ray":
+            raise ConfigError(f"ray_address (--ray-address) needs executor='ray' (--executor ray), got {self.executor!r}")
 
         for name in ("n_candidates", "batch", "epochs", "batch_size"):
             v = getattr(self, name)
@@ -105,6 +166,8 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SearchConfig":
+        if "device" in d and "target" not in d:  # a config.json written before the rename
+            d = {("target" if k == "device" else k): v for k, v in d.items()}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -137,12 +200,16 @@ class FinishOptions:
     space: Any = None  # SearchSpace, a YAML path, or None
     data: str | None = None
     data_path: str | None = None
+    stream: bool = False
     seed: int | None = None
     batch_size: int | None = None
     overwrite: bool = False
     progress: bool = True
+    torch_device: str = "cpu"
+    amp: str = "off"
 
     def validate(self) -> "FinishOptions":
+        validate_run_device(self.torch_device, self.amp)
         if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
                                             or self.batch_size < 2):
             raise ConfigError(f"--batch-size must be at least 2, got {self.batch_size}")
@@ -159,7 +226,10 @@ class QATFinishOptions(FinishOptions):
     ``init``: ``"supernet"`` (the run's weights: supernet extraction, the candidate's state or a finished
     model), ``"ptq"`` (min-max PTQ of the float weights on ``calib``), ``"scratch"``, or ``"auto"`` (the
     run's weights if any, else PTQ of the float model if one is trained, else scratch).
-    ``qat_config`` (a :class:`qnas.quant.qat.QATConfig`) replaces epochs/lr/kd/BN-freeze settings."""
+    ``qat_config`` (a :class:`qnas.quant.qat.QATConfig`) replaces epochs/lr/kd/BN-freeze settings.
+    ``keep_best``: end with the weights of the epoch of best validation accuracy (default) rather than the
+    last; ``early_stop``: stop after that many epochs without a better validation accuracy (None: never).
+    ``torch_device``/``amp`` (every finish): where to train and with which mixed precision."""
 
     epochs: int = QATConfig.epochs
     lr: float = QATConfig.lr
@@ -170,9 +240,14 @@ class QATFinishOptions(FinishOptions):
     freeze_bn_fraction: float | None = QATConfig.freeze_bn_fraction
     float_epochs: int | None = None
     qat_config: Any = None
+    keep_best: bool = QATConfig.keep_best
+    early_stop: int | None = None
 
     def validate(self) -> "QATFinishOptions":
         super().validate()
+        if self.early_stop is not None and (isinstance(self.early_stop, bool) or not isinstance(self.early_stop, int)
+                                            or self.early_stop < 1):
+            raise ConfigError(f"--early-stop must be a positive number of epochs, got {self.early_stop!r}")
         teacher = "none" if self.teacher is None else self.teacher
         if teacher not in TEACHERS:
             raise ConfigError(f"unknown teacher {teacher!r}; choose one of {list(TEACHERS)}")

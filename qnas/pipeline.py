@@ -23,9 +23,9 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
     cfg = (cfg or DemoConfig()).validate()
     cfg.out = cfg.out or default_out("demo")
     sc = cfg.search
-    latency = make_latency_model(sc.device, sc.latency_kind, sc.latency_table, sc.latency_hybrid)
+    latency = make_latency_model(sc.target, sc.latency_kind, sc.latency_table, sc.latency_hybrid)
     t_start = time.perf_counter()
-    splits = prepare_data(sc.data, sc.data_path, sc.seed)
+    splits = prepare_data(sc.data, sc.data_path, sc.seed, sc.stream, space)
     space = space_for(splits, space)
     sc.space = space.to_dict()
     run = RunDir(cfg.out, overwrite=overwrite)
@@ -48,7 +48,8 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
     kd = cfg.finish_kd and resolve_source(run.path).supernet_path is not None
     finished = finish_qat(run.path, QATFinishOptions(
         out=run.file("model.pt"), epochs=cfg.finish_epochs, lr=cfg.finish_lr, teacher="supernet" if kd else None,
-        init="auto", kd_weight=cfg.finish_kd_weight, overwrite=True, progress=progress), splits=splits)
+        init="auto", kd_weight=cfg.finish_kd_weight, overwrite=True, progress=progress,
+        torch_device=sc.torch_device, amp=sc.amp), splits=splits)
     model = finished.model
     t_finish = finished.seconds
     test_ds = splits.test.at_resolution(arch.resolution)
@@ -61,7 +62,8 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
 
     report = {
         "run_dir": str(run.path),
-        "device": sc.device,
+        "target": sc.target,
+        "torch_device": sc.torch_device,
         "latency_kind": sc.latency_kind,
         "strategy": sc.strategy,
         "accuracy_source": sc.accuracy,
@@ -73,6 +75,7 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
         "started_from_val_acc": finished.started_from_val_acc,
         "finish_val_acc": finished.val_acc,
         "finish_teacher": finished.details.get("teacher"),
+        "finish_kept_epoch": finished.details.get("kept_epoch"),  # the best QAT epoch on validation
         "test_acc_torch": parity.torch_acc,
         "test_acc_onnx": parity.export_acc,
         "identical_predictions": parity.agreement,
@@ -89,17 +92,21 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
     return report
 
 
+def _target(r: dict[str, Any]) -> str:
+    return r.get("target", r.get("device", "?"))  # reports written before the rename say "device"
+
+
 def format_report(r: dict[str, Any]) -> str:
     lines = [
         f"qnas demo: {r['candidates']} candidates ({r.get('strategy', 'random')}, accuracy from "
-        f"{r.get('accuracy_source', 'train')}) on {r['device']}, budget {r['latency_budget_ms']:.4g} ms "
+        f"{r.get('accuracy_source', 'train')}) on {_target(r)}, budget {r['latency_budget_ms']:.4g} ms "
         f"(front of {r['front_size']})",
         f"  chosen arch            {r['arch']}",
         f"  size / MACs / peak act {r['size_kb']:.1f} KB / {r['mmacs']:.2f} M / {r['peak_act_kb']:.1f} KB",
         f"  test acc (PyTorch)     {100 * r['test_acc_torch']:.2f} %",
         f"  test acc (ONNX, ORT)   {100 * r['test_acc_onnx']:.2f} %",
         f"  identical predictions  {100 * r['identical_predictions']:.2f} %  (max |dlogit| {r['max_abs_logit_diff']:.2g})",
-        f"  predicted latency      {r['predicted_latency_ms']:.4g} ms ({r['device']}, {r.get('latency_kind', 'analytic')} model)",
+        f"  predicted latency      {r['predicted_latency_ms']:.4g} ms ({_target(r)}, {r.get('latency_kind', 'analytic')} model)",
         f"  measured ORT latency   {r['measured_ort_latency_ms']:.4g} ms (1 thread, batch 1, median)",
         f"  time                   search {r['seconds']['search']} s, finish {r['seconds']['finish']} s, "
         f"total {r['seconds']['total']} s",

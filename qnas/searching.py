@@ -18,7 +18,7 @@ from qnas.data import Splits, load_dataset, split
 from qnas.errors import ConfigError
 from qnas.executors import create_executor
 from qnas.latency import LatencyModel, create_latency_model
-from qnas.options import SearchConfig
+from qnas.options import SearchConfig, target_alias
 from qnas.pareto import most_accurate, pareto_front
 from qnas.rundir import RunDir
 from qnas.space import SearchSpace, SpaceConfig
@@ -37,12 +37,22 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'qnas.searching' has no attribute {name!r}")
 
 
-def make_latency_model(device: str, kind: str = "analytic", table: str | None = None, hybrid: str | None = None,
-                       space: SearchSpace | None = None) -> LatencyModel:
-    """The predictor a search prices candidates with: ``analytic`` (the device profile's roofline),
-    ``table`` (a per-layer table measured on the device), ``measured`` (time layers on this machine, cpu-ort only),
-    ``hybrid`` (table or analytic plus a learned whole-model correction, ``hybrid`` = its JSON file)."""
-    return create_latency_model(device, kind=kind, table=table, hybrid=hybrid, space=space)
+def make_latency_model(target: str | None = None, kind: str = "analytic", table: str | None = None,
+                       hybrid: str | None = None, space: SearchSpace | None = None, *,
+                       device: str | None = None) -> LatencyModel:
+    """The predictor a search prices candidates with on the latency ``target`` (a device profile):
+    ``analytic`` (the profile's roofline), ``table`` (a per-layer table measured on the target),
+    ``measured`` (time layers on this machine, cpu-ort only), ``hybrid`` (table or analytic plus a learned
+    whole-model correction, ``hybrid`` = its JSON file). ``device`` is the deprecated name of ``target``."""
+    if device is not None:
+        warnings.warn("make_latency_model(device=...) is deprecated; pass target=... (the latency target)",
+                      DeprecationWarning, stacklevel=2)
+        target = target or device
+    from qnas.options import check_latency_target
+
+    target = target or "cpu-ort"
+    check_latency_target(target)
+    return create_latency_model(target, kind=kind, table=table, hybrid=hybrid, space=space)
 
 
 def score_record(space: SearchSpace, arch: Arch, latency: LatencyModel, accuracy: dict[str, Any], index: int) -> dict[str, Any]:
@@ -66,13 +76,15 @@ def score_record(space: SearchSpace, arch: Arch, latency: LatencyModel, accuracy
 
 
 # ---- results --------------------------------------------------------------
+@target_alias
 @dataclass
 class SearchResult:
-    """What a search found: every evaluated record, the Pareto front, and where it was saved."""
+    """What a search found: every evaluated record, the Pareto front, and where it was saved.
+    ``target`` is the latency target the records were priced on (formerly ``device``)."""
 
     space: SearchSpace
     records: list[dict[str, Any]]
-    device: str
+    target: str | None = None
     run_dir: Path | None = None
     evaluator: Any = field(default=None, repr=False)
     budget: Budget = field(default_factory=Budget)
@@ -113,7 +125,7 @@ class SearchResult:
                 raise ConfigError("this search has no run directory; pass the PNG path to plot()")
             out = self.run_dir / "pareto.png"
         return plot_pareto(self.records, self.front, out, budget_ms if budget_ms is not None else self.budget.latency_ms,
-                           chosen, title=f"accuracy vs predicted latency on {self.device}")
+                           chosen, title=f"accuracy vs predicted latency on {self.target}")
 
     def plot_progress(self, out: str | Path | None = None, batch: int = 4) -> Path:
         """Accuracy and latency per generation (batch of asks), PNG."""
@@ -126,8 +138,17 @@ class SearchResult:
 
 
 # ---- the loop ---------------------------------------------------------------
-def prepare_data(data: str, data_path: str | None, seed: int) -> Splits:
-    return split(load_dataset(data, data_path), seed=seed)
+def prepare_data(data: str, data_path: str | None, seed: int, stream: bool = False,
+                 space: SearchSpace | None = None) -> Splits:
+    """Train/val/test splits of a data set: loaded whole (default) or, with ``stream``, read lazily from
+    disk in DataLoader workers with train-only augmentation (:mod:`qnas.streaming`; an image folder is
+    delivered at ``space``'s largest resolution)."""
+    if not stream:
+        return split(load_dataset(data, data_path), seed=seed)
+    from qnas.streaming import open_stream
+
+    size = max(space.config.resolutions) if space is not None and data == "imagefolder" else None
+    return split(open_stream(data, data_path, size=size), seed=seed)
 
 
 def space_for(splits: Splits, space: SearchSpace | None) -> SearchSpace:
@@ -152,41 +173,49 @@ def obtain_supernet(cfg: SearchConfig, space: SearchSpace, splits: Splits, run: 
     from qnas.supernet import load_supernet
 
     if cfg.accuracy_path:
-        supernet = load_supernet(cfg.accuracy_path)
+        from qnas.quant.torch_device import resolve_torch_device
+
+        supernet = load_supernet(cfg.accuracy_path).to(resolve_torch_device(cfg.torch_device))
         if supernet.space.to_dict() != space.to_dict():
             raise ConfigError(f"the supernet at {cfg.accuracy_path} was trained on another search space")
         return supernet
     ckpt_dir = run.file("supernet") if run else None
     resume = bool(ckpt_dir and (ckpt_dir / "supernet.pt").is_file())
     return _train_new_supernet(space, splits, cfg.supernet_epochs, cfg.batch_size, cfg.seed, ckpt_dir, resume,
-                               progress)[0]
+                               progress, cfg.torch_device, cfg.amp)[0]
 
 
 def _train_new_supernet(space: SearchSpace, splits: Splits, epochs: int, batch_size: int, seed: int,
-                        checkpoint_dir: Path | None, resume: bool, progress: bool) -> tuple[Any, list[dict[str, Any]]]:
+                        checkpoint_dir: Path | None, resume: bool, progress: bool, torch_device: str = "cpu",
+                        amp: str = "off") -> tuple[Any, list[dict[str, Any]]]:
     """A supernet initialised from ``seed`` (the same weights in any process), trained by progressive
-    shrinking with ``epochs`` per phase (checkpointed into ``checkpoint_dir``); and its history."""
+    shrinking with ``epochs`` per phase on ``torch_device`` (checkpointed into ``checkpoint_dir``); and its
+    history. The supernet stays on ``torch_device``."""
     from qnas.supernet import Supernet, SupernetTrainConfig, progressive_phases, train_supernet
 
     supernet = Supernet.from_seed(space, seed)
     history = train_supernet(supernet, splits, SupernetTrainConfig(
         phases=progressive_phases(epochs), batch_size=batch_size, seed=seed,
-        checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, resume=resume, progress=progress))
+        checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, resume=resume, progress=progress,
+        torch_device=torch_device, amp=amp))
     return supernet, history
 
 
 def train_supernet_run(out: str | Path, *, data: str = "digits", data_path: str | None = None,
                        space: SearchSpace | None = None, epochs: int = 2, batch_size: int = 64, seed: int = 0,
-                       resume: bool = False, overwrite: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+                       resume: bool = False, overwrite: bool = False, progress: bool = True,
+                       torch_device: str = "cpu", amp: str = "off", stream: bool = False) -> list[dict[str, Any]]:
     """Train a supernet over ``space`` (default: the embedded space sized for the data) into
     ``OUT/supernet.pt``, ``epochs`` per progressive-shrinking phase, checkpointed every epoch; ``resume``
-    continues that file, ``overwrite`` starts over. Returns the per-epoch history."""
+    continues that file, ``overwrite`` starts over. ``torch_device``/``amp``: where and in which
+    precision to train; under ``torchrun`` every rank trains its slice of each batch and rank 0 writes
+    the file. Returns the per-epoch history."""
     out = Path(out)
     if (out / "supernet.pt").exists() and not (resume or overwrite):
         raise ConfigError(f"{out / 'supernet.pt'} exists; pass --resume to continue it or --force to start over")
-    splits = prepare_data(data, data_path, seed)
+    splits = prepare_data(data, data_path, seed, stream, space)
     space = space_for(splits, space)
-    return _train_new_supernet(space, splits, epochs, batch_size, seed, out, resume, progress)[1]
+    return _train_new_supernet(space, splits, epochs, batch_size, seed, out, resume, progress, torch_device, amp)[1]
 
 
 def strategy_options(cfg: SearchConfig, space: SearchSpace, evaluator: Callable[[Arch], dict[str, Any]],
@@ -195,6 +224,8 @@ def strategy_options(cfg: SearchConfig, space: SearchSpace, evaluator: Callable[
     (loaded from ``predictor``, or fitted on ``predictor_samples`` archs scored by the accuracy
     source and kept in ``RUN/accuracy_predictor.json``) and latency model."""
     opts = dict(cfg.strategy_options)
+    if cfg.strategy == "differentiable":  # it trains its own supernet: on the search's torch device
+        opts.setdefault("torch_device", cfg.torch_device)
     if cfg.strategy != "ofa" or "accuracy" in opts:
         return opts
     from qnas.predictors import AccuracyPredictor
@@ -232,13 +263,13 @@ def run_search(
     """Ask the strategy for ``cfg.n_candidates`` archs in batches of ``cfg.batch``, evaluate them
     (reusing the run's history on resume), price them, and tell the strategy."""
     cfg.validate()
-    latency = latency or make_latency_model(cfg.device, cfg.latency_kind, cfg.latency_table, cfg.latency_hybrid, space)
+    latency = latency or make_latency_model(cfg.target, cfg.latency_kind, cfg.latency_table, cfg.latency_hybrid, space)
     evaluator = evaluator or make_evaluator(cfg, space, splits, run, progress)
     context = StrategyContext(splits=splits, latency=latency, accuracy=evaluator, progress=progress)
     strat = create_strategy(cfg.strategy, space, seed=cfg.seed, budget=cfg.budget, context=context,
                             **strategy_options(cfg, space, evaluator, latency, run))
     done = {(h["index"], h["uid"]): h for h in (run.read_history() if run else [])}
-    executor = create_executor(cfg.executor)
+    executor = create_executor(cfg.executor, **({"address": cfg.ray_address} if cfg.executor == "ray" else {}))
     records: list[dict[str, Any]] = []
     bar = tqdm(total=cfg.n_candidates, desc=f"search ({cfg.strategy})", disable=not progress, unit="arch")
     try:
@@ -263,7 +294,7 @@ def run_search(
     finally:
         bar.close()
         executor.close()
-    result = SearchResult(space, records, cfg.device, run.path if run else None, evaluator, cfg.budget)
+    result = SearchResult(space, records, cfg.target, run.path if run else None, evaluator, cfg.budget)
     if run:
         run.write_json("front.json", result.front)
         result.plot()
@@ -275,7 +306,7 @@ def search(
     data: str = "digits",
     data_path: str | None = None,
     space: SearchSpace | None = None,
-    device: str = "cpu-ort",
+    target: str | None = None,
     strategy: str = "random",
     n_candidates: int = 8,
     epochs: int = 3,
@@ -289,15 +320,23 @@ def search(
     latency_hybrid: str | None = None,
     **options: Any,
 ) -> SearchResult:
-    """Search ``space`` on a data set for the target ``device``.
+    """Search ``space`` on a data set for the latency ``target`` (a device profile, default ``cpu-ort``).
 
-    Further keyword options are :class:`SearchConfig` fields (``latency_budget_ms``,
-    ``executor="ray"``, ``strategy_options={...}``, ``batch`` ...).
+    Further keyword options are :class:`SearchConfig` fields (``latency_budget_ms``, ``torch_device="cuda"``,
+    ``executor="ray"``, ``strategy_options={...}``, ``batch`` ...); ``device=`` is the deprecated name of
+    ``target``.
 
     >>> result = qnas.search(strategy="nsga2", n_candidates=16, epochs=1)   # doctest: +SKIP
     >>> result.best(latency_ms=0.5)["arch"]                                  # doctest: +SKIP
     """
-    cfg = SearchConfig(data=data, data_path=data_path, device=device, strategy=strategy, n_candidates=n_candidates,
+    if "device" in options:
+        warnings.warn("qnas.search(device=...) is deprecated; pass target=... (the latency target; the torch "
+                      "device is torch_device=...)", DeprecationWarning, stacklevel=2)
+        if target is not None:
+            raise ConfigError("give qnas.search either target or its deprecated name device, not both")
+        target = options.pop("device")
+    cfg = SearchConfig(data=data, data_path=data_path, target=target or "cpu-ort", strategy=strategy,
+                       n_candidates=n_candidates,
                        epochs=epochs, batch_size=batch_size, seed=seed, latency_kind=latency_kind,
                        latency_table=latency_table, latency_hybrid=latency_hybrid, **options)
     return search_from_config(cfg, space, out, overwrite=overwrite, progress=progress)
@@ -325,11 +364,14 @@ def resume_search(run_dir: str | Path, progress: bool = True) -> SearchResult:
 
 def _run(cfg: SearchConfig, space: SearchSpace | None, out: str | Path | None, overwrite: bool, resume: bool,
          progress: bool) -> SearchResult:
-    latency = make_latency_model(cfg.device, cfg.latency_kind, cfg.latency_table, cfg.latency_hybrid, space)
+    from qnas.quant.torch_device import resolve_torch_device
+
+    resolve_torch_device(cfg.torch_device)  # fail fast on a device this machine lacks, before loading data
+    latency = make_latency_model(cfg.target, cfg.latency_kind, cfg.latency_table, cfg.latency_hybrid, space)
     if cfg.strategy != "ofa":  # fail fast on a bad strategy, before loading data (OFA needs its predictor first)
         create_strategy(cfg.strategy, space or SearchSpace(), seed=cfg.seed, budget=cfg.budget,
                         **cfg.strategy_options)
-    splits = prepare_data(cfg.data, cfg.data_path, cfg.seed)
+    splits = prepare_data(cfg.data, cfg.data_path, cfg.seed, cfg.stream, space)
     space = space_for(splits, space)
     cfg.space = space.to_dict()
     run = RunDir(out, overwrite=overwrite, resume=resume) if out is not None else None

@@ -70,7 +70,7 @@ def naswot_score(model: nn.Module, images: torch.Tensor) -> float:
     K = torch.zeros(n, n, dtype=torch.float64)
 
     def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
-        c = (_value(out).detach().reshape(n, -1) > 0).double()
+        c = (_value(out).detach().reshape(n, -1) > 0).to(K.device, torch.float64)  # K on the CPU (MPS has no float64)
         K.add_(c @ c.T + (1 - c) @ (1 - c).T)
 
     handles = [m.register_forward_hook(hook) for m in _relu_modules(model)]
@@ -127,25 +127,37 @@ class ZeroCostEvaluator:
     drawn with ``seed``, are resized (bilinear, antialiased when shrinking,
     like ``ImageDataset.at_resolution``) to each arch's resolution. Models are
     initialised with ``torch.manual_seed(seed)`` (global RNG state restored).
+    ``naswot`` runs its forward pass on ``torch_device``; ``synflow`` (one all-ones
+    image through a float64 copy; MPS has no float64) always on the CPU.
 
     >>> ev = ZeroCostEvaluator(space, splits.train, proxy="naswot")
     >>> ev(arch)    # {"val_acc": 812.3, "score": 812.3, "proxy": "naswot", "acc_source": "zero-cost"}
     """
 
-    def __init__(self, space: SearchSpace, images: Any, proxy: str = "naswot", batch_size: int = 32, seed: int = 0):
+    def __init__(self, space: SearchSpace, images: Any, proxy: str = "naswot", batch_size: int = 32, seed: int = 0,
+                 torch_device: str = "cpu"):
+        from qnas.quant.torch_device import resolve_torch_device
+
         if proxy not in PROXIES:
             raise ConfigError(f"unknown zero-cost proxy {proxy!r}; choose one of {proxy_names()}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
+            raise ConfigError(f"batch_size must be an integer >= 2, got {batch_size!r}")
+        if hasattr(images, "subset") and hasattr(images, "labels"):
+            # a data set: read only the images drawn below (the same ones; a streamed set is never loaded whole)
+            images = images.subset(np.sort(np.random.default_rng(seed).permutation(len(images))[:batch_size]))
+            seed_pick = np.arange(len(images))
+        else:
+            seed_pick = None
         x = images.images if hasattr(images, "images") else images
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise ConfigError("ZeroCostEvaluator needs an ImageDataset or a [N, C, H, W] image tensor")
         if x.shape[1] != space.config.in_channels:
             raise ConfigError(f"the images have {x.shape[1]} channel(s), the space expects {space.config.in_channels}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
-            raise ConfigError(f"batch_size must be an integer >= 2, got {batch_size!r}")
         if proxy == "naswot" and len(x) < 2:
             raise ConfigError("naswot needs at least 2 images")
-        idx = np.random.default_rng(seed).permutation(len(x))[:batch_size]
+        idx = np.random.default_rng(seed).permutation(len(x))[:batch_size] if seed_pick is None else seed_pick
         self.space, self.proxy, self.seed = space, proxy, seed
+        self.device = resolve_torch_device(torch_device)
         self.images = x[torch.as_tensor(np.sort(idx))].to(torch.float32)
         self._resized: dict[int, torch.Tensor] = {}
 
@@ -167,7 +179,7 @@ class ZeroCostEvaluator:
             model = build_model(self.space, arch)
             x = self.batch(arch.resolution)
             if self.proxy == "naswot":
-                return naswot_score(model, x)
+                return naswot_score(model.to(self.device), x.to(self.device))
             return synflow_score(model, tuple(x.shape[1:]))
 
     def __call__(self, arch: Arch) -> dict[str, Any]:

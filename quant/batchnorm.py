@@ -16,6 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm.auto import tqdm
 
 from qnas.quant.errors import QnasError
+from qnas.quant.torch_device import module_device, to_device
 
 _BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -44,13 +45,15 @@ def recalibrate_bn(model: nn.Module, loader: Iterable[Any], batches: int | None 
     Everything else runs in eval mode, so quantizers are left as they are (a Brevitas
     activation quantizer in train mode would collect statistics); wrap the call in
     :func:`qnas.quant.ptq.float_mode` for float statistics. The model's train/eval mode
-    and each BN's momentum are restored. Returns the number of batches used."""
+    and each BN's momentum are restored. Batches run on the model's device. Returns the number of
+    batches used."""
     if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches < 1):
         raise QnasError(f"batches must be a positive integer or None, got {batches!r}")
     entries = active_batchnorms(model)
     if not entries:
         return 0
     was_training = model.training
+    device = module_device(model)
     saved = [(bn, bn.momentum) for bn, _ in entries]
     used = 0
     try:
@@ -68,7 +71,7 @@ def recalibrate_bn(model: nn.Module, loader: Iterable[Any], batches: int | None 
             x = _inputs(batch)
             if len(x) < 2:
                 continue
-            model(x)
+            model(to_device(x, device))
             used += 1
     finally:
         for bn, momentum in saved:

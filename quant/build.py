@@ -29,8 +29,19 @@ def act_quant(bits: int, relu: bool = False, act: str | None = None) -> nn.Modul
     if act is None or act == "relu":
         cls = qnn.QuantReLU if (relu or act == "relu") else qnn.QuantIdentity
         return cls(act_quant=SignedActPerTensor, bit_width=bits, return_quant_tensor=True)
-    return QuantNLAL(act_impl=_ACT_FNS[act], passthrough_act=False, input_quant=None,
-                         act_quant=SignedActPerTensor, bit_width=bits, return_quant_tensor=True)
+    layer = QuantNLAL(act_impl=_ACT_FNS[act], passthrough_act=False, input_quant=None,
+                      act_quant=SignedActPerTensor, bit_width=bits, return_quant_tensor=True)
+    if act == "relu6":
+        # Brevitas leaves out a Hardtanh (ReLU6 is one) before a quantizer, counting on the quantizer's
+        # clamp; a signed quantizer does not clamp at 0 and 6, so the ReLU6 goes back in -- also after
+        # each load_state_dict, which rebuilds the quantizer
+        _restore_relu6(layer)
+        layer.register_load_state_dict_post_hook(_restore_relu6)
+    return layer
+
+
+def _restore_relu6(layer: nn.Module, incompatible_keys: Any = None) -> None:
+    layer.act_quant.fused_activation_quant_proxy.activation_impl = nn.ReLU6()
 
 
 def quant_conv(spec: LayerSpec) -> qnn.QuantConv2d:

@@ -18,12 +18,27 @@ from qnas.quant.errors import QnasError
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 #: PTQ methods, cumulative: min-max calibration, + bias correction, + GPTQ.
 PTQ_METHODS: tuple[str, ...] = ("minmax", "bias_correction", "gptq")
-#: settings that change how a run looks, not what it computes (ignored when a resume checks its config)
-RUN_ONLY: tuple[str, ...] = ("progress", "desc")
+#: settings that change how a run looks or where it runs, not what it computes (ignored when a resume
+#: checks its config: a run may resume on another torch device)
+RUN_ONLY: tuple[str, ...] = ("progress", "desc", "torch_device")
+#: the torch-device names (:mod:`qnas.quant.torch_device` resolves them) and mixed-precision modes
+TORCH_DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "cuda:N", "mps")
+AMP_MODES: tuple[str, ...] = ("off", "bf16", "fp16")
 
 
 def _number(v: Any) -> bool:
     return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def validate_run_device(torch_device: object, amp: object) -> None:
+    """Torch-free check of a ``torch_device`` name and an ``amp`` mode (availability is checked when
+    the run resolves the device, :func:`qnas.quant.torch_device.resolve_torch_device`)."""
+    from qnas.quant.torch_device import is_torch_device_name
+
+    if not is_torch_device_name(torch_device):
+        raise QnasError(f"unknown torch device {torch_device!r}; choose one of {', '.join(TORCH_DEVICES)}")
+    if amp not in AMP_MODES:
+        raise QnasError(f"unknown mixed-precision mode {amp!r}; choose one of {', '.join(AMP_MODES)}")
 
 
 @dataclass
@@ -50,7 +65,13 @@ class OptimizerConfig:
 @dataclass
 class TrainConfig(OptimizerConfig):
     """One training run (:func:`qnas.quant.train.train`): cosine schedule after
-    ``warmup_epochs`` of linear warm-up, optional label smoothing."""
+    ``warmup_epochs`` of linear warm-up, optional label smoothing.
+
+    ``torch_device``: where to train (``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``auto``); ``amp``: mixed
+    precision (``off``, ``bf16``, ``fp16``; see :mod:`qnas.quant.torch_device`). ``keep_best``: with a
+    validation loader, end with the weights of the epoch of the best validation accuracy (the first
+    such epoch) instead of the last; ``early_stop``: stop after that many epochs without a better
+    validation accuracy (None: never)."""
 
     epochs: int = 5
     label_smoothing: float = 0.0
@@ -58,6 +79,10 @@ class TrainConfig(OptimizerConfig):
     seed: int = 0
     progress: bool = True
     desc: str = "train"
+    torch_device: str = "cpu"
+    amp: str = "off"
+    keep_best: bool = False
+    early_stop: int | None = None
 
     def validate(self) -> "TrainConfig":
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
@@ -65,6 +90,10 @@ class TrainConfig(OptimizerConfig):
         self.validate_optimizer()
         if not (_number(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0):
             raise QnasError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        validate_run_device(self.torch_device, self.amp)
+        if self.early_stop is not None and (isinstance(self.early_stop, bool) or not isinstance(self.early_stop, int)
+                                            or self.early_stop < 1):
+            raise QnasError(f"early_stop must be a positive number of epochs or None, got {self.early_stop!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -79,7 +108,8 @@ class TrainConfig(OptimizerConfig):
 class QATConfig(TrainConfig):
     """QAT settings (:func:`qnas.quant.qat.qat`). BN statistics freeze from epoch
     ``freeze_bn_epoch`` (0-based; ``None``: ``round(freeze_bn_fraction * epochs)``; neither:
-    never). ``kd_weight`` is the distillation weight ``a`` (used only when a teacher is given)."""
+    never). ``kd_weight`` is the distillation weight ``a`` (used only when a teacher is given).
+    QAT keeps the best epoch on validation by default (``keep_best``)."""
 
     epochs: int = 10
     lr: float = 2e-3
@@ -88,6 +118,7 @@ class QATConfig(TrainConfig):
     kd_temperature: float = 2.0
     freeze_bn_epoch: int | None = None
     freeze_bn_fraction: float | None = 0.7
+    keep_best: bool = True
 
     def validate(self) -> "QATConfig":
         super().validate()

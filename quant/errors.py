@@ -21,3 +21,7 @@ class TrainingError(QnasError):
 
 class ExportError(QnasError):
     """A model that cannot be exported or whose export failed verification."""
+
+
+class TorchDeviceError(QnasError):
+    """A torch device (``--torch-device``) that is unknown or not available on this machine."""

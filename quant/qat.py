@@ -16,6 +16,13 @@ calibration or scratch) with
   run (for a model whose quantizers are past Brevitas' statistics-collection
   steps, as every supernet-extracted or PTQ-calibrated model is).
 
+* the best epoch on validation: with a validation loader the model ends with the weights of the
+  epoch of highest validation accuracy (``QATConfig.keep_best``, default on; ``QATResult.best_epoch``
+  says which), and ``early_stop = N`` ends the run after N epochs without improvement;
+* the torch device ``QATConfig.torch_device`` (model, teacher and batches moved there; the state
+  file holds CPU tensors and loads onto any device), opt-in mixed precision (``amp``), and DDP under
+  ``torchrun`` (:mod:`qnas.quant.distributed`; rank 0 alone writes the state file, the others wait).
+
 The training loop itself is :func:`qnas.quant.train.train`.
 """
 from __future__ import annotations
@@ -28,14 +35,18 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from qnas.quant import distributed as qdist
 from qnas.quant.checkpoint import atomic_write, load_state
 from qnas.quant.errors import CheckpointError
 from qnas.quant.batchnorm import freeze_batchnorm
 from qnas.quant.configs import QATConfig
+from qnas.quant.torch_device import resolve_torch_device
 from qnas.quant.train import EpochStats, TrainResult, kd_loss, make_optimizer, train
 
 STATE_FORMAT = "qnas-qat-state"
 STATE_VERSION = 1
+#: fingerprint entries added after version 1 files were written, with the value those files ran with
+_LATER_SETTINGS = {"amp": "off", "keep_best": False, "early_stop": None}
 
 
 @dataclass
@@ -47,8 +58,11 @@ class QATResult(TrainResult):
     distilled: bool = False
 
     def summary(self) -> dict[str, Any]:
+        """Per-epoch stats, resume/BN/distillation facts and which epoch's weights were kept
+        (:meth:`TrainResult.selection`)."""
         return {"epochs": self.to_dicts(), "resumed_from_epoch": self.resumed_from_epoch,
-                "bn_frozen_from_epoch": self.bn_frozen_from_epoch, "distilled": self.distilled}
+                "bn_frozen_from_epoch": self.bn_frozen_from_epoch, "distilled": self.distilled,
+                **self.selection()}
 
 
 # ---- resumable state ------------------------------------------------------------
@@ -64,12 +78,32 @@ def save_qat_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Op
         "format": STATE_FORMAT, "version": STATE_VERSION, "epoch": int(epoch),
         "config_json": json.dumps(cfg.fingerprint()),
         "history_json": json.dumps(history.to_dicts()),
+        "best_json": json.dumps({"best_epoch": history.best_epoch, "best_val_acc": history.best_val_acc}),
         "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
+        "best_model": history.best_state if history.best_state is not None else {},
+        "optimizer": _cpu(optimizer.state_dict()),
         "rng": {"torch": torch.get_rng_state(),
                 "loader": loader_gen.get_state() if loader_gen is not None else torch.zeros(0, dtype=torch.uint8)},
     }
     return atomic_write(path, lambda p: torch.save(payload, p))
+
+
+def _cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_cpu(v) for v in obj]
+    return obj
+
+
+def _changed_settings(saved: dict[str, Any], cfg: QATConfig) -> list[str]:
+    """The settings in which a state file's fingerprint differs from ``cfg`` (files written before
+    a setting existed ran with its old behaviour, :data:`_LATER_SETTINGS`)."""
+    now = json.loads(json.dumps(cfg.fingerprint()))
+    saved = {**_LATER_SETTINGS, **{k: v for k, v in saved.items() if k != "torch_device"}}
+    return sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
 
 
 def load_qat_state(path: str | Path, model: nn.Module, cfg: QATConfig,
@@ -88,10 +122,8 @@ def load_qat_state(path: str | Path, model: nn.Module, cfg: QATConfig,
         raise CheckpointError(f"{path} is not a qnas QAT state file; delete it or pass another state path")
     if payload.get("version") != STATE_VERSION:
         raise CheckpointError(f"{path} has QAT state version {payload.get('version')}, this qnas reads {STATE_VERSION}")
-    saved_cfg = json.loads(payload["config_json"])
-    if saved_cfg != json.loads(json.dumps(cfg.fingerprint())):
-        diff = sorted(k for k in set(saved_cfg) | set(cfg.fingerprint())
-                      if saved_cfg.get(k) != cfg.fingerprint().get(k))
+    diff = _changed_settings(json.loads(payload["config_json"]), cfg)
+    if diff:
         raise CheckpointError(f"{path} was written with other QAT settings ({', '.join(diff)}); resume with the "
                               "same settings or delete it to start over")
     load_state(model, payload["model"], source=str(path))
@@ -104,6 +136,10 @@ def load_qat_state(path: str | Path, model: nn.Module, cfg: QATConfig,
     if loader_gen is not None and payload["rng"]["loader"].numel():
         loader_gen.set_state(payload["rng"]["loader"])
     history = TrainResult([EpochStats(**d) for d in json.loads(payload["history_json"])])
+    best = json.loads(payload.get("best_json", "{}"))
+    if best.get("best_epoch") is not None and payload.get("best_model"):
+        history.best_epoch, history.best_val_acc = int(best["best_epoch"]), best["best_val_acc"]
+        history.best_state = dict(payload["best_model"])
     return int(payload["epoch"]), history, optimizer
 
 
@@ -122,6 +158,11 @@ def qat(
     loss becomes NaN/Inf and :class:`CheckpointError` for a ``state_path`` from other settings."""
     cfg = (config or QATConfig()).validate()
     tcfg = cfg.train_config()
+    device = resolve_torch_device(cfg.torch_device)
+    device = qdist.init_distributed(device).device(device)
+    model.to(device)  # before the optimizer is made or loaded: its state follows the parameters' device
+    if teacher is not None:
+        teacher.to(device)
     gen = _loader_generator(train_loader)
     if state_path is not None and Path(state_path).is_file():
         start, history, optimizer = load_qat_state(state_path, model, cfg, gen)
@@ -150,13 +191,16 @@ def qat(
 
     def on_end(stats: EpochStats) -> None:
         if state_path is not None:
-            save_qat_state(state_path, model, optimizer, stats.epoch, history, cfg, gen)
+            if qdist.context().is_main:
+                save_qat_state(state_path, model, optimizer, stats.epoch, history, cfg, gen)
+            qdist.barrier()
         if on_epoch:
             on_epoch(stats)
 
     # a fresh start seeds torch with cfg.seed (in train()); a resume has restored the RNG instead
     train(model, train_loader, val_loader, tcfg, loss_fn, on_end, optimizer=optimizer, start_epoch=start,
           history=history, on_epoch_start=on_start)
-    return QATResult(history.epochs, resumed_from_epoch=start,
+    return QATResult(history.epochs, history.best_epoch, history.best_val_acc, history.stopped_early_after,
+                     resumed_from_epoch=start,
                      bn_frozen_from_epoch=freeze_at + 1 if freeze_at < cfg.epochs else None,
                      distilled=loss_fn is not None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import fields
 from typing import Any
 
@@ -77,6 +78,9 @@ def add_command_group(sub: Any, name: str, help: str, description: str, dest: st
 def add_data_args(p: argparse.ArgumentParser, default: str | None, help_default: str) -> None:
     p.add_argument("--data", default=default, choices=list(DATASET_KINDS), help=f"data set kind ({help_default})")
     p.add_argument("--data-path", help=f"path for {' / '.join(path_kinds())} data")
+    p.add_argument("--stream", action="store_true",
+                   help="read the data from disk in DataLoader workers (with train-only augmentation) instead of "
+                        "loading it whole: for data sets larger than memory (imagefolder, cifar10, uncompressed npz)")
 
 
 def add_latency_args(p: argparse.ArgumentParser, default: str = "analytic") -> None:
@@ -86,6 +90,39 @@ def add_latency_args(p: argparse.ArgumentParser, default: str = "analytic") -> N
                         "(table/analytic + learned correction, --latency-hybrid)")
     p.add_argument("--latency-table", metavar="PATH", help="per-layer latency table (JSON/CSV)")
     p.add_argument("--latency-hybrid", metavar="PATH", help="fitted hybrid correction (JSON) for --latency hybrid")
+
+
+class _DeprecatedTarget(argparse.Action):
+    """``--device``: the old name of ``--target``; works, with one deprecation line."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print("qnas: warning: --device is deprecated: it names the latency target, use --target "
+              "(the torch device to train on is --torch-device)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_target_args(p: argparse.ArgumentParser, default: str = "cpu-ort", help: str | None = None) -> None:
+    """``--target`` (dest ``target``: the latency target profile) and its deprecated alias ``--device``.
+    The value is checked where it is used (:func:`qnas.options.check_latency_target`: a one-line error)."""
+    p.add_argument("--target", default=default, metavar="TARGET",
+                   help=help or f"latency target: a device profile (`qnas latency show NAME`; default {default}); "
+                                "not the torch device (--torch-device)")
+    p.add_argument("--device", dest="target", action=_DeprecatedTarget, metavar="TARGET",
+                   help="deprecated name of --target")
+
+
+def add_torch_device_args(p: argparse.ArgumentParser) -> None:
+    """``--torch-device`` (dest ``torch_device``) and ``--amp`` (dest ``amp``) for commands that train or evaluate;
+    the option classes check the name, the run checks that the device exists (one-line errors)."""
+    from qnas.quant.configs import AMP_MODES
+
+    p.add_argument("--torch-device", default="cpu", metavar="DEVICE",
+                   help="torch device to train and evaluate on: cpu (default), cuda, cuda:N, mps, or auto (cuda if "
+                        "available, else mps, else cpu)")
+    p.add_argument("--amp", default="off", choices=list(AMP_MODES),
+                   help="automatic mixed precision of training: off (default), bf16, or fp16 (CUDA only, with "
+                        "gradient scaling); quantizer arithmetic stays fp32")
 
 
 def add_force_progress(p: argparse.ArgumentParser, force_help: str) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from qnas.cli._args import add_command_group, add_data_args, add_force_progress, non_negative_int, option_fields
+from qnas.cli._args import (add_command_group, add_data_args, add_force_progress, add_torch_device_args,
+                            non_negative_int, option_fields)
 from qnas.options import INITS, PTQ_METHODS, TEACHERS, PTQFinishOptions, QATFinishOptions
 
 __all__ = ["add_finish_parser", "cmd_finish"]
@@ -23,6 +24,10 @@ def cmd_finish(a: argparse.Namespace) -> int:
         from qnas.finishing import finish_ptq
 
         res = finish_ptq(a.run, options=ptq_options)
+    from qnas.quant.distributed import context
+
+    if not context().is_main:  # under torchrun: one report
+        return 0
     print("\n".join(res.lines()))
     print(f"export it with: qnas export onnx {res.path} --out model.onnx")
     return 0
@@ -40,6 +45,7 @@ def _add_common(p: argparse.ArgumentParser, float_epochs: int | None) -> None:
     p.add_argument("--batch-size", type=int, help="training batch size (default: the run's, else 64)")
     p.add_argument("--float-epochs", type=int, default=float_epochs,
                    help="float training epochs when the run has no weights")
+    add_torch_device_args(p)
     add_force_progress(p, "overwrite --out if it exists")
 
 
@@ -65,6 +71,9 @@ def add_finish_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="distillation weight alpha (default %(default)s)")
     q.add_argument("--kd-temperature", type=float, default=qat.kd_temperature,
                    help="distillation temperature (default %(default)s)")
+    q.add_argument("--early-stop", type=int, metavar="N", default=qat.early_stop,
+                   help="stop after N epochs without a better validation accuracy (default: off); the model always "
+                        "keeps the weights of its best epoch on validation")
     q.set_defaults(func=cmd_finish)
     ptq = PTQFinishOptions()
     p = fsub.add_parser("ptq", help="post-training quantization (min-max, bias correction, GPTQ)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from qnas.cli._args import add_command_group, add_force_progress, add_latency_args
+from qnas.cli._args import add_command_group, add_force_progress, add_latency_args, add_target_args
 
 
 def cmd_latency_show(a: argparse.Namespace) -> int:
@@ -17,27 +17,36 @@ def cmd_latency_show(a: argparse.Namespace) -> int:
 
 
 def cmd_latency_predict(a: argparse.Namespace) -> int:
+    from qnas.options import check_latency_target
+
+    check_latency_target(a.target)
     from qnas.latency.evaluation import predict_latency
 
-    prediction = predict_latency(a.arch, a.device, a.latency_kind, a.latency_table, a.latency_hybrid, a.space,
+    prediction = predict_latency(a.arch, a.target, a.latency_kind, a.latency_table, a.latency_hybrid, a.space,
                                  breakdown=a.breakdown)
     print("\n".join(prediction.lines()))
     return 0
 
 
 def cmd_latency_measure(a: argparse.Namespace) -> int:
+    from qnas.options import check_latency_target
+
+    check_latency_target(a.target)
     from qnas.latency.evaluation import measure_latency_table
 
-    measure_latency_table(a.out, space=a.space, archs=a.archs, seed=a.seed, device=a.device, threads=a.threads,
+    measure_latency_table(a.out, space=a.space, archs=a.archs, seed=a.seed, device=a.target, threads=a.threads,
                           warmup=a.warmup, repeats=a.repeats, passes=a.passes, overwrite=a.overwrite,
                           progress=a.progress, log=print)
     return 0
 
 
 def cmd_latency_eval(a: argparse.Namespace) -> int:
+    from qnas.options import check_latency_target
+
+    check_latency_target(a.target)
     from qnas.latency.evaluation import evaluate_latency_models
 
-    evaluation = evaluate_latency_models(n=a.n, seed=a.seed, device=a.device, space=a.space,
+    evaluation = evaluate_latency_models(n=a.n, seed=a.seed, device=a.target, space=a.space,
                                          latency_table=a.latency_table, latency_hybrid=a.latency_hybrid,
                                          save_hybrid=a.save_hybrid, n_fit=a.n_fit, passes=a.passes,
                                          overwrite=a.overwrite, progress=a.progress, log=print)
@@ -59,7 +68,7 @@ def add_latency_parser(sub: Any) -> argparse.ArgumentParser:
                          description="Predict the batch-1 latency of ARCH (arch JSON file, run directory, "
                                      "model.pt or inline JSON).")
     lp.add_argument("arch", metavar="ARCH")
-    lp.add_argument("--device", default="cpu-ort", help="target profile (default cpu-ort)")
+    add_target_args(lp)
     lp.add_argument("--space", metavar="YAML", help="search-space config the arch belongs to")
     lp.add_argument("--breakdown", action="store_true", help="print the per-layer breakdown")
     add_latency_args(lp)
@@ -67,7 +76,7 @@ def add_latency_parser(sub: Any) -> argparse.ArgumentParser:
     lm = lsub.add_parser("measure", help="build a per-layer latency table by timing layers here",
                          description="Time every distinct layer of the search space (or of --archs sampled archs) "
                                      "in onnxruntime on this machine, in the float/QDQ form its bits dictate.")
-    lm.add_argument("--device", default="cpu-ort", help="only cpu-ort (this machine) can be measured here")
+    add_target_args(lm, help="latency target; only cpu-ort (this machine) can be measured here")
     lm.add_argument("--out", required=True, help="table file to write (.json or .csv)")
     lm.add_argument("--space", metavar="YAML", help="search-space config (default: the embedded digits space)")
     lm.add_argument("--archs", type=int, default=0, help="measure only the layers of N sampled archs (default: all)")
@@ -83,7 +92,7 @@ def add_latency_parser(sub: Any) -> argparse.ArgumentParser:
                                      "and report Kendall tau, MAPE and the share within +-10%% for the analytic "
                                      "model, a table (--latency-table) and a hybrid (--latency-hybrid); "
                                      "--save-hybrid fits a hybrid on --n-fit other archs first.")
-    le.add_argument("--device", default="cpu-ort", help="only cpu-ort (this machine) can be measured here")
+    add_target_args(le, help="latency target; only cpu-ort (this machine) can be measured here")
     le.add_argument("--n", type=int, default=30, help="archs to evaluate on (default 30)")
     le.add_argument("--n-fit", type=int, default=60, help="archs to fit --save-hybrid on (default 60)")
     le.add_argument("--save-hybrid", metavar="PATH", help="fit a hybrid correction and write it here (JSON)")

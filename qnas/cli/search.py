@@ -6,8 +6,8 @@ import argparse
 from typing import Any
 
 from qnas.accuracy_sources import accuracy_source_names
-from qnas.cli._args import (add_data_args, add_force_progress, add_latency_args, json_object, load_space,
-                            option_fields, positive_float)
+from qnas.cli._args import (add_data_args, add_force_progress, add_latency_args, add_target_args,
+                            add_torch_device_args, json_object, load_space, option_fields, positive_float)
 from qnas.options import DemoConfig, SearchConfig, default_out, demo_search_config
 
 _POP_SIZE_EXAMPLE = '{"pop_size": 16}'
@@ -47,7 +47,8 @@ def _add_run_args(p: argparse.ArgumentParser, defaults: SearchConfig) -> None:
     add_data_args(p, defaults.data, "default: the bundled digits")
     p.add_argument("--space", dest="space_yaml", metavar="YAML",
                    help="search-space config (default: the embedded digits space)")
-    p.add_argument("--device", default=defaults.device, help="target latency profile (`qnas latency show NAME`)")
+    add_target_args(p, defaults.target)
+    add_torch_device_args(p)
     add_latency_args(p, defaults.latency_kind)
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -94,7 +95,11 @@ def add_search_parser(sub: Any) -> argparse.ArgumentParser:
     s.add_argument("--size-kb", dest="size_budget_kb", metavar="SIZE_KB", type=positive_float, help="hard model-size budget")
     s.add_argument("--memory-kb", dest="memory_budget_kb", metavar="MEMORY_KB", type=positive_float,
                    help="hard peak-activation-memory budget")
-    s.add_argument("--executor", default=defaults.executor, choices=["local", "ray"], help="where evaluations run")
+    s.add_argument("--executor", default=defaults.executor, choices=["local", "ray"],
+                   help="where evaluations run: this process, or Ray tasks (a local Ray runtime, or the cluster "
+                        "at --ray-address)")
+    s.add_argument("--ray-address", metavar="ADDRESS",
+                   help="Ray cluster to run --executor ray on, e.g. 127.0.0.1:6379 (`ray start --head`) or auto")
     s.add_argument("--accuracy", default=defaults.accuracy, choices=accuracy_source_names(),
                    help="accuracy source: brief QAT per arch (default), supernet-inherited weights + BN "
                         "re-calibration, an accuracy predictor, or a zero-cost proxy")

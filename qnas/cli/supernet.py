@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from qnas.cli._args import add_command_group, add_data_args, add_force_progress, load_space
+from qnas.cli._args import add_command_group, add_data_args, add_force_progress, add_torch_device_args, load_space
 
 
 def cmd_supernet_train(a: argparse.Namespace) -> int:
@@ -13,7 +13,12 @@ def cmd_supernet_train(a: argparse.Namespace) -> int:
 
     history = train_supernet_run(a.out, data=a.data, data_path=a.data_path, space=load_space(a.space),
                                  epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, resume=a.resume,
-                                 overwrite=a.overwrite, progress=a.progress)
+                                 overwrite=a.overwrite, progress=a.progress, torch_device=a.torch_device, amp=a.amp,
+                                 stream=a.stream)
+    from qnas.quant.distributed import context
+
+    if not context().is_main:
+        return 0
     for h in history:
         print(f"epoch {h['epoch']:3d} [{h['phase']}] loss {h['loss']:.3f}  largest {h.get('val_acc_largest', float('nan')):.3f}"
               f"  smallest {h.get('val_acc_smallest', float('nan')):.3f}  ({h['seconds']:.0f} s)")
@@ -26,7 +31,8 @@ def add_supernet_parser(sub: Any) -> argparse.ArgumentParser:
                                   "Train the supernet (sandwich rule, progressive shrinking, in-place distillation).",
                                   "supernet_command")
     snt = snsub.add_parser("train", help="train (or --resume) a supernet into --out",
-                           description="Train a supernet over the search space; checkpoints every epoch.")
+                           description="Train a supernet over the search space; checkpoints every epoch. "
+                                       "Data parallel when launched by torchrun (--batch-size is the global batch).")
     add_data_args(snt, "digits", "default: the bundled digits")
     snt.add_argument("--space", metavar="YAML")
     snt.add_argument("--out", required=True, help="directory for supernet.pt")
@@ -34,6 +40,7 @@ def add_supernet_parser(sub: Any) -> argparse.ArgumentParser:
     snt.add_argument("--batch-size", type=int, default=64)
     snt.add_argument("--seed", type=int, default=0)
     snt.add_argument("--resume", action="store_true", help="continue from --out/supernet.pt")
+    add_torch_device_args(snt)
     add_force_progress(snt, "start over even if --out/supernet.pt exists")
     snt.set_defaults(func=cmd_supernet_train)
     return sn

@@ -59,6 +59,7 @@ from torch import nn
 
 from qnas._torch_utils import torch_threads
 from qnas.arch import Arch
+from qnas.quant.torch_device import to_device
 from qnas.quant.train import cosine_lr
 from qnas.errors import ConfigError
 from qnas.space import SearchSpace
@@ -98,6 +99,9 @@ class DifferentiableOptions:
     width: float | None = None
     steps_per_epoch: int | None = None
     threads: int | None = None
+    #: where the supernet trains (``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``auto``); the architecture
+    #: logits and the expected-latency table stay on the CPU (they are tiny)
+    torch_device: str = "cpu"
 
     def validate(self, space: SearchSpace) -> "DifferentiableOptions":
         def pos_int(name: str, lo: int = 1) -> None:
@@ -133,6 +137,9 @@ class DifferentiableOptions:
             pos_int("steps_per_epoch")
         if self.threads is not None:
             pos_int("threads")
+        from qnas.quant.configs import validate_run_device
+
+        validate_run_device(self.torch_device, "off")
         c = space.config
         if self.resolution is not None and self.resolution not in c.resolutions:
             raise ConfigError(f"differentiable option resolution={self.resolution!r} is not in the space; "
@@ -369,7 +376,10 @@ class DifferentiableSearch:
         res_idx = c.resolutions.index(self.resolution)
         width_idx = next(i for i, w in enumerate(c.widths) if math.isclose(w, self.width))
         # the one weight-sharing supernet; batch norm switches per expand ratio only (bits are mixed here)
-        self.net = Supernet.from_seed(space, seed, bn_per_bits=False)
+        from qnas.quant.torch_device import resolve_torch_device
+
+        self.device = resolve_torch_device(self.opt.torch_device)
+        self.net = Supernet.from_seed(space, seed, bn_per_bits=False).to(self.device)
         self.res_idx, self.width_idx = res_idx, width_idx
         self.arch = ArchLogits(space, res_idx, width_idx)
         self.gen = torch.Generator().manual_seed(seed)
@@ -518,11 +528,14 @@ class DifferentiableSearch:
     def forward(self, x: torch.Tensor, s: PathSample) -> torch.Tensor:
         """The supernet's logits on the sampled path ``s`` (gated: differentiable in the logits)."""
         arch, gates = path_arch_and_gates(self.space, s, self.res_idx, self.width_idx)
+        if self.device.type != "cpu":  # the logits (and so the gates) live on the CPU; gradients flow back
+            gates = _gates_on(gates, self.device)
         self.net.set_active(arch, quantize=True)
         with self.net.gated(gates):
             return self.net(x)
 
     def weight_step(self, x: torch.Tensor, y: torch.Tensor, tau: float, uniform: bool = False) -> float:
+        x, y = to_device(x, self.device), to_device(y, self.device)
         self.net.train()
         with torch.no_grad():
             s = self.arch.sample(tau, self.gen, self.opt.hard_bits, uniform=uniform)
@@ -538,13 +551,14 @@ class DifferentiableSearch:
 
     def arch_loss(self, ce: torch.Tensor, e_ms: torch.Tensor) -> torch.Tensor:
         if self.budget.latency_ms is None:
-            return ce + self.lam * torch.log(e_ms).to(ce.dtype)
+            return ce + self.lam * torch.log(e_ms).to(ce.device, ce.dtype)
         r = e_ms / self.target_ms - 1
         pen = torch.relu(r) if self.opt.penalty == "relu" else r.abs()
-        return ce + self.lam * pen.to(ce.dtype)
+        return ce + self.lam * pen.to(ce.device, ce.dtype)
 
     def arch_step(self, x: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[float, float, float]:
         """One Adam step on the logits; returns (CE, accuracy of the sampled path, E[latency])."""
+        x, y = to_device(x, self.device), to_device(y, self.device)
         self.net.train()
         s = self.arch.sample(tau, self.gen, self.opt.hard_bits)
         out = self.forward(x, s)
@@ -653,6 +667,12 @@ class DifferentiableSearch:
             return None
         evaluator = SupernetEvaluator(self.net, splits, recalibrate_batches, self.opt.batch_size, self.seed + 7)
         return evaluator(arch)["val_acc"]
+
+
+def _gates_on(gates: PathGates, device: torch.device) -> PathGates:
+    """``gates`` with every tensor on ``device`` (differentiable copies)."""
+    move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+    return PathGates(move(gates.w), move(gates.a), move(gates.op), move(gates.depth), gates.skips)
 
 
 def _cycle(ds: Any, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

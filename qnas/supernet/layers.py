@@ -69,20 +69,30 @@ class _SwitchableWeightLayer(nn.Module):
 
 
 class DynamicQConv2d(_SwitchableWeightLayer):
-    """A dense (groups=1) conv with elastic in/out channels (first-k) and switchable weight bits."""
+    """A dense (groups=1) conv with elastic in/out channels (first-k) and switchable weight bits;
+    ``bias=True`` adds a float bias, sliced with the output channels (the squeeze-excite convs,
+    as OFA's dynamic SE)."""
 
-    def __init__(self, max_in: int, max_out: int, kernel: int, stride: int, w_bits: Sequence[int]):
+    def __init__(self, max_in: int, max_out: int, kernel: int, stride: int, w_bits: Sequence[int],
+                 bias: bool = False):
         super().__init__()
         self.max_in, self.max_out, self.kernel, self.stride = max_in, max_out, kernel, stride
         self.w_bits = tuple(w_bits)
         self.weight = nn.Parameter(torch.empty(max_out, max_in, kernel, kernel))
         nn.init.kaiming_normal_(self.weight, mode="fan_out")
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(max_out))
+        else:
+            self.register_parameter("bias", None)
         self._setup_quantizers(max_out, (f"w{b}" for b in self.w_bits))
 
     @property
     def config(self) -> dict[str, Any]:
-        return {"max_in": self.max_in, "max_out": self.max_out, "kernel": self.kernel,
-                "stride": self.stride, "w_bits": list(self.w_bits)}
+        out = {"max_in": self.max_in, "max_out": self.max_out, "kernel": self.kernel,
+               "stride": self.stride, "w_bits": list(self.w_bits)}
+        if self.bias is not None:
+            out["bias"] = True
+        return out
 
     def reset_weight_scales(self) -> None:
         for b in self.w_bits:
@@ -96,12 +106,16 @@ class DynamicQConv2d(_SwitchableWeightLayer):
         w = self.active_weight()
         if self.quantize:
             w = _fake_quant_weight(self, w, lambda b: f"w{b}", lambda: self.weight)
-        return F.conv2d(x, w, None, self.stride, self.kernel // 2)
+        bias = None if self.bias is None else self.bias[: self.spec.cout]
+        return F.conv2d(x, w, bias, self.stride, self.kernel // 2)
 
     def active_state(self) -> dict[str, torch.Tensor]:
         s = self.spec
-        return {"weight": self.active_weight().detach().clone(),
-                W_SCALE_KEY: self.quant.value(f"w{s.w_bits}", s.cout).detach().clone().view(-1, 1, 1, 1)}
+        out = {"weight": self.active_weight().detach().clone(),
+               W_SCALE_KEY: self.quant.value(f"w{s.w_bits}", s.cout).detach().clone().view(-1, 1, 1, 1)}
+        if self.bias is not None:
+            out["bias"] = self.bias[: s.cout].detach().clone()
+        return out
 
 class DynamicQDepthwise(_SwitchableWeightLayer):
     """Depthwise conv with elastic channels, elastic kernel (center of the largest kernel,
@@ -165,7 +179,9 @@ class DynamicQDepthwise(_SwitchableWeightLayer):
                 W_SCALE_KEY: self.quant.value(f"k{s.k}_w{s.w_bits}", s.cout).detach().clone().view(-1, 1, 1, 1)}
 
 class DynamicQLinear(_SwitchableWeightLayer):
-    """The classifier: elastic input features, switchable weight bits, float bias."""
+    """A linear layer with a float bias: elastic input features, switchable weight bits, and
+    elastic (first-k) output features when the active spec has fewer than ``out`` (the
+    pre-classifier linear at a width multiplier; the classifier always has all ``out``)."""
 
     def __init__(self, max_in: int, out: int, w_bits: Sequence[int]):
         super().__init__()
@@ -186,15 +202,15 @@ class DynamicQLinear(_SwitchableWeightLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.spec
-        w = self.weight[:, : s.cin]
+        w = self.weight[: s.cout, : s.cin]
         if self.quantize:
             w = _fake_quant_weight(self, w, lambda b: f"w{b}", lambda: self.weight)
-        return F.linear(x, w, self.bias)
+        return F.linear(x, w, self.bias[: s.cout])
 
     def active_state(self) -> dict[str, torch.Tensor]:
         s = self.spec
-        return {"weight": self.weight[:, : s.cin].detach().clone(), "bias": self.bias.detach().clone(),
-                W_SCALE_KEY: self.quant.value(f"w{s.w_bits}", self.out).detach().clone().view(-1, 1)}
+        return {"weight": self.weight[: s.cout, : s.cin].detach().clone(), "bias": self.bias[: s.cout].detach().clone(),
+                W_SCALE_KEY: self.quant.value(f"w{s.w_bits}", s.cout).detach().clone().view(-1, 1)}
 
     def get_active_subnet(self) -> nn.Module:
         import brevitas.nn as qnn
@@ -250,4 +266,39 @@ class SwitchableBN(nn.Module):
 
 def act_subnet(q: ActQuantizers) -> nn.Module:
     """The static Brevitas activation quantizer of an :class:`ActQuantizers` at its active bits."""
-    return _load(act_quant(q.active_bits, relu=q.relu), q.active_state())
+    return _load(act_quant(q.active_bits, act=q.act), q.active_state())
+
+
+class DynamicSqueezeExcite(nn.Module):
+    """Squeeze-excite on the first ``k`` of ``max_channels`` channels (OFA's dynamic SE): the
+    ``reduce`` conv sliced to ``[:squeeze, :k]`` and the ``expand`` conv to ``[:k, :squeeze]``
+    (biases likewise), ``squeeze`` from the active :class:`~qnas.quant.plan.SEPlan`. The same
+    computation as :class:`qnas.quant.build.SqueezeExcite`: pool -> ``in_quant`` -> reduce ->
+    ReLU + ``act`` -> expand -> hard-sigmoid + ``gate`` -> multiply -> ``out_quant``. Its convs
+    and inner quantizers have the plan's fixed bits (8); ``out_quant`` feeds the block's project
+    conv, so it switches over the space's activation bits."""
+
+    def __init__(self, max_channels: int, max_squeeze: int, bits: int, out_bits: Sequence[int], gate_bits: int):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.in_quant = ActQuantizers([bits])
+        self.reduce = DynamicQConv2d(max_channels, max_squeeze, 1, 1, [bits], bias=True)
+        self.act = ActQuantizers([bits], relu=True)
+        self.expand = DynamicQConv2d(max_squeeze, max_channels, 1, 1, [bits], bias=True)
+        self.gate = ActQuantizers([gate_bits], act="hsigmoid")
+        self.out_quant = ActQuantizers(out_bits)
+
+    def set_active(self, plan: Any, out_bits: int, gate_bits: int, quantize: bool) -> None:
+        for q, b in ((self.in_quant, plan.reduce.a_bits), (self.act, plan.expand.a_bits), (self.gate, gate_bits),
+                     (self.out_quant, out_bits)):
+            q.active_bits = b if quantize else None
+        for conv, spec in ((self.reduce, plan.reduce), (self.expand, plan.expand)):
+            conv.spec, conv.quantize = spec, quantize
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        s = self.act(self.reduce(self.in_quant(self.pool(h))))
+        return self.out_quant(h * self.gate(self.expand(s)))
+
+    def active_state(self) -> dict[str, torch.Tensor]:
+        return {f"{name}.{k}": v for name, child in self.named_children() if hasattr(child, "active_state")
+                for k, v in child.active_state().items()}

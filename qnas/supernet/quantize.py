@@ -26,6 +26,7 @@ import math
 from typing import Callable, Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 #: Brevitas' ``scaling_min_val`` for both recipes.
@@ -127,16 +128,26 @@ class WeightQuantizers(nn.Module):
         return fake_quant(weight, v, bits, narrow=True)
 
 
+#: the activation an :class:`ActQuantizers` applies before quantizing (the plan's names; torch's functions,
+#: as the stand-alone model's ``nn.ReLU6``/``nn.Hardswish``/``nn.Hardsigmoid`` compute them)
+ACT_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": torch.relu, "relu6": F.relu6, "hswish": F.hardswish, "hsigmoid": F.hardsigmoid}
+
+
 class ActQuantizers(nn.Module):
     """Per-tensor activation quantizers, one learned threshold per bit width.
 
-    ``relu=True`` applies ReLU first (Brevitas ``QuantReLU``), else identity
-    (``QuantIdentity``). ``bits=None`` (float mode) skips quantization."""
+    ``relu=True`` (or ``act="relu"``) applies ReLU first (Brevitas ``QuantReLU``),
+    ``act`` = relu6 / hswish / hsigmoid that activation (``QuantNonLinearActLayer``),
+    else identity (``QuantIdentity``). ``bits=None`` (float mode) skips quantization."""
 
-    def __init__(self, bits: Iterable[int], relu: bool = False):
+    def __init__(self, bits: Iterable[int], relu: bool = False, act: str | None = None):
         super().__init__()
+        if act is not None and act not in ACT_FUNCTIONS:
+            raise ValueError(f"unknown activation {act!r}; one of {list(ACT_FUNCTIONS)}")
         self.bits = tuple(bits)
-        self.relu = relu
+        self.act: str | None = act if act is not None else ("relu" if relu else None)
+        self.relu = self.act == "relu"
         self.scaling = nn.ParameterDict({f"a{b}": nn.Parameter(torch.tensor(1.0)) for b in self.bits})
         self.register_buffer("initialized", torch.zeros(len(self.bits), dtype=torch.bool))
         self.active_bits: int | None = max(self.bits)
@@ -155,8 +166,8 @@ class ActQuantizers(nn.Module):
         return fake_quant(x, self.value(b), b, narrow=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.relu:
-            x = torch.relu(x)
+        if self.act is not None:
+            x = ACT_FUNCTIONS[self.act](x)
         b = self.active_bits
         if b is None:
             return x
@@ -172,4 +183,5 @@ class ActQuantizers(nn.Module):
         return {"act_quant.fused_activation_quant_proxy.tensor_quant.scaling_impl.value": v}
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, relu={self.relu}, active={self.active_bits}"
+        act = "" if self.act in (None, "relu") else f", act={self.act}"
+        return f"bits={self.bits}, relu={self.relu}{act}, active={self.active_bits}"

@@ -64,8 +64,8 @@ class Phase:
         def pick(dim: str, choices: Sequence[Any]) -> int:
             return int(rng.integers(len(choices))) if dim in self.elastic else _argmax(choices)
 
-        skip_p = 1.0 / (len(space.ops) + 1) if "depth" in self.elastic and space.config.allow_skip else 0.0
-        return _arch(space, pick, rng if skip_p else None, skip_p)
+        skips = "depth" in self.elastic and space.config.allow_skip
+        return _arch(space, pick, rng if skips else None)
 
 
 def progressive_phases(epochs: int | Sequence[int] = 1, lr_scales: Sequence[float] = (1.0, 1.0, 1.0, 1.0)) -> tuple[Phase, ...]:
@@ -101,17 +101,34 @@ _DIMENSION = {"resolution": "resolution", "width": "width", "depth": "depth", "s
 
 
 def _arch(space: SearchSpace, pick: Callable[[str, Sequence[Any]], int],
-          rng: np.random.Generator | None = None, skip_p: float = 0.0) -> Arch:
+          rng: np.random.Generator | None = None) -> Arch:
     """An arch whose every gene is ``pick(dimension, choices)``; with ``rng``, a block that may be
-    a skip becomes one with probability ``skip_p``."""
-    c = space.config
+    a skip becomes one with probability ``1 / (ops of its stage + 1)``.
+
+    The op gene picks a kernel and an expand ratio among those of the block's stage
+    (``space.stage_ops``); when the space's exclude rules leave that pair out, the expand ratio
+    stays and the kernel is picked again among those the space allows with it (so the largest
+    arch is :meth:`SearchSpace.uniform`'s: the largest expand ratio, then kernel). The result
+    passes :meth:`SearchSpace.validate`."""
 
     def value(gene: Gene) -> int:
         if gene.group != "op":
             return pick(_DIMENSION[gene.group], gene.choices)
-        op = space.ops.index((c.kernels[pick("kernel", c.kernels)], c.expands[pick("expand", c.expands)]))
-        if rng is not None and space.skip_allowed(gene.stage, gene.pos) and rng.random() < skip_p:  # type: ignore[arg-type]
-            op = space.genes.skip_op  # type: ignore[assignment]
+        ops = space.stage_ops[gene.stage]  # type: ignore[index]
+        kernels, expands = kernels_and_expands(ops)
+        k, e = kernels[pick("kernel", kernels)], expands[pick("expand", expands)]
+        if (k, e) not in ops:  # an excluded combination
+            allowed = [kk for kk, ee in ops if ee == e]
+            k = allowed[pick("kernel", allowed)]
+        op = ops.index((k, e))
+        if (rng is not None and space.skip_allowed(gene.stage, gene.pos)  # type: ignore[arg-type]
+                and rng.random() < 1.0 / (len(ops) + 1)):
+            op = space.genes.skip_index(gene.stage)  # type: ignore[arg-type,assignment]
         return op
 
-    return space.decode(space.genes.fill(value))
+    return space.validate(space.decode(space.genes.fill(value)))
+
+
+def kernels_and_expands(ops: Any) -> tuple[list[int], list[float]]:
+    """The distinct kernels and expand ratios of a stage's ``(kernel, expand)`` ops, in first-seen order."""
+    return list(dict.fromkeys(k for k, _ in ops)), list(dict.fromkeys(e for _, e in ops))

@@ -8,6 +8,16 @@ width its own learned per-tensor scale, and batch norm is switchable per
 (block position, expand ratio, weight bits of the conv before it), with a
 separate one for float mode (the distillation teacher).
 
+The standard mobile spaces (:mod:`qnas.presets`) build too: each stage's own
+kernel/expand choices (fractional expand ratios slice ``mid_channels(cin, e)``
+channels), blocks without expand conv (``expand1_no_conv``), squeeze-excite
+as OFA's dynamic SE (its reduce/expand convs sliced with the block's mid
+channels, 8-bit, its own quantizers), relu6/h-swish, the stem kernel, the
+feature-mix conv and the pre-classifier linear (both elastic in width, at the
+head's bits). A smaller depthwise kernel is the centre of the largest one,
+through OFA's learned kernel transform matrices (``kernel_transform=True``,
+the default) or as a plain centre crop (``kernel_transform=False``).
+
 ``extract(arch)`` returns the standalone Brevitas model that
 :func:`qnas.quant.build.build_model` makes for the arch, loaded with the
 sliced weights, the learned scales and the BN state of that configuration;
@@ -24,115 +34,144 @@ import torch
 from torch import nn
 
 from qnas.arch import Arch
-from qnas.errors import ArchError, ConfigError
-from qnas.quant.build import STREAM_BITS, QuantNet, build_model
+from qnas.errors import ArchError
+from qnas.quant.build import STREAM_BITS, QuantNet, act_fn, build_model
 from qnas.quant.naming import block_path, legacy_supernet_key, rename_legacy_keys, split_block_path
 from qnas.quant.plan import BlockPlan, NetworkPlan
-from qnas.space import SearchSpace
+from qnas.space import SE_BITS, SearchSpace, make_divisible, mid_channels, se_channels
 from qnas.supernet.layers import (
     DynamicQConv2d,
     DynamicQDepthwise,
     DynamicQLinear,
+    DynamicSqueezeExcite,
     SwitchableBN,
 )
 from qnas.supernet.gates import PathGates
 from qnas.supernet.quantize import ActQuantizers
+from qnas.supernet.sampling import kernels_and_expands
 
 
-def mobile_space_features(space: SearchSpace) -> list[str]:
-    """What of the standard mobile spaces ``space`` uses that the supernet does not build yet
-    (empty for the plain MBConv space): per-stage op lists, fractional expand ratios, blocks
-    without expand conv, squeeze-excite, relu6/h-swish, a stem kernel other than 3, the
-    feature-mix conv, the pre-classifier linear, exclude rules."""
-    c = space.config
-    out: list[str] = []
-    if any(s.kernels is not None or s.expands is not None for s in c.stages) or c.exclude:
-        out.append("per-stage kernel/expand choices")
-    if any(not isinstance(e, int) for ops in space.stage_ops for _, e in ops):
-        out.append("fractional expand ratios")
-    if c.expand1_no_conv and any(e == 1 for ops in space.stage_ops for _, e in ops):
-        out.append("blocks without expand conv")
-    if any(s.se for s in c.stages):
-        out.append("squeeze-excite")
-    if any(a != "relu" for a in [s.act for s in c.stages] + [c.stem_act]):
-        out.append("relu6/h-swish activations")
-    if c.stem_kernel != 3:
-        out.append(f"a {c.stem_kernel}x{c.stem_kernel} stem")
-    if c.mix_channels:
-        out.append("the feature-mix conv")
-    if c.pre_head_channels:
-        out.append("the pre-classifier linear")
-    return out
+def _expand_key(expand: float) -> str:
+    """An expand ratio as a module key: ``3`` -> ``3``, ``2.5`` -> ``2p5`` (keys cannot hold dots)."""
+    if isinstance(expand, float) and expand.is_integer():
+        expand = int(expand)
+    return str(expand).replace(".", "p")
 
 
-def _bn_key(expand: int | None, w_bits: int, quantize: bool, per_bits: bool) -> str:
+def _bn_key(expand: float | None, w_bits: int, quantize: bool, per_bits: bool) -> str:
     tail = ("w%d" % w_bits if per_bits else "q") if quantize else "f"
-    return tail if expand is None else f"e{expand}_{tail}"
+    return tail if expand is None else f"e{_expand_key(expand)}_{tail}"
 
 
 class SuperMBConv(nn.Module):
-    """One block position (stage ``si``, index ``j``) of the supernet."""
+    """One block position (stage ``stage``) of the supernet: elastic kernel and expand ratio
+    over that stage's own ops (``space.stage_ops[stage]``), an expand conv only when one of
+    them has one (``expand1_no_conv``), the stage's activation, and -- in a squeeze-excite
+    stage -- a :class:`DynamicSqueezeExcite` on the block's mid channels.
+
+    ``max_mid``: the most mid channels any (width, op) gives this position (default
+    ``max_in x`` the largest expand ratio)."""
 
     def __init__(self, max_in: int, max_out: int, stride: int, space: SearchSpace, bn_per_bits: bool,
-                 kernel_transform: bool):
+                 kernel_transform: bool, stage: int = 0, max_mid: int | None = None):
         super().__init__()
         c = space.config
-        max_mid = max_in * max(c.expands)
+        st = c.stages[stage]
+        ops = space.stage_ops[stage]
+        kernels, expands = kernels_and_expands(ops)
+        with_conv = [e for e in expands if space.has_expand_conv(e)]
+        max_mid = max_mid if max_mid is not None else max_in * max(expands)
         self.max_in, self.max_out, self.stride = max_in, max_out, stride
+        act = None if st.act == "relu" else st.act
         w_tail = [f"w{b}" for b in c.w_bits] if bn_per_bits else ["q"]
-        bn_keys = [f"e{e}_{t}" for e in c.expands for t in w_tail + ["f"]]
+        bn_keys = [f"e{_expand_key(e)}_{t}" for e in expands for t in w_tail + ["f"]]
         self.in_quant = ActQuantizers(c.a_bits)
-        self.expand = DynamicQConv2d(max_in, max_mid, 1, 1, c.w_bits)
-        self.bn1 = SwitchableBN(max_mid, bn_keys)
-        self.act1 = ActQuantizers(c.a_bits, relu=True)
-        self.dw = DynamicQDepthwise(max_mid, c.kernels, stride, c.w_bits, kernel_transform)
+        if with_conv:  # a stage whose every op is expand-less (MobileNetV2's first) has no expand conv
+            self.expand = DynamicQConv2d(max_in, max_mid, 1, 1, c.w_bits)
+            self.bn1 = SwitchableBN(max_mid, [f"e{_expand_key(e)}_{t}" for e in with_conv for t in w_tail + ["f"]])
+            self.act1 = ActQuantizers(c.a_bits, relu=True, act=act)
+        self.dw = DynamicQDepthwise(max_mid, kernels, stride, c.w_bits, kernel_transform)
         self.bn2 = SwitchableBN(max_mid, bn_keys)
-        self.act2 = ActQuantizers(c.a_bits, relu=True)
+        self.act2 = ActQuantizers(c.a_bits, relu=True, act=act)
+        if st.se:
+            self.se = DynamicSqueezeExcite(max_mid, se_channels(max_mid), SE_BITS, c.a_bits, STREAM_BITS)
         self.project = DynamicQConv2d(max_mid, max_out, 1, 1, c.w_bits)
         self.bn3 = SwitchableBN(max_out, bn_keys)
         self.out_quant = ActQuantizers([STREAM_BITS])  # used when the active block is residual
         self.plan: BlockPlan | None = None
 
-    def set_active(self, plan: BlockPlan | None, expand: int, quantize: bool, bn_per_bits: bool) -> None:
+    @property
+    def has_se(self) -> bool:
+        return hasattr(self, "se")
+
+    def set_active(self, plan: BlockPlan | None, expand: float, quantize: bool, bn_per_bits: bool) -> None:
         self.plan = plan
         if plan is None:
             return
-        e, d, p = plan.layers
-        for q, bits in ((self.in_quant, e.a_bits), (self.act1, d.a_bits), (self.act2, p.a_bits),
-                        (self.out_quant, STREAM_BITS)):
+        e, d, p = plan.expand, plan.depthwise, plan.project
+        quants = [(self.in_quant, (e or d).a_bits), (self.act2, p.a_bits), (self.out_quant, STREAM_BITS)]
+        convs, bns = [(self.dw, d), (self.project, p)], [(self.bn2, d), (self.bn3, p)]
+        if e is not None:
+            quants.append((self.act1, d.a_bits))
+            convs.append((self.expand, e))
+            bns.append((self.bn1, e))
+        for q, bits in quants:
             q.active_bits = bits if quantize else None
-        for conv, spec in ((self.expand, e), (self.dw, d), (self.project, p)):
+        for conv, spec in convs:
             conv.spec, conv.quantize = spec, quantize
-        for bn, spec in ((self.bn1, e), (self.bn2, d), (self.bn3, p)):
+        for bn, spec in bns:
             bn.key = _bn_key(expand, spec.w_bits, quantize, bn_per_bits)
+        if plan.se is not None:
+            self.se.set_active(plan.se, p.a_bits, STREAM_BITS, quantize)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xq = self.in_quant(x)
-        h = self.act1(self.bn1(self.expand(xq)))
+        h = self.act1(self.bn1(self.expand(xq))) if self.plan.expand is not None else xq
         h = self.act2(self.bn2(self.dw(h)))
+        if self.plan.se is not None:
+            h = self.se(h)
         h = self.bn3(self.project(h))
         return xq + self.out_quant(h) if self.plan.residual else h
 
     def active_state(self) -> dict[str, torch.Tensor]:
         """State entries of :class:`qnas.quant.build.MBConv` for the active configuration: this
         block's children have the MBConv's names, so each child's state goes under its own name."""
-        e, d, p = self.plan.layers
-        channels = {self.bn1: e.cout, self.bn2: d.cout, self.bn3: p.cout}
+        plan = self.plan
+        e, d, p = plan.expand, plan.depthwise, plan.project
+        channels = {self.bn2: d.cout, self.bn3: p.cout}
+        skip = set()
+        if e is not None:
+            channels[self.bn1] = e.cout
+        elif hasattr(self, "expand"):
+            skip |= {self.expand, self.bn1, self.act1}
+        if not plan.residual:
+            skip.add(self.out_quant)
         out: dict[str, torch.Tensor] = {}
         for name, child in self.named_children():
-            if child is self.out_quant and not self.plan.residual:
+            if child in skip:
                 continue
             state = child.active_state(channels[child]) if child in channels else child.active_state()
             out.update((f"{name}.{k}", v) for k, v in state.items())
         return out
 
     def active_batchnorms(self) -> list[tuple[nn.BatchNorm2d, int]]:
-        e, d, p = self.plan.layers
-        return [(self.bn1.active_bn, e.cout), (self.bn2.active_bn, d.cout), (self.bn3.active_bn, p.cout)]
+        e, d, p = self.plan.expand, self.plan.depthwise, self.plan.project
+        first = [] if e is None else [(self.bn1.active_bn, e.cout)]
+        return first + [(self.bn2.active_bn, d.cout), (self.bn3.active_bn, p.cout)]
 
-    def weight_layers(self) -> list[tuple[str, nn.Module, ActQuantizers]]:
-        """(layer name in the block, weight layer, the activation quantizer feeding it), in execution order."""
-        return [("expand", self.expand, self.in_quant), ("dw", self.dw, self.act1), ("project", self.project, self.act2)]
+    def weight_layers(self) -> list[tuple[str, nn.Module | None, ActQuantizers]]:
+        """(layer name in the block, weight layer, the activation quantizer feeding it), in execution
+        order, for the active configuration. In a squeeze-excite block the project conv's input is
+        quantized twice at its bits (``act2`` before the SE, ``se.out_quant`` after it): the second
+        comes as an entry without weight layer. The SE convs (fixed bits) are not listed."""
+        if self.plan.expand is not None:
+            out = [("expand", self.expand, self.in_quant), ("dw", self.dw, self.act1)]
+        else:
+            out = [("dw", self.dw, self.in_quant)]
+        out.append(("project", self.project, self.act2))
+        if self.plan.se is not None:
+            out.append(("project", None, self.se.out_quant))
+        return out
 
 
 @dataclass(frozen=True)
@@ -157,35 +196,48 @@ class Supernet(nn.Module):
         super().__init__()
         self.space = space or SearchSpace()
         self.bn_per_bits, self.kernel_transform = bn_per_bits, kernel_transform
-        unsupported = mobile_space_features(self.space)
-        if unsupported:
-            raise ConfigError(f"the weight-sharing supernet cannot build {unsupported[0]} yet "
-                              f"(this space also has: {', '.join(unsupported[1:]) or 'nothing else new'}); "
-                              "use --accuracy train / zero-cost / predictor for this space")
         c = self.space.config
         maxes = [self.space.channels(w) for w in c.widths]
         max_stem = max(m[0] for m in maxes)
         max_stage = [max(m[1][i] for m in maxes) for i in range(len(c.stages))]
+        # each block position's input channels at every width (its mid channels depend on them)
+        geometry = [self.space.block_geometry(min(c.resolutions), w) for w in c.widths]
         self.input_quant = ActQuantizers(c.stem_head_a_bits)
-        self.stem = DynamicQConv2d(c.in_channels, max_stem, 3, c.stem_stride, c.stem_head_w_bits)
+        self.stem = DynamicQConv2d(c.in_channels, max_stem, c.stem_kernel, c.stem_stride, c.stem_head_w_bits)
         stem_keys = [f"w{b}" for b in c.stem_head_w_bits] if bn_per_bits else ["q"]
         self.stem_bn = SwitchableBN(max_stem, stem_keys + ["f"])
-        self.stem_act = nn.ReLU()
+        self.stem_act = act_fn(c.stem_act)
         # one module per stage holding its block positions: s{si}.b{j}, the extracted QuantNet's names
-        cin = max_stem
+        cin, n = max_stem, 0
         for si, s in enumerate(c.stages):
             stage = nn.ModuleDict()
             for j in range(max(s.depths)):
                 stage_name, block_name = split_block_path(block_path(si, j))
+                max_mid = max(mid_channels(g[n].cin, e) if self.space.has_expand_conv(e) else g[n].cin
+                              for g in geometry for _, e in self.space.stage_ops[si])
                 stage[block_name] = SuperMBConv(cin, max_stage[si], s.stride if j == 0 else 1, self.space,
-                                                bn_per_bits, kernel_transform)
-                cin = max_stage[si]
+                                                bn_per_bits, kernel_transform, si, max_mid)
+                cin, n = max_stage[si], n + 1
             self.add_module(stage_name, stage)
+        # The layers after the blocks read the last stage's output, or the stem's when every block can be skipped.
+        features = max(max_stage[-1], max_stem)
+        if c.mix_channels:  # 1x1 feature-mix conv before the pool, at the head's bits
+            max_mix = max(make_divisible(c.mix_channels * w) for w in c.widths)
+            self.mix_quant = ActQuantizers(c.stem_head_a_bits)
+            self.mix = DynamicQConv2d(features, max_mix, 1, 1, c.stem_head_w_bits)
+            self.mix_bn = SwitchableBN(max_mix, stem_keys + ["f"])
+            self.mix_act = act_fn(c.mix_act)
+            features = max_mix
         self.pool_quant = ActQuantizers([STREAM_BITS])
         self.pool = nn.AdaptiveAvgPool2d(1)
+        if c.pre_head_channels:  # linear between the pool and the classifier, at the head's bits
+            max_pre = max(make_divisible(c.pre_head_channels * w) for w in c.widths)
+            self.pre_head_quant = ActQuantizers(c.stem_head_a_bits)
+            self.pre_head = DynamicQLinear(features, max_pre, c.stem_head_w_bits)
+            self.pre_head_act = act_fn(c.pre_head_act)
+            features = max_pre
         self.head_quant = ActQuantizers(c.stem_head_a_bits)
-        # The head reads the last stage's output, or the stem's when every block can be skipped.
-        self.head = DynamicQLinear(max(max_stage[-1], max_stem), c.num_classes, c.stem_head_w_bits)
+        self.head = DynamicQLinear(features, c.num_classes, c.stem_head_w_bits)
         self.logit_quant = ActQuantizers([STREAM_BITS])
         self._active: ActiveConfig | None = None
         self._order: list[SuperMBConv] = []
@@ -233,6 +285,13 @@ class Supernet(nn.Module):
         self.head_quant.active_bits = plan.head.a_bits if quantize else None
         self.pool_quant.active_bits = self.logit_quant.active_bits = STREAM_BITS if quantize else None
         self.head.spec, self.head.quantize = plan.head, quantize
+        if plan.mix is not None:
+            self.mix_quant.active_bits = plan.mix.a_bits if quantize else None
+            self.mix.spec, self.mix.quantize = plan.mix, quantize
+            self.mix_bn.key = _bn_key(None, plan.mix.w_bits, quantize, self.bn_per_bits)
+        if plan.pre_head is not None:
+            self.pre_head_quant.active_bits = plan.pre_head.a_bits if quantize else None
+            self.pre_head.spec, self.pre_head.quantize = plan.pre_head, quantize
         self._order, self._positions = order, positions
         self._active = ActiveConfig(arch, quantize, plan)
         return self
@@ -240,21 +299,34 @@ class Supernet(nn.Module):
     @contextlib.contextmanager
     def gated(self, gates: PathGates) -> Iterator["Supernet"]:
         """Run the active arch through differentiable ``gates`` (:mod:`qnas.supernet.gates`): mixed
-        bit widths per layer, op and depth gates per block position. Quantized mode only."""
+        bit widths per layer, op and depth gates per block position. Quantized mode only.
+
+        The feature-mix conv and the pre-classifier linear run at the head's bits, so they mix
+        with the head's gates; the squeeze-excite convs have fixed bits and are not gated."""
         if not self.quantize:
             raise ArchError("gates mix quantized bit widths; set_active(arch, quantize=True) first")
-        layers = [("stem", self.stem, self.input_quant), ("head", self.head, self.head_quant)]
+        layers: list[tuple[str, nn.Module | None, ActQuantizers]] = [
+            ("stem", self.stem, self.input_quant), ("head", self.head, self.head_quant)]
+        plan = self._active.plan
+        if plan.mix is not None:
+            layers.append(("head", self.mix, self.mix_quant))
+        if plan.pre_head is not None:
+            layers.append(("head", self.pre_head, self.pre_head_quant))
         layers += [(f"{path}.{name}", conv, q) for path, blk in self._positions if blk is not None
                    for name, conv, q in blk.weight_layers()]
         try:
             for name, conv, q in layers:
-                conv.mix, q.mix = gates.w.get(name), gates.a.get(name)
+                if conv is not None:
+                    conv.mix = gates.w.get(name)
+                q.mix = gates.a.get(name)
             self._gates = gates
             yield self
         finally:
             self._gates = None
             for _, conv, q in layers:
-                conv.mix = q.mix = None
+                if conv is not None:
+                    conv.mix = None
+                q.mix = None
 
     def block(self, stage: int, index: int) -> SuperMBConv:
         """The block at position ``index`` of stage ``stage`` (module path ``s{stage}.b{index}``)."""
@@ -280,7 +352,12 @@ class Supernet(nn.Module):
                 x = blk(x)
         else:
             x = self._gated_blocks(x, self._gates)
+        plan = self._active.plan
+        if plan.mix is not None:
+            x = self.mix_act(self.mix_bn(self.mix(self.mix_quant(x))))
         x = torch.flatten(self.pool(self.pool_quant(x)), 1)
+        if plan.pre_head is not None:
+            x = self.pre_head_act(self.pre_head(self.pre_head_quant(x)))
         return self.logit_quant(self.head(self.head_quant(x)))
 
     def _gated_blocks(self, x: torch.Tensor, gates: PathGates) -> torch.Tensor:
@@ -307,6 +384,8 @@ class Supernet(nn.Module):
                 parts += [(f"{name}.{b}", blk.active_state()) for b, blk in child.items() if blk.plan is not None]
             elif child is self.stem_bn:
                 parts.append((name, child.active_state(plan.stem.cout)))
+            elif plan.mix is not None and child is self.mix_bn:
+                parts.append((name, child.active_state(plan.mix.cout)))
             elif hasattr(child, "active_state"):
                 parts.append((name, child.active_state()))
         return {f"{m}.{k}": v for m, sd in parts for k, v in sd.items()}
@@ -337,9 +416,12 @@ class Supernet(nn.Module):
 
     def active_batchnorms(self) -> list[tuple[nn.BatchNorm2d, int]]:
         """(BatchNorm2d, active channels) of the active configuration, in execution order."""
-        out = [(self.stem_bn.active_bn, self._active.plan.stem.cout)]
+        plan = self._active.plan
+        out = [(self.stem_bn.active_bn, plan.stem.cout)]
         for blk in self._order:
             out.extend(blk.active_batchnorms())
+        if plan.mix is not None:
+            out.append((self.mix_bn.active_bn, plan.mix.cout))
         return out
 
     def active_param_count(self) -> int:

@@ -12,10 +12,19 @@ the labels (CE, ``1 - kd_weight``); then one optimizer step. Phases
 another, each with its own cosine learning-rate schedule.
 
 Checkpoints (``checkpoint_dir/supernet.pt``) are written atomically after
-every epoch with the supernet, the optimizer and the history; ``resume=True``
-continues from the last complete epoch. Batch order and arch sampling come
-from generators seeded with ``(seed, epoch)``, so a resumed run is the same
-as an uninterrupted one.
+every epoch with the supernet, the optimizer and the history (CPU tensors; they
+load onto any device); ``resume=True`` continues from the last complete epoch.
+Batch order and arch sampling come from generators seeded with ``(seed, epoch)``,
+so a resumed run is the same as an uninterrupted one.
+
+Training runs on ``torch_device`` (supernet and batches moved there), with opt-in
+mixed precision (``amp``: bf16, or fp16 with a gradient scaler on CUDA; the
+quantizers' arithmetic stays fp32, see :mod:`qnas.quant.torch_device`). Launched
+by ``torchrun`` it is data parallel (:mod:`qnas.quant.distributed`): every rank
+draws the same batches and archs, takes its slice of each batch, and the
+accumulated gradients are averaged once per step; when a quantizer initialises
+its scale from data (a bit width's first batch), rank 0's state is broadcast.
+Rank 0 writes the checkpoint, the others wait at a barrier.
 """
 from __future__ import annotations
 
@@ -33,23 +42,30 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qnas.arch import Arch
+from qnas.augment import resize_batch
 from qnas.data import Splits
 from qnas.errors import CheckpointError, ConfigError, TrainingError
+from qnas.quant import distributed as qdist
 from qnas.quant.checkpoint import load_checkpoint, save_checkpoint
-from qnas.quant.configs import OptimizerConfig
+from qnas.quant.configs import OptimizerConfig, validate_run_device
+from qnas.quant.torch_device import autocast, grad_scaler, resolve_torch_device, to_device
 from qnas.quant.train import cosine_lr, kd_loss, make_optimizer
 from qnas.supernet.evaluate import SupernetEvaluator
 from qnas.supernet.sampling import Phase, full_space_largest, progressive_phases
 from qnas.supernet.supernet import Supernet
 
 CHECKPOINT_NAME = "supernet.pt"
-_RUN_ONLY = ("resume", "progress", "checkpoint_dir", "eval_bn_batches")
+_RUN_ONLY = ("resume", "progress", "checkpoint_dir", "eval_bn_batches", "torch_device")
+#: fingerprint entries added later, with the value older checkpoints ran with
+_LATER_SETTINGS: dict[str, Any] = {"amp": "off"}
 
 
 @dataclass
 class SupernetTrainConfig(OptimizerConfig):
     """Supernet training (:func:`train_supernet`): the phases, the sandwich (``n_random`` random
-    students besides the largest and smallest), in-place distillation, and the optimizer."""
+    students besides the largest and smallest), in-place distillation, and the optimizer.
+    ``torch_device`` / ``amp``: where to train and with which mixed precision (``off``, ``bf16``,
+    ``fp16``). ``batch_size`` is the global batch: under torchrun each rank takes a slice of it."""
 
     phases: tuple[Phase, ...] = field(default_factory=progressive_phases)
     batch_size: int = 64
@@ -63,6 +79,8 @@ class SupernetTrainConfig(OptimizerConfig):
     resume: bool = False
     progress: bool = True
     eval_bn_batches: int = 10
+    torch_device: str = "cpu"
+    amp: str = "off"
 
     @property
     def epochs(self) -> int:
@@ -97,6 +115,7 @@ class SupernetTrainConfig(OptimizerConfig):
         number("kd_temperature", lambda v: v > 0, "a positive number")
         if self.grad_clip is not None:
             number("grad_clip", lambda v: v > 0, "a positive number or None")
+        validate_run_device(self.torch_device, self.amp)
         if self.resume and not self.checkpoint_dir:
             raise ConfigError("resume=True needs checkpoint_dir (where the previous run saved supernet.pt)")
         return self
@@ -114,32 +133,70 @@ class SupernetTrainConfig(OptimizerConfig):
 # ---- pieces -----------------------------------------------------------------
 def sandwich_step(supernet: Supernet, optimizer: torch.optim.Optimizer,
                   images: Mapping[int, torch.Tensor] | Callable[[int], torch.Tensor], labels: torch.Tensor,
-                  students: Sequence[Arch], cfg: SupernetTrainConfig, teacher: Arch | None = None) -> dict[str, float]:
+                  students: Sequence[Arch], cfg: SupernetTrainConfig, teacher: Arch | None = None, *,
+                  scaler: "torch.amp.GradScaler | None" = None, loss_weight: float = 1.0) -> dict[str, float]:
     """One optimizer step with gradients accumulated over the float teacher and ``students``.
 
-    ``images[r]`` (or ``images(r)``) is the batch at resolution ``r``. Returns
-    the teacher's CE and the students' mean loss (before the step)."""
+    ``images[r]`` (or ``images(r)``) is the batch at resolution ``r``, on the supernet's device.
+    Returns the teacher's CE and the students' mean loss (before the step). Under ``torchrun``
+    ``loss_weight`` is this rank's share of the global batch (:func:`qnas.quant.distributed.shard_batch`)
+    and the gradients are averaged over the ranks before clipping; ``scaler`` is the fp16 gradient
+    scaler (``cfg.amp``)."""
     get = images if callable(images) else images.__getitem__
     teacher = teacher or full_space_largest(supernet.space)
+    ctx = qdist.context()
+    device = labels.device
+    bad: list[str] = []
+
+    def check(loss: torch.Tensor, who: str) -> None:
+        if ctx.enabled:  # decided together after the backward passes: a lone raise would leave the others waiting
+            if not bad and not torch.isfinite(loss):
+                bad.append(f"loss of {who[:60]} became {loss.item()}")
+        else:
+            _check(loss, who)
+
+    def backward(loss: torch.Tensor) -> None:
+        loss = loss * loss_weight if loss_weight != 1.0 else loss
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+
     supernet.train()
     optimizer.zero_grad(set_to_none=True)
     supernet.set_active(teacher, quantize=False)
-    t_logits = supernet(get(teacher.resolution))
-    t_loss = F.cross_entropy(t_logits, labels)
-    _check(t_loss, "teacher")
-    t_loss.backward()
-    soft = t_logits.detach()
+    with autocast(device, cfg.amp):
+        t_logits = supernet(get(teacher.resolution))
+        t_loss = F.cross_entropy(t_logits, labels)
+    check(t_loss, "teacher")
+    backward(t_loss)
+    soft = t_logits.detach().float()
     losses = []
     for arch in students:
         supernet.set_active(arch, quantize=True)
-        loss = kd_loss(supernet(get(arch.resolution)), soft, labels, cfg.kd_weight, cfg.kd_temperature)
-        _check(loss, arch.describe())
-        (loss / max(1, len(students))).backward()
+        with autocast(device, cfg.amp):
+            loss = kd_loss(supernet(get(arch.resolution)), soft, labels, cfg.kd_weight, cfg.kd_temperature)
+        check(loss, arch.describe())
+        backward(loss / max(1, len(students)))
         losses.append(float(loss.detach()))
+    if ctx.enabled:
+        if qdist.all_reduce_sum([1.0 if bad else 0.0], device)[0] > 0:
+            raise TrainingError(f"{bad[0] if bad else 'a loss on another rank became NaN/Inf'}; lower the learning "
+                                "rate or check the data for NaN/Inf")
+        qdist.all_reduce_gradients(supernet)
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     if cfg.grad_clip is not None:
         nn.utils.clip_grad_norm_(supernet.parameters(), cfg.grad_clip)
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     return {"teacher_loss": float(t_loss.detach()), "loss": float(np.mean(losses)) if losses else 0.0}
+
+
+def _init_flags(module: nn.Module) -> int:
+    """How many "initialised"/"calibrated" flags (bool buffers) are set: it changes when a quantizer
+    takes its scale from the data it sees."""
+    return sum(int(b.sum()) for b in module.buffers() if b.dtype == torch.bool)
 
 
 def _check(loss: torch.Tensor, who: str) -> None:
@@ -208,6 +265,10 @@ def train_supernet(supernet: Supernet, splits: Splits, cfg: SupernetTrainConfig 
                           f"{space.config.num_classes} classes, the data has {ds.channels} and {ds.num_classes}")
     if len(ds) < 2:
         raise ConfigError(f"training needs at least 2 samples, got {len(ds)}")
+    device = resolve_torch_device(cfg.torch_device)
+    ctx = qdist.init_distributed(device)
+    device = ctx.device(device)
+    supernet.to(device)  # before the optimizer: its state lives where the parameters do
     optimizer = make_optimizer(supernet, cfg)
     bundle = _Bundle(supernet, optimizer)
     ckpt = checkpoint_path(cfg)
@@ -218,13 +279,18 @@ def train_supernet(supernet: Supernet, splits: Splits, cfg: SupernetTrainConfig 
         if meta.get("kind") != "supernet-train":
             raise CheckpointError(f"{ckpt} is not a supernet training checkpoint; use another checkpoint_dir")
         same = json.loads(json.dumps({"config": cfg.fingerprint(), "supernet": supernet.config}))
-        if {"config": meta.get("config"), "supernet": meta.get("supernet")} != same:
+        saved_cfg = {**_LATER_SETTINGS, **{k: v for k, v in (meta.get("config") or {}).items() if k not in _RUN_ONLY}}
+        if {"config": saved_cfg, "supernet": meta.get("supernet")} != same:
             raise CheckpointError(f"{ckpt} was written with another config or supernet; resume with the same "
                                   "settings or use a fresh checkpoint_dir")
         bundle.load(state, meta["optimizer_groups"], str(ckpt))
         history, start = list(meta["history"]), int(meta["epoch"])
+    qdist.broadcast_state(supernet)  # every rank starts from rank 0's weights (already equal: same seed or file)
+    scaler = grad_scaler(device, cfg.amp)
 
-    resized = {r: ds.at_resolution(r).images for r in space.config.resolutions}
+    streamed = hasattr(ds, "source")  # a qnas.streaming data set: batches come from its DataLoader
+    resized = {} if streamed else {r: ds.at_resolution(r).images for r in space.config.resolutions}
+    native = ds.at_resolution(max(space.config.resolutions)) if streamed else None
     labels_all = ds.labels
     n = len(ds)
     teacher = full_space_largest(space)
@@ -232,8 +298,8 @@ def train_supernet(supernet: Supernet, splits: Splits, cfg: SupernetTrainConfig 
         if cfg.eval_bn_batches else None
     schedule = _schedule(cfg)
     steps_per_epoch = n // cfg.batch_size + (1 if n % cfg.batch_size >= 2 else 0)
-    bar = tqdm(total=(len(schedule) - start) * steps_per_epoch, desc="supernet", disable=not cfg.progress,
-               leave=False, unit="step")
+    bar = tqdm(total=(len(schedule) - start) * steps_per_epoch, desc="supernet",
+               disable=not cfg.progress or not ctx.is_main, leave=False, unit="step")
     try:
         for epoch in range(start, len(schedule)):
             phase, phase_epoch = schedule[epoch]
@@ -241,18 +307,45 @@ def train_supernet(supernet: Supernet, splits: Splits, cfg: SupernetTrainConfig 
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
             rng = np.random.default_rng([cfg.seed, epoch])
             order = torch.randperm(n, generator=gen)
+            # streamed: each batch is read (augmented) at the largest resolution, resized per student
+            batches = iter(native.loader(cfg.batch_size, True, seed=cfg.seed * 1_000_003 + epoch, augment=True)) \
+                if streamed else None
             largest, smallest = phase.largest(space), phase.smallest(space)
             phase_steps = phase.epochs * steps_per_epoch
             sums = {"loss": 0.0, "teacher_loss": 0.0}
             lr = cfg.lr
             for step in range(steps_per_epoch):
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+                if streamed:
+                    xb, yb = next(batches)
+                    idx = torch.arange(len(yb))
                 lr = cosine_lr(phase_epoch * steps_per_epoch + step, phase_steps, cfg.lr * phase.lr_scale,
                                cfg.warmup_steps)
                 for g in optimizer.param_groups:
                     g["lr"] = lr
                 students = [largest, smallest] + [phase.sample(space, rng) for _ in range(cfg.n_random)]
-                out = sandwich_step(supernet, optimizer, lambda r: resized[r][idx], labels_all[idx], students, cfg, teacher)
+                weight = 1.0
+                if ctx.enabled and len(idx) < ctx.world_size:  # too small to give every rank a sample: all skip it
+                    continue
+                if ctx.enabled:  # this rank's slice of the global batch
+                    n_global = len(idx)
+                    idx = torch.tensor_split(idx, ctx.world_size)[ctx.rank]
+                    weight = ctx.world_size * len(idx) / n_global
+                    flags = _init_flags(supernet)
+                if streamed:
+                    def view(r: int, xb=xb, idx=idx) -> torch.Tensor:
+                        return to_device(resize_batch(xb[idx], r), device)
+                    labels = yb[idx]
+                else:
+                    def view(r: int, idx=idx) -> torch.Tensor:
+                        return to_device(resized[r][idx], device)
+                    labels = labels_all[idx]
+                out = sandwich_step(supernet, optimizer, view, to_device(labels, device), students, cfg, teacher,
+                                    scaler=scaler, loss_weight=weight)
+                if ctx.enabled:
+                    if _init_flags(supernet) != flags:  # a quantizer took its scale from this rank's data
+                        qdist.broadcast_state(supernet)
+                    out = dict(zip(out, (v / ctx.world_size for v in qdist.all_reduce_sum(list(out.values()), device))))
                 for k in sums:
                     sums[k] += out[k]
                 bar.update(1)
@@ -267,10 +360,12 @@ def train_supernet(supernet: Supernet, splits: Splits, cfg: SupernetTrainConfig 
                     entry[f"val_acc_{tag}"] = evaluator(arch)["val_acc"]
             history.append(entry)
             if ckpt is not None:
-                meta = {"kind": "supernet-train", "epoch": epoch + 1, "config": cfg.fingerprint(),
-                        "supernet": supernet.config, "history": history,
-                        "optimizer_groups": bundle.optimizer_groups()}
-                save_checkpoint(ckpt, bundle, meta)  # type: ignore[arg-type]
+                if ctx.is_main:
+                    meta = {"kind": "supernet-train", "epoch": epoch + 1, "config": cfg.fingerprint(),
+                            "supernet": supernet.config, "history": history,
+                            "optimizer_groups": bundle.optimizer_groups()}
+                    save_checkpoint(ckpt, bundle, meta)  # type: ignore[arg-type]
+                qdist.barrier()
             if on_epoch:
                 on_epoch(entry)
     finally:

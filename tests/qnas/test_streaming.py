@@ -130,3 +130,38 @@ def test_bad_streams_are_one_line_errors(sources, tmp_path):
         _ = huge.images
     with pytest.raises(DataError, match="out of range"):
         ds.subset([N + 5])
+
+
+def test_supernet_trains_on_a_streamed_data_set_and_the_cli_takes_stream(sources, tmp_path):
+    """Elastic-resolution supernet training reads each batch once at the largest resolution and resizes it
+    per subnet; the same data through --stream on the CLI."""
+    import subprocess
+    import sys
+
+    from qnas.searching import prepare_data
+    from qnas.space import SearchSpace, SpaceConfig, StageConfig
+    from qnas.streaming import StreamingImageDataset
+    from qnas.supernet.sampling import progressive_phases
+    from qnas.supernet.supernet import Supernet
+    from qnas.supernet.train import SupernetTrainConfig, train_supernet
+
+    space = SearchSpace(SpaceConfig(in_channels=3, num_classes=4, resolutions=(8, 12), widths=(0.5, 1.0),
+                                    stem_channels=8, stages=(StageConfig(8, (1, 2), 1), StageConfig(16, (1, 2), 2)),
+                                    kernels=(3, 5), expands=(2, 4)))
+    splits = prepare_data("npz", str(sources["npz"]), seed=0, stream=True, space=space)
+    assert isinstance(splits.train, StreamingImageDataset)
+    torch.manual_seed(0)
+    net = Supernet(space)
+    cfg = SupernetTrainConfig(phases=progressive_phases(1), batch_size=16, n_random=1, progress=False,
+                              eval_bn_batches=0, lr=5e-3)
+    hist = train_supernet(net, splits, cfg)
+    assert len(hist) == 4 and all(np.isfinite(h["loss"]) for h in hist)
+    import yaml
+
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space.to_dict()))
+    out = tmp_path / "sn"
+    cmd = [sys.executable, "-m", "qnas", "supernet", "train", "--data", "npz", "--data-path", str(sources["npz"]),
+           "--space", str(tmp_path / "space.yaml"), "--stream", "--epochs", "1", "--batch-size", "32", "--out", str(out), "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert (out / "supernet.pt").is_file()

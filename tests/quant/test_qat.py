@@ -259,5 +259,6 @@ def test_finish_options_defaults_are_the_qat_recipe():
     recipe = QATConfig()
     run_settings = {"seed", "progress"}  # the finish takes these from the run / the caller, not the recipe
     shared = [f.name for f in fields(QATFinishOptions) if hasattr(recipe, f.name) and f.name not in run_settings]
-    assert sorted(shared) == ["epochs", "freeze_bn_fraction", "kd_temperature", "kd_weight", "lr"]
+    assert sorted(shared) == ["amp", "early_stop", "epochs", "freeze_bn_fraction", "kd_temperature", "kd_weight",
+                              "keep_best", "lr", "torch_device"]
     assert all(getattr(QATFinishOptions(), n) == getattr(recipe, n) for n in shared)

@@ -25,15 +25,6 @@ from qnas.supernet import (
 ACT_VALUE = "act_quant.fused_activation_quant_proxy.tensor_quant.scaling_impl"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These small nets run faster on one intra-op thread, and the machine is shared."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def tiny_space() -> SearchSpace:
     return SearchSpace(SpaceConfig(
         resolutions=(8, 12), widths=(0.5, 1.0), stem_channels=8,

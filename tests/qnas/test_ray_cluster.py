@@ -1,0 +1,67 @@
+"""``--executor ray --ray-address``: a search fans its evaluations out to a Ray cluster that is already
+running (here a local head started in another process), with the results of a local search."""
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+
+import pytest
+
+from qnas.errors import ConfigError
+from qnas.options import SearchConfig
+
+HEAD = """
+import sys, ray
+ctx = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+print(ctx.address_info["address"], flush=True)
+sys.stdin.read()  # until the test closes stdin
+ray.shutdown()
+"""
+SMALL = dict(n_candidates=3, batch=3, accuracy="zero-cost", progress=False)
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A local Ray head in another process; its address, and the auth token a driver needs (Ray >= 2.59
+    authenticates local clusters by token: the head and this process share one through the environment)."""
+    pytest.importorskip("ray")  # a dev dependency: present on CI
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    proc = subprocess.Popen([sys.executable, "-c", HEAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, **auth})
+    try:
+        address = proc.stdout.readline().strip()
+        assert address, "the Ray head did not start"
+        yield address, auth
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_search_on_a_running_ray_cluster_matches_a_local_search(ray_head, tmp_path):
+    """`qnas search --executor ray --ray-address ADDRESS` (a driver process of its own, with the cluster's
+    token in its environment) gives the records of the same search run here in-process."""
+    import json
+
+    from qnas.searching import search
+
+    address, auth = ray_head
+    local = search(out=tmp_path / "local", **SMALL)
+    cmd = [sys.executable, "-m", "qnas", "search", "--executor", "ray", "--ray-address", address,
+           "--accuracy", "zero-cost", "--candidates", "3", "--batch", "3", "--no-progress", "--out", str(tmp_path / "ray")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, **auth})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    remote = [json.loads(line) for line in (tmp_path / "ray" / "history.jsonl").read_text().splitlines()]
+    assert [r["uid"] for r in remote] == [r["uid"] for r in local.records]
+    assert [r["val_acc"] for r in remote] == pytest.approx([r["val_acc"] for r in local.records], rel=1e-6)
+
+
+def test_ray_address_needs_the_ray_executor():
+    with pytest.raises(ConfigError, match="--executor ray"):
+        SearchConfig(ray_address="127.0.0.1:6379").validate()
