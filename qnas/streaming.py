@@ -422,7 +422,7 @@ def open_stream(kind: str, path: PathLike, *, size: int | None = None, train: bo
     k = kind.strip().lower() if isinstance(kind, str) else kind
     if k not in STREAMABLE_KINDS:
         allowed = ", ".join(STREAMABLE_KINDS)
-        extra = " (digits is bundled and small: load it with load_dataset)" if k in DATASET_KINDS else ""
+        extra = " (digits is bundled and small: drop --stream)" if k in DATASET_KINDS else ""
         raise _err(f"cannot stream data set kind {kind!r}{extra}; streamable kinds: {allowed}")
     root = _existing(path, {"imagefolder": "image folder", "cifar10": "CIFAR-10 directory",
                             "npz": "npz file"}[k])
