@@ -20,9 +20,12 @@ __all__ = ["DemoConfig", "default_out", "demo", "demo_search_config", "format_re
 def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progress: bool = True,
          overwrite: bool = False) -> dict[str, Any]:
     """Run search -> finish -> export -> verify and return the report (also in ``run/report.json``)."""
+    from qnas.quant.torch_device import resolve_torch_device, validate_amp
+
     cfg = (cfg or DemoConfig()).validate()
     cfg.out = cfg.out or default_out("demo")
     sc = cfg.search
+    validate_amp(sc.amp, resolve_torch_device(sc.torch_device))  # before the run directory is written
     latency = make_latency_model(sc.target, sc.latency_kind, sc.latency_table, sc.latency_hybrid)
     t_start = time.perf_counter()
     splits = prepare_data(sc.data, sc.data_path, sc.seed, sc.stream, space)

@@ -364,9 +364,10 @@ def resume_search(run_dir: str | Path, progress: bool = True) -> SearchResult:
 
 def _run(cfg: SearchConfig, space: SearchSpace | None, out: str | Path | None, overwrite: bool, resume: bool,
          progress: bool) -> SearchResult:
-    from qnas.quant.torch_device import resolve_torch_device
+    from qnas.quant.torch_device import resolve_torch_device, validate_amp
 
-    resolve_torch_device(cfg.torch_device)  # fail fast on a device this machine lacks, before loading data
+    # fail fast on a device this machine lacks (or an amp mode it cannot run), before any file is written
+    validate_amp(cfg.amp, resolve_torch_device(cfg.torch_device))
     latency = make_latency_model(cfg.target, cfg.latency_kind, cfg.latency_table, cfg.latency_hybrid, space)
     if cfg.strategy != "ofa":  # fail fast on a bad strategy, before loading data (OFA needs its predictor first)
         create_strategy(cfg.strategy, space or SearchSpace(), seed=cfg.seed, budget=cfg.budget,

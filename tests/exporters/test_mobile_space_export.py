@@ -81,14 +81,19 @@ def _inputs(model, n=256, seed=1):
     return torch.randn(n, p.in_channels, p.resolution, p.resolution, generator=torch.Generator().manual_seed(seed))
 
 
+def _export(model, backend, out):
+    """``(model, exporter, inputs, path, report)``: ``model`` exported by ``backend`` to ``out``."""
+    exporter = create_exporter(backend)
+    x = _inputs(model)
+    path, report = exporter.export_with_report(model, x[:1], out)
+    return model, exporter, x, path, report
+
+
 @pytest.mark.parametrize("fixture", ["mobile_model", "se_model"])
 def test_tflite_exports_mobile_kinds_full_integer(fixture, request, tmp_path):
     import qnas.exporters.tflite_litert as tfl
 
-    model = request.getfixturevalue(fixture)
-    exporter = create_exporter("tflite")
-    x = _inputs(model)
-    path, report = exporter.export_with_report(model, x[:1], tmp_path / "m.tflite")
+    model, exporter, x, path, report = _export(request.getfixturevalue(fixture), "tflite", tmp_path / "m.tflite")
     assert report.full_integer, report.float_ops
     assert [l.layer for l in report.layers] == [l.name for l in model.quant_layers()]
     assert all(l.op != "?" for l in report.layers)
@@ -119,10 +124,7 @@ def test_tflite_exports_mobile_kinds_full_integer(fixture, request, tmp_path):
 def test_coreml_exports_mobile_kinds_with_model_codes(fixture, request, tmp_path):
     import qnas.exporters.coreml_mlprogram as cml
 
-    model = request.getfixturevalue(fixture)
-    exporter = create_exporter("coreml")
-    x = _inputs(model)
-    path, report = exporter.export_with_report(model, x[:1], tmp_path / "m.mlpackage")
+    model, exporter, x, path, report = _export(request.getfixturevalue(fixture), "coreml", tmp_path / "m.mlpackage")
     assert [l.layer for l in report.layers] == [l.name for l in model.quant_layers()]
     assert [a.quantizer for a in report.activations] == [q.name for q in model.stream_quants()]
     check = exporter.check_codes(path, model)

@@ -72,3 +72,14 @@ def test_target_and_torch_device_cannot_be_confused(tmp_path):
     p = run("--torch-device", "gpu")
     assert p.returncode == 2 and p.stderr.strip() == ("qnas: error: unknown torch device 'gpu'; choose one of auto, "
                                                       "cpu, cuda, cuda:N, mps")
+
+
+@pytest.mark.parametrize("command", ["search", "demo"])
+def test_an_amp_mode_the_machine_cannot_run_is_refused_before_anything_is_written(command, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("fp16 autocast runs on this machine's GPU")
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "qnas", command, "--amp", "fp16", "--out", str(out), "--no-progress"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "amp 'fp16' needs a GPU" in p.stderr
+    assert not out.exists()
