@@ -252,11 +252,15 @@ class ImageDataset(NCHWImages):
         """The first ``n`` samples (as :meth:`qnas.streaming.StreamingImageDataset.head`, which reads only those)."""
         return self.subset(slice(0, int(n)))
 
-    def loader(self, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    def loader(self, batch_size: int, shuffle: bool, seed: int = 0, *, shard: Any = None) -> DataLoader:
         """A single-process :class:`DataLoader` over ``(image, label)`` pairs.
 
         When ``shuffle`` is true the order comes from a ``torch.Generator``
-        seeded with ``seed``, so runs are reproducible.
+        seeded with ``seed``, so runs are reproducible. ``shard`` (a
+        :class:`qnas.quant.distributed.DistContext` of several ranks) makes it yield
+        only that rank's contiguous slice of each of these global batches
+        (:func:`qnas.quant.distributed.shard_loader`; the training loops do this
+        themselves under ``torchrun``).
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or int(batch_size) < 1:
@@ -266,8 +270,13 @@ class ImageDataset(NCHWImages):
         if shuffle:
             generator = torch.Generator()
             generator.manual_seed(int(seed))
-        return DataLoader(TensorDataset(self.images, self.labels), batch_size=int(batch_size),
-                          shuffle=bool(shuffle), num_workers=0, generator=generator)
+        loader = DataLoader(TensorDataset(self.images, self.labels), batch_size=int(batch_size),
+                            shuffle=bool(shuffle), num_workers=0, generator=generator)
+        if shard is None:
+            return loader
+        from qnas.quant.distributed import shard_loader
+
+        return shard_loader(loader, shard)
 
     def __repr__(self) -> str:
         return (f"ImageDataset(name={self.name!r}, n={len(self)}, shape={tuple(self.images.shape[1:])}, "

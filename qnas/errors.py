@@ -6,7 +6,7 @@ from __future__ import annotations
 from qnas.quant.errors import CheckpointError, ExportError, QnasError, TorchDeviceError, TrainingError
 
 __all__ = [
-    "QnasError", "ArchError", "ConfigError", "DataError", "UnknownDeviceError",
+    "QnasError", "ArchError", "ConfigError", "DataError", "UnknownTargetError", "UnknownDeviceError",
     "CheckpointError", "LatencyTableError", "TrainingError", "ExportError", "TorchDeviceError",
 ]
 
@@ -23,9 +23,13 @@ class DataError(QnasError):
     """A data set or calibration file that cannot be used as given."""
 
 
-class UnknownDeviceError(QnasError):
-    """A latency target (device profile) name that qnas does not know (``--target``; not the torch
+class UnknownTargetError(QnasError):
+    """A latency target (profile) name that qnas does not know (``--target``; not the torch
     device, which is :class:`TorchDeviceError`)."""
+
+
+#: the former name of :class:`UnknownTargetError` (the same class)
+UnknownDeviceError = UnknownTargetError
 
 
 class LatencyTableError(QnasError):

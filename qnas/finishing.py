@@ -1,10 +1,15 @@
 """Finishing a searched arch into the model that gets exported: QAT or PTQ.
 
 * :func:`finish_qat` -- quantization-aware training (:func:`qnas.quant.qat.qat`) from the
-  supernet's weights (or a PTQ calibration of float weights, or scratch), with knowledge
-  distillation from a float teacher, BN frozen late, resumable;
+  supernet's weights (or a PTQ calibration of float weights, or of pretrained weights, or
+  scratch), with knowledge distillation from a float teacher, BN frozen late, resumable;
 * :func:`finish_ptq` -- post-training quantization (:func:`qnas.quant.ptq.ptq`: min-max,
   + bias correction, + GPTQ) of float weights on a calibration set.
+
+``pretrained`` (``--pretrained PATH``) starts both from a float ``state_dict`` file instead of the
+run's weights (:func:`qnas.pretrained.load_pretrained`: a torchvision MobileNetV2 /
+MobileNetV3-Large for the matching preset's reference arch); the file is read and checked against
+the arch before the data is loaded, anything trained or anything written.
 
 ``run_or_arch`` is a run directory (its arch as :func:`qnas.rundir.resolve_arch` picks it,
 ``config.json`` for the data and space, and the weights a search left:
@@ -94,6 +99,17 @@ def resolve_source(run_or_arch: str | Path, space: SearchSpace | str | Path | No
 
 
 # ---- models -------------------------------------------------------------------------
+def _pretrained_model(src: FinishSource, path: Any) -> tuple[nn.Module, str, bool]:
+    """The arch's model with the float weights of the file ``path`` (every error one line, before
+    anything runs); a line saying what was loaded; whether its classifier is new (another class count)."""
+    from qnas.pretrained import load_pretrained
+
+    torch.manual_seed(src.seed)
+    model = build_model(src.space, src.arch)
+    loaded = load_pretrained(model, path)
+    return model, f"pretrained: {loaded.describe()}", not loaded.classifier_loaded
+
+
 class FloatTeacher(nn.Module):
     """A qnas model run with every quantizer off (:func:`qnas.quant.ptq.float_mode`)."""
 
@@ -233,6 +249,9 @@ class FinishResult:
             out.append(f"  float model: val acc {100 * self.float_val_acc:.2f} %, test acc {100 * self.float_test_acc:.2f} %")
         if self.started_from_val_acc is not None:
             out.append(f"  started from val acc {100 * self.started_from_val_acc:.2f} %")
+        source = self.details.get("weights", self.details.get("init"))
+        if isinstance(source, str) and source.startswith("pretrained:"):
+            out.append(f"  {source}")
         kept = self.details.get("kept")
         if kept is not None:
             ran = len(self.details.get("history", []))
@@ -280,7 +299,7 @@ def finish_qat(run_or_arch: str | Path, options: QATFinishOptions | None = None,
     t0 = time.perf_counter()
     opts = with_fields(options or QATFinishOptions(), fields).validate()
     teacher = "none" if opts.teacher is None else opts.teacher
-    init = opts.init
+    init = "pretrained" if opts.pretrained is not None else opts.init
     progress = opts.progress
     src = resolve_source(run_or_arch, opts.space, opts.data, opts.data_path, opts.seed, opts.batch_size, opts.stream)
     cfg = opts.qat_config or QATConfig(epochs=opts.epochs, lr=opts.lr, kd_weight=opts.kd_weight,
@@ -298,12 +317,16 @@ def finish_qat(run_or_arch: str | Path, options: QATFinishOptions | None = None,
     if init == "supernet" and not src.has_weights:
         raise ConfigError(f"init='supernet' needs a run with weights (a supernet or a candidate state); "
                           f"{run_or_arch} has none (use init='ptq' or 'scratch')")
+    pretrained = _pretrained_model(src, opts.pretrained) if init == "pretrained" else None
     splits = _load_splits(src, splits)
     d = ArchData(splits, src.arch)
     val_loader = d.part("val").loader(512, False)
 
     torch.manual_seed(src.seed)
-    base, base_from = _run_weights(src, splits, device) if src.has_weights else (None, "scratch")
+    if pretrained is not None:  # the file's weights instead of the run's
+        base, base_from = pretrained[0], pretrained[1]
+    else:
+        base, base_from = _run_weights(src, splits, device) if src.has_weights else (None, "scratch")
     need_float = teacher == "float" or (init == "ptq" and base is None)
     if init == "auto":
         init = "supernet" if base is not None else ("ptq" if need_float else "scratch")
@@ -322,7 +345,7 @@ def finish_qat(run_or_arch: str | Path, options: QATFinishOptions | None = None,
         model = build_model(src.space, src.arch)
     elif init == "supernet":
         model = base
-    else:  # ptq
+    else:  # ptq, pretrained: min-max PTQ of the float weights (fine-tuned in float when there is a float teacher)
         from qnas.quant.ptq import PTQConfig, ptq
 
         model = copy.deepcopy(float_model if float_model is not None else base).to(device)
@@ -352,7 +375,7 @@ def finish_qat(run_or_arch: str | Path, options: QATFinishOptions | None = None,
     snap_biases(model)  # last step: integer runtimes then add the biases exactly (see qnas.quant.integer_grid)
     val_acc = evaluate(model, val_loader)
     test_acc = evaluate(model, d.part("test").loader(512, False))
-    finish = {"method": "qat", "init": init, "init_weights": base_from if init == "supernet" else init,
+    finish = {"method": "qat", "init": init, "init_weights": base_from if init in ("supernet", "pretrained") else init,
               "teacher": teacher_desc, "config": cfg.to_dict(), **hist.summary(),
               "float_val_acc": float_val, "float_test_acc": float_test}
     model.cpu()
@@ -360,7 +383,8 @@ def finish_qat(run_or_arch: str | Path, options: QATFinishOptions | None = None,
         _save(path, model, src, splits, test_acc, val_acc, finish, overwrite=True)
         state_path.unlink(missing_ok=True)
     _barrier()
-    details = {"init": init, "teacher": teacher_desc, "qat_seconds": round(t_qat, 2),
+    details = {"init": init if pretrained is None else base_from, "teacher": teacher_desc,
+               "qat_seconds": round(t_qat, 2),
                "history": hist.to_dicts(), "resumed_from_epoch": hist.resumed_from_epoch, **hist.selection()}
     if src.note:
         details["note"] = src.note
@@ -398,8 +422,10 @@ def finish_ptq(run_or_arch: str | Path, calib: Any = None, method: str | None = 
     The float weights come from the run (the supernet's extraction, a candidate's state or a finished
     model) or, for a bare arch, from ``float_epochs`` of float training. ``calib``: a calibration-set
     path (``qnas calib build``), a :class:`CalibrationSet`, or None for 512 class-balanced training
-    images. ``method``: ``minmax``, ``bias_correction`` or ``gptq`` (cumulative). ``options``
-    (:class:`~qnas.options.PTQFinishOptions`) and keyword ``fields`` set the rest, as for :func:`finish_qat`."""
+    images. ``method``: ``minmax``, ``bias_correction`` or ``gptq`` (cumulative). ``pretrained``: the
+    float weights come from that file instead (a new classifier is trained ``float_epochs`` in float
+    first). ``options`` (:class:`~qnas.options.PTQFinishOptions`) and keyword ``fields`` set the rest, as
+    for :func:`finish_qat`."""
     from qnas.quant.ptq import PTQConfig, ptq
 
     t0 = time.perf_counter()
@@ -411,6 +437,7 @@ def finish_ptq(run_or_arch: str | Path, calib: Any = None, method: str | None = 
     method, progress, float_epochs = opts.method, opts.progress, opts.float_epochs
     src = resolve_source(run_or_arch, opts.space, opts.data, opts.data_path, opts.seed, opts.batch_size, opts.stream)
     path = _out_path(src, opts.out, opts.overwrite)
+    pretrained = _pretrained_model(src, opts.pretrained) if opts.pretrained is not None else None
     splits = _load_splits(src, splits)
     cs = _calibration(opts.calib, src, splits)
     d = ArchData(splits, src.arch)
@@ -418,10 +445,15 @@ def finish_ptq(run_or_arch: str | Path, calib: Any = None, method: str | None = 
     test_loader = d.part("test").loader(512, False)
     device = resolve_torch_device(opts.torch_device)
     torch.manual_seed(src.seed)
-    model, base_from = _run_weights(src, splits, device) if src.has_weights else (None, "scratch")
-    trained_float = model is None
+    if pretrained is not None:
+        model, base_from, new_head = pretrained
+    else:
+        model, base_from = _run_weights(src, splits, device) if src.has_weights else (None, "scratch")
+        new_head = False
+    trained_float = model is None or new_head
     if model is None:
         model = build_model(src.space, src.arch)
+    if trained_float:
         train_float(model, d, float_epochs, src.seed, src.batch_size, progress, torch_device=opts.torch_device,
                     amp=opts.amp)
     model.to(device)
@@ -434,7 +466,8 @@ def finish_ptq(run_or_arch: str | Path, calib: Any = None, method: str | None = 
     snap_biases(model)
     val_acc = evaluate(model, val_loader)
     test_acc = evaluate(model, test_loader)
-    finish = {"method": f"ptq:{method}", "weights": "float training" if trained_float else base_from,
+    weights = base_from if pretrained is not None else ("float training" if trained_float else base_from)
+    finish = {"method": f"ptq:{method}", "weights": weights,
               "float_epochs": float_epochs if trained_float else 0, "calibration": cs.meta,
               "float_val_acc": float_val, "float_test_acc": float_test}
     model.cpu()

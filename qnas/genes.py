@@ -267,6 +267,18 @@ class GeneLayout:
         """``encode(decode(vec))``: the same arch with every gene that does not matter set to 0."""
         return self.encode(self.decode(vec))
 
+    def canonical_matrix(self, X: Any) -> np.ndarray:
+        """:meth:`canonical` of every row of an ``[N, n_genes]`` gene matrix, vectorised: the genes that
+        do not change the decoded arch set to 0 (:meth:`active`), and a skip where none is allowed (a
+        stage's first block, which decodes as the stage's first op) made that op."""
+        X = np.where(self.active(X), np.asarray(X, dtype=np.int64), 0)
+        if self.config.allow_skip:
+            for b in self.blocks:
+                if not b.skip_allowed:
+                    col = X[:, b.op]
+                    col[col == self.skip_index(b.stage)] = 0
+        return X
+
     def active(self, X: Any) -> np.ndarray:
         """Which genes change the decoded arch: ``[N, n_genes]`` bool for an ``[N, n_genes]`` matrix
         (``[n_genes]`` for one vector). Inactive: every gene of a position beyond its stage's depth,

@@ -25,13 +25,15 @@ if TYPE_CHECKING:
     from qnas.strategies.base import Budget
 
 __all__ = ["SearchConfig", "DemoConfig", "demo_search_config", "default_out", "search_budget", "FinishOptions",
-           "QATFinishOptions", "PTQFinishOptions", "TEACHERS", "INITS", "PTQ_METHODS", "with_fields",
+           "QATFinishOptions", "PTQFinishOptions", "TEACHERS", "INITS", "PTQ_INITS", "PTQ_METHODS", "with_fields",
            "check_latency_target", "target_alias"]
 
 #: ``teacher`` values of a QAT finish.
 TEACHERS: tuple[str, ...] = ("auto", "float", "supernet", "none")
 #: ``init`` values of a QAT finish.
-INITS: tuple[str, ...] = ("auto", "supernet", "ptq", "scratch")
+INITS: tuple[str, ...] = ("auto", "supernet", "ptq", "scratch", "pretrained")
+#: ``init`` values of a PTQ finish (where its float weights come from).
+PTQ_INITS: tuple[str, ...] = ("auto", "pretrained")
 
 _Options = TypeVar("_Options")
 
@@ -108,7 +110,8 @@ class SearchConfig:
     ``torch_device``: where the search trains and evaluates (supernet, accuracy sources, differentiable
     search): ``cpu`` (default), ``cuda``, ``cuda:N``, ``mps`` or ``auto``; ``amp``: mixed precision of
     that training (``off``, ``bf16``, ``fp16``). ``ray_address``: the Ray cluster ``executor="ray"``
-    connects to (None: a local Ray runtime)."""
+    connects to (None: a local Ray runtime); ``ray_gpus_per_task`` / ``ray_cpus_per_task``: what each Ray
+    evaluation task requests (default: 1 GPU when ``torch_device`` is CUDA, else none; 1 CPU)."""
 
     data: str = "digits"
     data_path: str | None = None
@@ -137,6 +140,8 @@ class SearchConfig:
     torch_device: str = "cpu"
     amp: str = "off"
     ray_address: str | None = None
+    ray_gpus_per_task: float | None = None  # None: 1 when torch_device is CUDA, else 0
+    ray_cpus_per_task: float | None = None  # None: 1
 
     def validate(self) -> "SearchConfig":
         from qnas.accuracy_sources import accuracy_source
@@ -145,6 +150,12 @@ class SearchConfig:
         validate_run_device(self.torch_device, self.amp)
         if self.ray_address is not None and self.executor != "ray":
             raise ConfigError(f"ray_address (--ray-address) needs executor='ray' (--executor ray), got {self.executor!r}")
+        if self.executor == "ray":
+            from qnas.executors import ray_task_resources
+            ray_task_resources(self.torch_device, self.ray_gpus_per_task, self.ray_cpus_per_task)
+        elif self.ray_gpus_per_task is not None or self.ray_cpus_per_task is not None:
+            raise ConfigError("ray_gpus_per_task / ray_cpus_per_task (--ray-gpus-per-task / --ray-cpus-per-task) "
+                              f"need executor='ray' (--executor ray), got {self.executor!r}")
 
         for name in ("n_candidates", "batch", "epochs", "batch_size"):
             v = getattr(self, name)
@@ -193,7 +204,10 @@ class FinishOptions:
     ``space``/``data``/``data_path``/``seed``/``batch_size`` override what the run recorded (None: the
     run's, else the defaults: the embedded space, digits, seed 0, batch 64). ``calib``: a calibration-set
     path (``qnas calib build``), a :class:`~qnas.calib_data.calibration.CalibrationSet`, or None for 512
-    class-balanced training images. ``out``: the model file (None: ``RUN/model.pt``)."""
+    class-balanced training images. ``out``: the model file (None: ``RUN/model.pt``).
+    ``pretrained``: a float ``state_dict`` file (a torchvision MobileNetV2 / MobileNetV3-Large, or any
+    file whose conv/linear layers line up with the arch's, :mod:`qnas.pretrained`) to start from; it
+    implies ``init="pretrained"``, which needs it."""
 
     out: str | Path | None = None
     calib: Any = None
@@ -207,9 +221,16 @@ class FinishOptions:
     progress: bool = True
     torch_device: str = "cpu"
     amp: str = "off"
+    pretrained: str | Path | None = None
 
     def validate(self) -> "FinishOptions":
         validate_run_device(self.torch_device, self.amp)
+        init = getattr(self, "init", "auto")
+        if self.pretrained is not None and init not in ("auto", "pretrained"):
+            raise ConfigError(f"--pretrained gives the starting weights, --init {init} others; "
+                              "drop one of them (--pretrained implies --init pretrained)")
+        if init == "pretrained" and self.pretrained is None:
+            raise ConfigError("--init pretrained needs the weights file: --pretrained PATH")
         if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
                                             or self.batch_size < 2):
             raise ConfigError(f"--batch-size must be at least 2, got {self.batch_size}")
@@ -224,8 +245,10 @@ class QATFinishOptions(FinishOptions):
     arch trained ``float_epochs`` -- default: ``epochs`` -- in float mode from the run's weights or
     scratch), ``None``/``"none"`` (labels only) or ``"auto"`` (supernet if the run has one, else float).
     ``init``: ``"supernet"`` (the run's weights: supernet extraction, the candidate's state or a finished
-    model), ``"ptq"`` (min-max PTQ of the float weights on ``calib``), ``"scratch"``, or ``"auto"`` (the
-    run's weights if any, else PTQ of the float model if one is trained, else scratch).
+    model), ``"ptq"`` (min-max PTQ of the float weights on ``calib``), ``"scratch"``, ``"pretrained"``
+    (min-max PTQ of the ``pretrained`` file's float weights; ``teacher="float"`` fine-tunes a float copy
+    of them), or ``"auto"`` (``pretrained`` when that file is given, else the run's weights if any, else
+    PTQ of the float model if one is trained, else scratch).
     ``qat_config`` (a :class:`qnas.quant.qat.QATConfig`) replaces epochs/lr/kd/BN-freeze settings.
     ``keep_best``: end with the weights of the epoch of best validation accuracy (default) rather than the
     last; ``early_stop``: stop after that many epochs without a better validation accuracy (None: never).
@@ -244,6 +267,8 @@ class QATFinishOptions(FinishOptions):
     early_stop: int | None = None
 
     def validate(self) -> "QATFinishOptions":
+        if self.init not in INITS:
+            raise ConfigError(f"unknown init {self.init!r}; choose one of {list(INITS)}")
         super().validate()
         if self.early_stop is not None and (isinstance(self.early_stop, bool) or not isinstance(self.early_stop, int)
                                             or self.early_stop < 1):
@@ -251,21 +276,25 @@ class QATFinishOptions(FinishOptions):
         teacher = "none" if self.teacher is None else self.teacher
         if teacher not in TEACHERS:
             raise ConfigError(f"unknown teacher {teacher!r}; choose one of {list(TEACHERS)}")
-        if self.init not in INITS:
-            raise ConfigError(f"unknown init {self.init!r}; choose one of {list(INITS)}")
         return self
 
 
 @dataclass
 class PTQFinishOptions(FinishOptions):
     """A PTQ finish (:func:`qnas.finish_ptq`): ``method`` is ``minmax``, ``bias_correction`` or ``gptq``
-    (cumulative); ``float_epochs`` of float training give the weights when the run has none."""
+    (cumulative); ``float_epochs`` of float training give the weights when the run has none. ``init``:
+    ``"auto"`` (the ``pretrained`` file when given, else the run's weights, else float training) or
+    ``"pretrained"`` (the file's float weights; a new classifier -- another class count -- is trained
+    ``float_epochs`` in float first)."""
 
     method: str = "gptq"
     float_epochs: int = 10
     batch_size_calib: int = 64
+    init: str = "auto"
 
     def validate(self) -> "PTQFinishOptions":
+        if self.init not in PTQ_INITS:
+            raise ConfigError(f"unknown PTQ init {self.init!r}; choose one of {list(PTQ_INITS)}")
         super().validate()
         if self.method not in PTQ_METHODS:
             raise ConfigError(f"unknown PTQ method {self.method!r}; choose one of {list(PTQ_METHODS)}")

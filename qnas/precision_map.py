@@ -16,7 +16,7 @@ from typing import Any
 
 from qnas.errors import ExportError
 from qnas.latency.analytic import AnalyticLatencyModel
-from qnas.latency.profile import DeviceProfile
+from qnas.latency.profile import TargetProfile
 from qnas.quant.plan import NetworkPlan
 
 
@@ -94,7 +94,7 @@ def module_paths(plan: NetworkPlan) -> dict[str, str]:
     return {spec.name: spec.name for spec in plan.quantized_layers()}
 
 
-def precision_map(plan: NetworkPlan, profile: str | DeviceProfile) -> PrecisionMap:
+def precision_map(plan: NetworkPlan, profile: str | TargetProfile) -> PrecisionMap:
     """Resolve every quantized layer of ``plan`` on ``profile`` (a name, JSON path or profile)."""
     model = AnalyticLatencyModel(profile)
     p = model.profile

@@ -16,7 +16,7 @@ from qnas.arch import Arch
 from qnas.costs import count_costs
 from qnas.data import Splits, load_dataset, split
 from qnas.errors import ConfigError
-from qnas.executors import create_executor
+from qnas.executors import executor_from_config
 from qnas.latency import LatencyModel, create_latency_model
 from qnas.options import SearchConfig, target_alias
 from qnas.pareto import most_accurate, pareto_front
@@ -187,13 +187,16 @@ def obtain_supernet(cfg: SearchConfig, space: SearchSpace, splits: Splits, run: 
 
 def _train_new_supernet(space: SearchSpace, splits: Splits, epochs: int, batch_size: int, seed: int,
                         checkpoint_dir: Path | None, resume: bool, progress: bool, torch_device: str = "cpu",
-                        amp: str = "off") -> tuple[Any, list[dict[str, Any]]]:
-    """A supernet initialised from ``seed`` (the same weights in any process), trained by progressive
-    shrinking with ``epochs`` per phase on ``torch_device`` (checkpointed into ``checkpoint_dir``); and its
-    history. The supernet stays on ``torch_device``."""
+                        amp: str = "off", init: Callable[[Any], None] | None = None) -> tuple[Any, list[dict[str, Any]]]:
+    """A supernet initialised from ``seed`` (the same weights in any process), then by ``init(supernet)``
+    if given (e.g. pretrained weights), trained by progressive shrinking with ``epochs`` per phase on
+    ``torch_device`` (checkpointed into ``checkpoint_dir``); and its history. The supernet stays on
+    ``torch_device``."""
     from qnas.supernet import Supernet, SupernetTrainConfig, progressive_phases, train_supernet
 
     supernet = Supernet.from_seed(space, seed)
+    if init is not None:
+        init(supernet)
     history = train_supernet(supernet, splits, SupernetTrainConfig(
         phases=progressive_phases(epochs), batch_size=batch_size, seed=seed,
         checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, resume=resume, progress=progress,
@@ -204,18 +207,25 @@ def _train_new_supernet(space: SearchSpace, splits: Splits, epochs: int, batch_s
 def train_supernet_run(out: str | Path, *, data: str = "digits", data_path: str | None = None,
                        space: SearchSpace | None = None, epochs: int = 2, batch_size: int = 64, seed: int = 0,
                        resume: bool = False, overwrite: bool = False, progress: bool = True,
-                       torch_device: str = "cpu", amp: str = "off", stream: bool = False) -> list[dict[str, Any]]:
+                       torch_device: str = "cpu", amp: str = "off", stream: bool = False,
+                       init: Callable[[Any], None] | None = None) -> list[dict[str, Any]]:
     """Train a supernet over ``space`` (default: the embedded space sized for the data) into
     ``OUT/supernet.pt``, ``epochs`` per progressive-shrinking phase, checkpointed every epoch; ``resume``
     continues that file, ``overwrite`` starts over. ``torch_device``/``amp``: where and in which
     precision to train; under ``torchrun`` every rank trains its slice of each batch and rank 0 writes
-    the file. Returns the per-epoch history."""
-    out = Path(out)
-    if (out / "supernet.pt").exists() and not (resume or overwrite):
-        raise ConfigError(f"{out / 'supernet.pt'} exists; pass --resume to continue it or --force to start over")
+    the file. ``init(supernet)`` runs on the freshly built supernet (a resumed checkpoint's weights
+    replace what it set). Returns the per-epoch history."""
+    check_supernet_out(out, resume, overwrite)
     splits = prepare_data(data, data_path, seed, stream, space)
     space = space_for(splits, space)
-    return _train_new_supernet(space, splits, epochs, batch_size, seed, out, resume, progress, torch_device, amp)[1]
+    return _train_new_supernet(space, splits, epochs, batch_size, seed, Path(out), resume, progress, torch_device,
+                               amp, init)[1]
+
+
+def check_supernet_out(out: str | Path, resume: bool, overwrite: bool) -> None:
+    """Refuse (one line) to train over an existing ``OUT/supernet.pt`` unless resuming or told to."""
+    if (Path(out) / "supernet.pt").exists() and not (resume or overwrite):
+        raise ConfigError(f"{Path(out) / 'supernet.pt'} exists; pass --resume to continue it or --force to start over")
 
 
 def strategy_options(cfg: SearchConfig, space: SearchSpace, evaluator: Callable[[Arch], dict[str, Any]],
@@ -269,7 +279,7 @@ def run_search(
     strat = create_strategy(cfg.strategy, space, seed=cfg.seed, budget=cfg.budget, context=context,
                             **strategy_options(cfg, space, evaluator, latency, run))
     done = {(h["index"], h["uid"]): h for h in (run.read_history() if run else [])}
-    executor = create_executor(cfg.executor, **({"address": cfg.ray_address} if cfg.executor == "ray" else {}))
+    executor = executor_from_config(cfg)
     records: list[dict[str, Any]] = []
     bar = tqdm(total=cfg.n_candidates, desc=f"search ({cfg.strategy})", disable=not progress, unit="arch")
     try:

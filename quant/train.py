@@ -3,9 +3,9 @@ progress bar, evaluation. Works on any ``nn.Module`` classifier.
 
 The loop runs on ``TrainConfig.torch_device`` (model and every batch moved there; predictions come
 back on the CPU), with opt-in mixed precision (``amp``, :mod:`qnas.quant.torch_device`), and data
-parallel when launched by ``torchrun`` (:mod:`qnas.quant.distributed`: each rank trains on its slice
-of every global batch under DDP). With a validation loader it can keep the best epoch's weights
-(``keep_best``) and stop early (``early_stop``)."""
+parallel when launched by ``torchrun`` (:mod:`qnas.quant.distributed`: each rank reads and trains on
+only its slice of every global batch under DDP). With a validation loader it can keep the best
+epoch's weights (``keep_best``) and stop early (``early_stop``)."""
 from __future__ import annotations
 
 import math
@@ -128,7 +128,8 @@ def predict(model: nn.Module, loader: Iterable, device: torch.device | None = No
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device | None = None) -> float:
     """Top-1 accuracy in [0, 1], batches run on ``device`` (default: the model's). Under ``torchrun``
-    every rank scores its slice of each batch and the counts are summed (all ranks must call it)."""
+    every rank reads and scores its slice of each batch and the counts are summed (all ranks must
+    call it)."""
     ctx = qdist.context()
     if not ctx.enabled:
         logits, labels = predict(model, loader, device)
@@ -137,8 +138,10 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | None = N
     was_training = model.training
     model.eval()
     correct = total = 0
+    loader = qdist.shard_loader(loader, ctx)
+    sliced = qdist.global_batch_sizes(loader) is not None  # else global batches: slice them here
     for x, y in loader:
-        xs, ys, _ = qdist.shard_batch(x, y, ctx)
+        xs, ys = (x, y) if sliced else qdist.shard_batch(x, y, ctx)[:2]
         if len(ys):
             correct += int((model(to_device(xs, device)).float().argmax(1).cpu() == ys).sum())
             total += len(ys)
@@ -176,8 +179,10 @@ def train(
     With ``cfg.keep_best`` and a ``val_loader`` the model ends with the weights of the
     first epoch of highest validation accuracy (``TrainResult.best_epoch``);
     ``cfg.early_stop = N`` ends the run after N epochs without a better one. Under
-    ``torchrun`` each rank trains on its slice of every batch (DDP); batches too small
-    to give every rank two samples are skipped.
+    ``torchrun`` each rank reads and trains on its slice of every global batch (DDP): a
+    loader :func:`qnas.quant.distributed.shard_loader` can re-make (those of
+    :mod:`qnas.data` and :mod:`qnas.streaming`) is re-made to yield only that slice, any
+    other is sliced here; batches too small to give every rank two samples are skipped.
     """
     cfg = (cfg or TrainConfig()).validate()
     device = resolve_torch_device(cfg.torch_device)
@@ -191,6 +196,8 @@ def train(
     opt = optimizer if optimizer is not None else make_optimizer(model, cfg)
     net = qdist.wrap_ddp(model, device)
     scaler = grad_scaler(device, cfg.amp)
+    train_loader = qdist.shard_loader(train_loader, ctx)  # under DDP: this rank's slices only
+    global_sizes = qdist.global_batch_sizes(train_loader)  # None: global batches, sliced below
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     total = cfg.epochs * steps_per_epoch
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
@@ -210,17 +217,21 @@ def train(
             t0 = time.perf_counter()
             loss_sum, correct, seen = 0.0, 0, 0
             lr = cfg.lr
-            for x, y in train_loader:
+            for i, (x, y) in enumerate(train_loader):
                 lr = cosine_lr(step, total, cfg.lr, warmup)
                 for g in opt.param_groups:
                     g["lr"] = lr
                 weight = 1.0
                 if ctx.enabled:
-                    if len(y) < 2 * ctx.world_size:  # every rank sees the same batch: all skip it
+                    n_global = global_sizes[i] if global_sizes is not None else len(y)
+                    if n_global < 2 * ctx.world_size:  # every rank knows the global length: all skip it
                         step += 1
                         bar.update(1)
                         continue
-                    x, y, weight = qdist.shard_batch(x, y, ctx)
+                    if global_sizes is None:
+                        x, y, weight = qdist.shard_batch(x, y, ctx)
+                    else:
+                        weight = ctx.world_size * len(y) / n_global
                 x, y = to_device(x, device), to_device(y, device)
                 with autocast(device, cfg.amp):
                     logits = net(x)

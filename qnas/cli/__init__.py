@@ -13,6 +13,7 @@ import warnings
 from typing import Sequence
 
 from qnas.cli.calib import add_calib_parser
+from qnas.cli.diagnose import add_diagnose_parser
 from qnas.cli.export import add_export_parser
 from qnas.cli.finish import add_finish_parser
 from qnas.cli.latency import add_latency_parser
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_finish_parser(sub)
     add_calib_parser(sub)
     add_latency_parser(sub)
+    add_diagnose_parser(sub)
     return p
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from qnas.cli._args import (add_command_group, add_data_args, add_force_progress, add_torch_device_args,
                             non_negative_int, option_fields)
-from qnas.options import INITS, PTQ_METHODS, TEACHERS, PTQFinishOptions, QATFinishOptions
+from qnas.options import INITS, PTQ_INITS, PTQ_METHODS, TEACHERS, PTQFinishOptions, QATFinishOptions
 
 __all__ = ["add_finish_parser", "cmd_finish"]
 
@@ -45,6 +45,11 @@ def _add_common(p: argparse.ArgumentParser, float_epochs: int | None) -> None:
     p.add_argument("--batch-size", type=int, help="training batch size (default: the run's, else 64)")
     p.add_argument("--float-epochs", type=int, default=float_epochs,
                    help="float training epochs when the run has no weights")
+    p.add_argument("--pretrained", metavar="PATH",
+                   help="start from this float state_dict (torch.save(model.state_dict(), PATH)) instead of the "
+                        "run's weights: a torchvision MobileNetV2 / MobileNetV3-Large for the reference arch of "
+                        "--space mobilenetv2 / mobilenetv3-large (qnas.presets.reference_arch); implies --init "
+                        "pretrained; another class count gets a new classifier")
     add_torch_device_args(p)
     add_force_progress(p, "overwrite --out if it exists")
 
@@ -66,7 +71,8 @@ def add_finish_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="float teacher: the supernet's largest subnet, the same arch trained in float, none, or "
                         "auto (supernet if the run has one, else float)")
     q.add_argument("--init", default=qat.init, choices=list(INITS),
-                   help="start from the run's weights (supernet), PTQ of the float weights, or scratch")
+                   help="start from the run's weights (supernet), PTQ of the float weights, scratch, or PTQ "
+                        "of the --pretrained file's weights (pretrained; auto picks it when --pretrained is given)")
     q.add_argument("--kd-weight", type=float, default=qat.kd_weight,
                    help="distillation weight alpha (default %(default)s)")
     q.add_argument("--kd-temperature", type=float, default=qat.kd_temperature,
@@ -82,5 +88,8 @@ def add_finish_parser(subparsers: Any) -> argparse.ArgumentParser:
     _add_common(p, ptq.float_epochs)
     p.add_argument("--method", default=ptq.method, choices=list(PTQ_METHODS),
                    help="minmax, + bias correction, + GPTQ (default %(default)s)")
+    p.add_argument("--init", default=ptq.init, choices=list(PTQ_INITS),
+                   help="float weights: the run's (else float training), or the --pretrained file's (auto picks "
+                        "it when --pretrained is given)")
     p.set_defaults(func=cmd_finish)
     return f

@@ -34,7 +34,7 @@ def cmd_latency_measure(a: argparse.Namespace) -> int:
     check_latency_target(a.target)
     from qnas.latency.evaluation import measure_latency_table
 
-    measure_latency_table(a.out, space=a.space, archs=a.archs, seed=a.seed, device=a.target, threads=a.threads,
+    measure_latency_table(a.out, space=a.space, archs=a.archs, seed=a.seed, target=a.target, threads=a.threads,
                           warmup=a.warmup, repeats=a.repeats, passes=a.passes, overwrite=a.overwrite,
                           progress=a.progress, log=print)
     return 0
@@ -46,7 +46,7 @@ def cmd_latency_eval(a: argparse.Namespace) -> int:
     check_latency_target(a.target)
     from qnas.latency.evaluation import evaluate_latency_models
 
-    evaluation = evaluate_latency_models(n=a.n, seed=a.seed, device=a.target, space=a.space,
+    evaluation = evaluate_latency_models(n=a.n, seed=a.seed, target=a.target, space=a.space,
                                          latency_table=a.latency_table, latency_hybrid=a.latency_hybrid,
                                          save_hybrid=a.save_hybrid, n_fit=a.n_fit, passes=a.passes,
                                          overwrite=a.overwrite, progress=a.progress, log=print)
@@ -57,14 +57,15 @@ def cmd_latency_eval(a: argparse.Namespace) -> int:
 
 
 def add_latency_parser(sub: Any) -> argparse.ArgumentParser:
-    lat, lsub = add_command_group(sub, "latency", "device profiles and latency predictors",
-                                  "Inspect device profiles and predict, measure and evaluate latency.",
+    lat, lsub = add_command_group(sub, "latency", "latency target profiles and latency predictors",
+                                  "Inspect latency target profiles and predict, measure and evaluate latency.",
                                   "latency_command")
-    ls = lsub.add_parser("show", help="print a device profile with its sources",
-                         description="Print what a device profile says the target executes, and where each fact comes from.")
-    ls.add_argument("profile", help="profile name (e.g. edgetpu) or path of a profile JSON")
+    ls = lsub.add_parser("show", help="print a latency target's profile with its sources",
+                         description="Print what a latency target's profile says the target executes, and where "
+                                     "each fact comes from.")
+    ls.add_argument("profile", help="latency target: profile name (e.g. edgetpu) or path of a profile JSON")
     ls.set_defaults(func=cmd_latency_show)
-    lp = lsub.add_parser("predict", help="predict the latency of an arch on a target",
+    lp = lsub.add_parser("predict", help="predict the latency of an arch on a latency target",
                          description="Predict the batch-1 latency of ARCH (arch JSON file, run directory, "
                                      "model.pt or inline JSON).")
     lp.add_argument("arch", metavar="ARCH")

@@ -100,6 +100,10 @@ def add_search_parser(sub: Any) -> argparse.ArgumentParser:
                         "at --ray-address)")
     s.add_argument("--ray-address", metavar="ADDRESS",
                    help="Ray cluster to run --executor ray on, e.g. 127.0.0.1:6379 (`ray start --head`) or auto")
+    s.add_argument("--ray-gpus-per-task", type=float, metavar="N",
+                   help="GPUs each Ray evaluation task requests (default: 1 with --torch-device cuda, else 0; "
+                        "a fraction such as 0.5 lets tasks share a GPU)")
+    s.add_argument("--ray-cpus-per-task", type=float, metavar="N", help="CPUs each Ray evaluation task requests (default 1)")
     s.add_argument("--accuracy", default=defaults.accuracy, choices=accuracy_source_names(),
                    help="accuracy source: brief QAT per arch (default), supernet-inherited weights + BN "
                         "re-calibration, an accuracy predictor, or a zero-cost proxy")

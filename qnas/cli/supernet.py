@@ -1,4 +1,5 @@
-"""``qnas supernet train``: parse and call :func:`qnas.searching.train_supernet_run`."""
+"""``qnas supernet train``: parse and call :func:`qnas.searching.train_supernet_run` (with ``--pretrained``:
+:func:`qnas.pretrained.train_pretrained_supernet_run`)."""
 from __future__ import annotations
 
 import argparse
@@ -9,12 +10,17 @@ from qnas.cli._args import add_command_group, add_data_args, add_force_progress,
 
 
 def cmd_supernet_train(a: argparse.Namespace) -> int:
-    from qnas.searching import train_supernet_run
+    kwargs = dict(data=a.data, data_path=a.data_path, space=load_space(a.space), epochs=a.epochs,
+                  batch_size=a.batch_size, seed=a.seed, resume=a.resume, overwrite=a.overwrite, progress=a.progress,
+                  torch_device=a.torch_device, amp=a.amp, stream=a.stream)
+    if a.pretrained is not None:
+        from qnas.pretrained import train_pretrained_supernet_run
 
-    history = train_supernet_run(a.out, data=a.data, data_path=a.data_path, space=load_space(a.space),
-                                 epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, resume=a.resume,
-                                 overwrite=a.overwrite, progress=a.progress, torch_device=a.torch_device, amp=a.amp,
-                                 stream=a.stream)
+        history = train_pretrained_supernet_run(a.out, a.pretrained, **kwargs)
+    else:
+        from qnas.searching import train_supernet_run
+
+        history = train_supernet_run(a.out, **kwargs)
     from qnas.quant.distributed import context
 
     if not context().is_main:
@@ -40,6 +46,10 @@ def add_supernet_parser(sub: Any) -> argparse.ArgumentParser:
     snt.add_argument("--batch-size", type=int, default=64)
     snt.add_argument("--seed", type=int, default=0)
     snt.add_argument("--resume", action="store_true", help="continue from --out/supernet.pt")
+    snt.add_argument("--pretrained", metavar="PATH",
+                     help="start from a torchvision MobileNetV2 / MobileNetV3-Large state_dict: it becomes the "
+                          "subnet that is the published network (needs --space mobilenetv2 / mobilenetv3-large "
+                          "or a space containing it; another class count gets a new classifier)")
     add_torch_device_args(snt)
     add_force_progress(snt, "start over even if --out/supernet.pt exists")
     snt.set_defaults(func=cmd_supernet_train)

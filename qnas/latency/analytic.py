@@ -1,4 +1,4 @@
-"""Roofline latency from a device profile.
+"""Roofline latency from a latency target's profile.
 
 Per layer, on the unit and at the precision it really executes at::
 
@@ -25,7 +25,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from qnas.latency.base import LatencyModel, LayerCost, as_layers, inherit_weightless_bits
-from qnas.latency.profile import DeviceProfile, ExecPrecision, load_profile, precision_key
+from qnas.latency.profile import ExecPrecision, TargetProfile, load_profile, precision_key
 from qnas.quant.plan import WEIGHTED_OPS
 
 if TYPE_CHECKING:
@@ -56,15 +56,15 @@ def bytes_moved(layer: Any, w_bits: int, a_bits: int) -> float:
 
 
 class AnalyticLatencyModel(LatencyModel):
-    """Roofline model of one device profile (a name, a JSON path or a DeviceProfile)."""
+    """Roofline model of one latency target profile (a name, a JSON path or a TargetProfile)."""
 
     kind = "analytic"
 
-    def __init__(self, profile: "DeviceProfile | str"):
+    def __init__(self, profile: "TargetProfile | str"):
         self.profile = load_profile(profile)
 
     @property
-    def device(self) -> str:
+    def target(self) -> str:
         return self.profile.name
 
     # -- one layer ----------------------------------------------------------------

@@ -11,12 +11,14 @@ sequence of ``LayerSpec``, or a single ``LayerSpec``.
 from __future__ import annotations
 
 import abc
+import warnings
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
 from qnas.errors import QnasError
+from qnas.latency._compat import deprecated_device_property
 from qnas.quant.plan import WEIGHTLESS_OPS
 
 if TYPE_CHECKING:  # the plan types live in qnas.quant; only needed for annotations here
@@ -97,8 +99,21 @@ class LatencyModel(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def device(self) -> str:
-        """Name of the target this model prices."""
+    def target(self) -> str:
+        """Name of the latency target this model prices (a target profile name, or what a table says
+        it was measured on); not a torch device."""
+
+    #: Deprecated name of :attr:`target`.
+    device = deprecated_device_property()
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        # a model written against the old interface names its target ``device``: serve it as ``target``
+        if "device" in cls.__dict__ and not any("target" in c.__dict__ for c in cls.__mro__[:-1]
+                                                if c is not LatencyModel):
+            warnings.warn(f"{cls.__name__} names its latency target `device`; rename that property to `target` "
+                          "(`device` is deprecated: it reads like the torch device)", DeprecationWarning, stacklevel=2)
+            cls.target = cls.__dict__["device"]  # type: ignore[assignment]
 
     @abc.abstractmethod
     def layer_ms(self, layer: "LayerSpec") -> float:
@@ -120,4 +135,4 @@ class LatencyModel(abc.ABC):
         return np.asarray([self.predict(p) for p in plans], dtype=np.float64)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(device={self.device!r})"
+        return f"{type(self).__name__}(target={self.target!r})"

@@ -1,6 +1,6 @@
 """Predict, measure and evaluate latency for whole archs: what ``qnas latency predict|measure|eval`` run.
 
-* :func:`predict_latency` -- one arch (a run directory, model, arch file or inline JSON) on a target;
+* :func:`predict_latency` -- one arch (a run directory, model, arch file or inline JSON) on a latency target;
 * :func:`measure_latency_table` -- time every distinct layer of a space (or of sampled archs) here;
 * :func:`evaluate_latency_models` -- time fresh archs here and score each predictor against them
   (Kendall tau, MAPE, share within 10 %), optionally fitting a hybrid correction first.
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from qnas.errors import QnasError
+from qnas.latency._compat import deprecated_device_property, target_or_device
 
 if TYPE_CHECKING:
     from qnas.arch import Arch
@@ -53,10 +54,10 @@ def sample_archs(space: "SearchSpace", n: int, seed: int, *, unique: bool = Fals
 # ---- predict ---------------------------------------------------------------------------
 @dataclass
 class LatencyPrediction:
-    """An arch's predicted latency on a device, with its counted costs."""
+    """An arch's predicted latency on a latency ``target``, with its counted costs."""
 
     arch: "Arch"
-    device: str
+    target: str
     kind: str
     latency_ms: float
     costs: "Costs"
@@ -66,39 +67,47 @@ class LatencyPrediction:
         c = self.costs
         return ([self.breakdown] if self.breakdown is not None else []) + [
             self.arch.describe(),
-            f"predicted latency on {self.device} ({self.kind}): {self.latency_ms:.4g} ms   ({c.mmacs:.3g} M MACs, "
+            f"predicted latency on {self.target} ({self.kind}): {self.latency_ms:.4g} ms   ({c.mmacs:.3g} M MACs, "
             f"{c.size_kb:.1f} KB, peak activations {c.peak_activation_bytes / 1024:.1f} KB)"]
 
 
-def predict_latency(arch: Any, device: str = "cpu-ort", kind: str = "analytic", table: str | None = None,
+    #: Deprecated name of :attr:`target`.
+    device = deprecated_device_property()
+
+
+def predict_latency(arch: Any, target: str | None = None, kind: str = "analytic", table: str | None = None,
                     hybrid: str | None = None, space: "SearchSpace | str | Path | None" = None,
-                    breakdown: bool = False) -> LatencyPrediction:
-    """Predict the batch-1 latency of ``arch`` (anything :func:`qnas.rundir.resolve_arch` reads) on
-    ``device`` with the ``kind`` of latency model (``table``/``hybrid``: its files)."""
+                    breakdown: bool = False, *, device: str | None = None) -> LatencyPrediction:
+    """Predict the batch-1 latency of ``arch`` (anything :func:`qnas.rundir.resolve_arch` reads) on the
+    latency ``target`` (default ``cpu-ort``) with the ``kind`` of latency model (``table``/``hybrid``: its
+    files). ``device`` is the deprecated name of ``target``."""
     from qnas.costs import count_costs
     from qnas.latency.factory import create_latency_model
     from qnas.rundir import resolve_arch
 
+    target = target_or_device("predict_latency", target, device, default="cpu-ort")
     found = resolve_arch(arch, space)
-    model = create_latency_model(device, kind=kind, table=table, hybrid=hybrid, space=found.space)
+    model = create_latency_model(target, kind=kind, table=table, hybrid=hybrid, space=found.space)
     plan = found.space.plan(found.arch)
     text = model.describe(plan) if breakdown and hasattr(model, "describe") else None
-    return LatencyPrediction(found.arch, device, kind, float(model.predict(plan)), count_costs(plan), text)
+    return LatencyPrediction(found.arch, target, kind, float(model.predict(plan)), count_costs(plan), text)
 
 
 # ---- measure ---------------------------------------------------------------------------
 def measure_latency_table(out: str | Path, *, space: "SearchSpace | str | Path | None" = None, archs: int = 0,
-                          seed: int = 0, device: str = "cpu-ort", threads: int = 1, warmup: int = 5,
+                          seed: int = 0, target: str | None = None, threads: int = 1, warmup: int = 5,
                           repeats: int = 20, passes: int = 1, overwrite: bool = False, progress: bool = True,
-                          log: Log | None = None) -> "LatencyTable":
+                          log: Log | None = None, device: str | None = None) -> "LatencyTable":
     """Time every distinct layer of ``space`` (or only those of ``archs`` archs sampled with ``seed``) in
-    onnxruntime on this machine and write the table to ``out`` (.json or .csv). Only ``cpu-ort`` (this
-    machine) can be measured here; ``passes`` sweeps keep each layer's fastest median."""
+    onnxruntime on this machine and write the table to ``out`` (.json or .csv). Only the latency target
+    ``cpu-ort`` (this machine, the default) can be measured here; ``passes`` sweeps keep each layer's fastest
+    median. ``device`` is the deprecated name of ``target``."""
     from qnas.latency.layer_measure import measure_layers
     from qnas.latency.measured import check_measurable
     from qnas.latency.table import space_layer_keys
 
-    check_measurable(device)
+    target = target_or_device("measure_latency_table", target, device, default="cpu-ort")
+    check_measurable(target)
     out = Path(out)
     if out.suffix.lower() not in (".json", ".csv"):
         raise QnasError(f"--out must end in .json or .csv, got {out.name}")
@@ -110,7 +119,7 @@ def measure_latency_table(out: str | Path, *, space: "SearchSpace | str | Path |
         log(f"measuring {len(layers)} distinct layers in onnxruntime ({threads} thread(s), "
             f"warm-up {warmup}, median of {repeats})")
     table = measure_layers(layers, threads=threads, warmup=warmup, repeats=repeats, progress=progress,
-                           device=device, passes=passes)
+                           target=target, passes=passes)
     table.save(out, overwrite=overwrite)
     if log:
         log(f"wrote {out} ({len(table)} entries)")
@@ -142,15 +151,16 @@ class LatencyEvaluation:
         return atomic_write(path, lambda p: p.write_text(text), overwrite=overwrite)
 
 
-def evaluate_latency_models(*, n: int = 30, seed: int = 1, device: str = "cpu-ort",
+def evaluate_latency_models(*, n: int = 30, seed: int = 1, target: str | None = None,
                             space: "SearchSpace | str | Path | None" = None, latency_table: str | None = None,
                             latency_hybrid: str | None = None, save_hybrid: str | Path | None = None,
                             n_fit: int = 60, passes: int = 3, overwrite: bool = False, progress: bool = True,
-                            log: Log | None = None) -> LatencyEvaluation:
+                            log: Log | None = None, device: str | None = None) -> LatencyEvaluation:
     """Export and time ``n`` distinct archs sampled with ``seed`` in onnxruntime here (1 thread, batch 1)
-    and score the analytic model of ``device``, a table (``latency_table``) and a hybrid
-    (``latency_hybrid``) on them. ``save_hybrid``: first fit a hybrid correction on ``n_fit`` further
-    archs (on the table if given, else the analytic model), write it there and score it too."""
+    and score the analytic model of the latency ``target`` (default and only measurable one: ``cpu-ort``),
+    a table (``latency_table``) and a hybrid (``latency_hybrid``) on them. ``save_hybrid``: first fit a
+    hybrid correction on ``n_fit`` further archs (on the table if given, else the analytic model), write it
+    there and score it too. ``device`` is the deprecated name of ``target``."""
     import numpy as np
 
     from qnas.latency.analytic import AnalyticLatencyModel
@@ -161,7 +171,8 @@ def evaluate_latency_models(*, n: int = 30, seed: int = 1, device: str = "cpu-or
     from qnas.latency.profile import load_profile
     from qnas.latency.table import TableLatencyModel
 
-    check_measurable(device)
+    target = target_or_device("evaluate_latency_models", target, device, default="cpu-ort")
+    check_measurable(target)
     if n < 2:
         raise QnasError(f"--n must be at least 2 archs to rank, got {n}")
     if save_hybrid and n_fit < 10:
@@ -176,7 +187,7 @@ def evaluate_latency_models(*, n: int = 30, seed: int = 1, device: str = "cpu-or
     fit_archs, fit_ms = archs[n:], measured[n:]
     eval_archs, eval_ms = archs[:n], measured[:n]
     plans = [sp.plan(x) for x in eval_archs]
-    models: dict[str, Any] = {"analytic": AnalyticLatencyModel(load_profile(device))}
+    models: dict[str, Any] = {"analytic": AnalyticLatencyModel(load_profile(target))}
     if latency_table:
         models["table"] = TableLatencyModel.from_file(latency_table)
     base = models.get("table", models["analytic"])

@@ -5,14 +5,16 @@ from typing import Callable
 
 from qnas.errors import ConfigError
 from qnas.latency.base import LatencyModel
-from qnas.latency.profile import DeviceProfile, load_profile
+from qnas.latency._compat import target_or_device
+from qnas.latency.profile import TargetProfile, load_profile
 
 #: kind -> factory(profile, **kwargs) -> LatencyModel
 _REGISTRY: dict[str, Callable[..., LatencyModel]] = {}
 
 
 def register_latency_model(kind: str, factory: Callable[..., LatencyModel]) -> None:
-    """Make ``create_latency_model(device, kind=kind)`` call ``factory(profile, **kwargs)``."""
+    """Make ``create_latency_model(target, kind=kind)`` call ``factory(profile, **kwargs)``
+    (``profile``: the :class:`~qnas.latency.profile.TargetProfile` of ``target``)."""
     _REGISTRY[kind] = factory
 
 
@@ -20,23 +22,27 @@ def latency_model_kinds() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_latency_model(device: "str | DeviceProfile", kind: str = "analytic", **kwargs) -> LatencyModel:
-    """A latency model of ``kind`` for ``device`` (a profile name or a profile JSON path)."""
+def create_latency_model(target: "str | TargetProfile | None" = None, kind: str = "analytic", *,
+                         device: "str | TargetProfile | None" = None, **kwargs) -> LatencyModel:
+    """A latency model of ``kind`` for the latency ``target`` (a profile name, a profile JSON path or a
+    :class:`~qnas.latency.profile.TargetProfile`; default ``cpu-ort``). ``device`` is the deprecated
+    name of ``target``."""
+    target = target_or_device("create_latency_model", target, device, default="cpu-ort")
     if kind not in _REGISTRY:
         raise ConfigError(f"unknown latency model kind {kind!r}; valid kinds: {', '.join(latency_model_kinds())}")
-    return _REGISTRY[kind](load_profile(device), **kwargs)
+    return _REGISTRY[kind](load_profile(target), **kwargs)
 
 
-def _table_model(profile: DeviceProfile, table: "str | None" = None, **_: object) -> LatencyModel:
+def _table_model(profile: TargetProfile, table: "str | None" = None, **_: object) -> LatencyModel:
     from qnas.latency.table import TableLatencyModel
 
     if not table:
-        raise ConfigError(f"the 'table' latency model needs a table measured on {profile.name}; pass --latency-table "
-                          "PATH (build one with `qnas latency measure`)")
+        raise ConfigError(f"the 'table' latency model needs a table measured on the latency target {profile.name}; "
+                          "pass --latency-table PATH (build one with `qnas latency measure`)")
     return TableLatencyModel.from_file(table)
 
 
-def _measured_model(profile: DeviceProfile, table: "str | None" = None, cache: "str | None" = None,
+def _measured_model(profile: TargetProfile, table: "str | None" = None, cache: "str | None" = None,
                     threads: int = 1, progress: bool = False, **_: object) -> LatencyModel:
     from qnas.latency.measured import MeasuredLatencyModel, check_measurable
 
@@ -44,7 +50,7 @@ def _measured_model(profile: DeviceProfile, table: "str | None" = None, cache: "
     return MeasuredLatencyModel(table, cache=cache, threads=threads, progress=progress)
 
 
-def _hybrid_model(profile: DeviceProfile, table: "str | None" = None, hybrid: "str | None" = None,
+def _hybrid_model(profile: TargetProfile, table: "str | None" = None, hybrid: "str | None" = None,
                   space: object = None, **_: object) -> LatencyModel:
     from qnas.latency.analytic import AnalyticLatencyModel
     from qnas.latency.hybrid import HybridLatencyModel

@@ -122,8 +122,8 @@ class HybridLatencyModel(LatencyModel):
 
     # -- LatencyModel ---------------------------------------------------------------
     @property
-    def device(self) -> str:
-        return self.base.device
+    def target(self) -> str:
+        return self.base.target
 
     @property
     def fitted(self) -> bool:
@@ -253,7 +253,8 @@ class HybridLatencyModel(LatencyModel):
             raise LatencyTableError("nothing to save: the hybrid latency model is not fitted")
         return {
             "format": FORMAT, "version": VERSION,
-            "base": {"kind": getattr(self.base, "kind", type(self.base).__name__), "device": self.base.device},
+            # the base's latency target; files written before the rename call it "device" (read as well)
+            "base": {"kind": getattr(self.base, "kind", type(self.base).__name__), "target": self.base.target},
             "space": self.space.to_dict() if self.space is not None and hasattr(self.space, "to_dict") else None,
             "reference": self._reference(),
             "model": "ridge on standardised features; target measured-base; weights 1/measured^2",
@@ -274,7 +275,7 @@ class HybridLatencyModel(LatencyModel):
     def from_dict(cls, d: Any, base: LatencyModel, space: Any = None, source: str = "hybrid model",
                   strict: bool = True) -> "HybridLatencyModel":
         """Rebuild from :meth:`to_dict`. With ``strict``, refuse a ``base`` whose
-        kind, device or reference prediction differs from the one fitted on."""
+        kind, latency target or reference prediction differs from the one fitted on."""
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise LatencyTableError(f"{source} is not a qnas hybrid latency model (no '{FORMAT}' marker)")
         if d.get("version") != VERSION:
@@ -308,10 +309,11 @@ class HybridLatencyModel(LatencyModel):
         if strict:
             b = d.get("base") or {}
             kind = getattr(base, "kind", type(base).__name__)
-            if b.get("kind") != kind or b.get("device") != base.device:
+            fitted_on = b.get("target", b.get("device"))  # "device": a file written before the rename
+            if b.get("kind") != kind or fitted_on != base.target:
                 raise LatencyTableError(
-                    f"{source} corrects a {b.get('kind')!r} model of {b.get('device')!r}, but the base given is a "
-                    f"{kind!r} model of {base.device!r}; pass the base it was fitted on or re-fit")
+                    f"{source} corrects a {b.get('kind')!r} model of latency target {fitted_on!r}, but the base "
+                    f"given is a {kind!r} model of {base.target!r}; pass the base it was fitted on or re-fit")
             if ref is not None:
                 try:
                     got = float(base.predict(m._ref_layers))

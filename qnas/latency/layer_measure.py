@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 
 from qnas.errors import LatencyTableError
+from qnas.latency._compat import target_or_device
 from qnas.quant.plan import LayerSpec
 
 if TYPE_CHECKING:
@@ -237,10 +238,12 @@ def cpu_name() -> str:
 
 
 def measure_layers(layers: Iterable[LayerSpec], threads: int = 1, warmup: int = 5, repeats: int = 20,
-                   progress: bool = True, device: str | None = None, notes: str = "",
+                   progress: bool = True, target: str | None = None, notes: str = "",
                    bn_params_as_inputs: bool = False, subtract_run_overhead: bool = True,
-                   passes: int = 1) -> "LatencyTable":
-    """Time each distinct layer key of ``layers`` in onnxruntime; returns a :class:`LatencyTable`.
+                   passes: int = 1, *, device: str | None = None) -> "LatencyTable":
+    """Time each distinct layer key of ``layers`` in onnxruntime on this machine's CPU; returns a
+    :class:`LatencyTable` whose meta names ``target`` as the latency target it was measured on (default:
+    this CPU's model name; ``device`` is the deprecated name of ``target``).
 
     Add/pool layers are timed as given: pass them with the bits the table
     should carry (``space_layer_keys`` already does). A one-layer graph pays
@@ -255,6 +258,7 @@ def measure_layers(layers: Iterable[LayerSpec], threads: int = 1, warmup: int = 
 
     from qnas.latency.table import LatencyTable, default_meta
 
+    target = target_or_device("measure_layers", target, device)
     if threads < 1 or warmup < 0 or repeats < 1 or passes < 1:
         raise LatencyTableError(f"threads={threads}, warmup={warmup}, repeats={repeats}: need threads >= 1, "
                                 "warmup >= 0 and repeats >= 1 (and passes >= 1)")
@@ -274,7 +278,7 @@ def measure_layers(layers: Iterable[LayerSpec], threads: int = 1, warmup: int = 
             ms = max(ms - overheads[shape], 1e-3)
         entries[key] = min(ms, entries.get(key, math.inf))
     meta = default_meta(
-        device=device or cpu_name(), runtime=f"onnxruntime {ort.__version__} CPUExecutionProvider", threads=threads,
+        target=target or cpu_name(), runtime=f"onnxruntime {ort.__version__} CPUExecutionProvider", threads=threads,
         notes=(f"batch 1, fastest of {passes} pass(es) of a median of {repeats} runs after {warmup} warm-up, per-layer QCDQ graphs (opset {OPSET})"
                + (", BN params as inputs" if bn_params_as_inputs else "")
                + (", per-run overhead subtracted" if subtract_run_overhead else "") + (f"; {notes}" if notes else "")))

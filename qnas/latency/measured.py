@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from qnas.errors import UnknownDeviceError
+from qnas.errors import UnknownTargetError
+from qnas.latency._compat import module_getattr
 from qnas.latency.table import LatencyTable, TableLatencyModel, load_table
 
-#: Profiles that describe the machine qnas itself runs on, so they can be measured here.
-MEASURABLE_DEVICES = ("cpu-ort",)
+#: Latency targets that describe the machine qnas itself runs on (onnxruntime on its CPU), so they can be
+#: measured here. (Formerly ``MEASURABLE_DEVICES``.)
+MEASURABLE_TARGETS = ("cpu-ort",)
 
 
 class MeasuredLatencyModel(TableLatencyModel):
@@ -28,7 +30,7 @@ class MeasuredLatencyModel(TableLatencyModel):
             from qnas.latency.layer_measure import cpu_name
             from qnas.latency.table import default_meta
 
-            table = LatencyTable({}, meta=default_meta(device="cpu-ort", runtime="onnxruntime", threads=threads,
+            table = LatencyTable({}, meta=default_meta(target="cpu-ort", runtime="onnxruntime", threads=threads,
                                                        cpu=cpu_name()))
         super().__init__(table if isinstance(table, LatencyTable) else load_table(table))
         self.threads, self.warmup, self.repeats, self.progress = threads, warmup, repeats, progress
@@ -41,7 +43,7 @@ class MeasuredLatencyModel(TableLatencyModel):
         missing = self.table.missing(inherit_weightless_bits(as_layers(list(layers))))
         if missing:
             new = measure_layers(missing, threads=self.threads, warmup=self.warmup, repeats=self.repeats,
-                                 progress=self.progress, device="cpu-ort")
+                                 progress=self.progress, target="cpu-ort")
             self.table = self.table.merge(new)
             if self.cache is not None:
                 self.table.save(self.cache, overwrite=True)
@@ -59,8 +61,13 @@ class MeasuredLatencyModel(TableLatencyModel):
         return super().layer_ms(layer)
 
 
-def check_measurable(device: str) -> None:
-    if device not in MEASURABLE_DEVICES:
-        raise UnknownDeviceError(
-            f"cannot measure {device!r} here: qnas measures only the machine it runs on ({', '.join(MEASURABLE_DEVICES)}); "
-            f"measure on the {device} device and import the table with --table")
+def check_measurable(target: str) -> None:
+    """Refuse a latency ``target`` that is not the machine qnas runs on (only those can be timed here)."""
+    if target not in MEASURABLE_TARGETS:
+        raise UnknownTargetError(
+            f"cannot measure latency target {target!r} here: qnas measures only the machine it runs on "
+            f"({', '.join(MEASURABLE_TARGETS)}); time the layers on the {target} hardware itself and "
+            "import the table with --latency-table")
+
+
+__getattr__ = module_getattr(__name__, {"MEASURABLE_DEVICES": ("MEASURABLE_TARGETS", lambda: MEASURABLE_TARGETS)})

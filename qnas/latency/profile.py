@@ -1,4 +1,8 @@
-"""Device profiles: what a target executes natively and how fast.
+"""Target profiles: what a latency target executes natively and how fast.
+
+A latency target (``--target``) is the hardware/runtime a network's latency is
+predicted for, named by its profile (``edgetpu``, ``cpu-ort`` ...); it is not
+the torch device a search trains on (``--torch-device``).
 
 A profile is a versioned JSON data file (``schema_version`` 1) loaded with
 :mod:`json` (never pickle). Every number in it is a *fact*::
@@ -58,7 +62,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from qnas.errors import LatencyTableError, QnasError, UnknownDeviceError
+from qnas.errors import LatencyTableError, QnasError, UnknownTargetError
+from qnas.latency._compat import module_getattr
 from qnas.quant.plan import OP_KINDS, WEIGHTLESS_OPS
 
 SCHEMA_VERSION = 1
@@ -181,8 +186,10 @@ class Transfer:
 
 
 @dataclass(frozen=True, eq=False)
-class DeviceProfile:
-    """A loaded, validated device profile. Build with :func:`load_profile`."""
+class TargetProfile:
+    """A loaded, validated latency target profile. Build with :func:`load_profile`.
+
+    (Formerly ``DeviceProfile``; that name still works, with a DeprecationWarning.)"""
 
     name: str
     description: str
@@ -198,7 +205,7 @@ class DeviceProfile:
 
     # -- construction -------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: Any, origin: str = "<dict>") -> "DeviceProfile":
+    def from_dict(cls, data: Any, origin: str = "<dict>") -> "TargetProfile":
         return _Parser(origin).parse(data)
 
     # -- precision resolution -----------------------------------------------------
@@ -234,19 +241,19 @@ class DeviceProfile:
             state = ExecPrecision(unit, w, a)
             if state in seen or len(steps) > _MAX_CHAIN:
                 raise LatencyTableError(
-                    f"device profile {self._where()}: fallback rules of unit {unit!r} loop at "
+                    f"latency target profile {self._where()}: fallback rules of unit {unit!r} loop at "
                     f"{precision_key(w, a)} for op {op!r}; make the chain end at a native precision")
             seen.add(state)
             key, target = _lookup_fallback(u.fallback, w, a)
             if target is None:
                 raise LatencyTableError(
-                    f"device profile {self._where()}: unit {unit!r} cannot run {op} at {precision_key(w, a)} "
+                    f"latency target profile {self._where()}: unit {unit!r} cannot run {op} at {precision_key(w, a)} "
                     f"and has no fallback rule for it; add a '{precision_key(w, a)}', 'a{a}', 'w{w}' or '*' "
                     f"entry to units.{unit}.fallback")
             if target == HOST:
                 if self.host_unit is None or unit == self.host_unit:
                     raise LatencyTableError(
-                        f"device profile {self._where()}: units.{unit}.fallback sends {key!r} to 'host' but "
+                        f"latency target profile {self._where()}: units.{unit}.fallback sends {key!r} to 'host' but "
                         f"{'the profile has no host_unit' if self.host_unit is None else 'it is the host unit'}; "
                         f"set host_unit or map {key!r} to a precision")
                 unit = self.host_unit
@@ -284,41 +291,41 @@ class DeviceProfile:
 # -- loading ------------------------------------------------------------------------
 
 def known_profiles() -> list[str]:
-    """Names of the device profiles shipped with qnas."""
+    """Names of the latency target profiles shipped with qnas."""
     return sorted(p.stem for p in PROFILES_DIR.glob("*.json"))
 
 
-def load_profile(name_or_path: "str | Path | DeviceProfile") -> DeviceProfile:
-    """Load a shipped profile by name (``"edgetpu"``) or a user's profile JSON by path."""
-    if isinstance(name_or_path, DeviceProfile):
+def load_profile(name_or_path: "str | Path | TargetProfile") -> TargetProfile:
+    """Load a shipped latency target profile by name (``"edgetpu"``) or a user's profile JSON by path."""
+    if isinstance(name_or_path, TargetProfile):
         return name_or_path
     text = str(name_or_path)
     looks_like_path = isinstance(name_or_path, Path) or text.endswith(".json") or "/" in text or "\\" in text
     if not looks_like_path:
         path = PROFILES_DIR / f"{text}.json"
         if not path.is_file():
-            raise UnknownDeviceError(
-                f"unknown device {text!r}; known devices: {', '.join(known_profiles())} "
+            raise UnknownTargetError(
+                f"unknown latency target {text!r}; known latency targets: {', '.join(known_profiles())} "
                 f"(or pass the path of a profile JSON file)")
         return _load_file(path)
     path = Path(text)
     if not path.is_file():
-        raise UnknownDeviceError(
-            f"device profile file {text!r} does not exist; pass an existing profile JSON path or one of: "
+        raise UnknownTargetError(
+            f"latency target profile file {text!r} does not exist; pass an existing profile JSON path or one of: "
             f"{', '.join(known_profiles())}")
     return _load_file(path)
 
 
-def _load_file(path: Path) -> DeviceProfile:
+def _load_file(path: Path) -> TargetProfile:
     try:
         raw = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise LatencyTableError(f"cannot read device profile {path}: {_one_line(exc)}; check the file") from exc
+        raise LatencyTableError(f"cannot read latency target profile {path}: {_one_line(exc)}; check the file") from exc
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise LatencyTableError(
-            f"device profile {path} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+            f"latency target profile {path} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
             f"fix the file or copy a shipped profile from {PROFILES_DIR}") from exc
     return _Parser(str(path)).parse(data)
 
@@ -350,7 +357,7 @@ class _Parser:
         self.facts: dict[str, Fact] = {}
 
     def fail(self, what: str, fix: str) -> LatencyTableError:
-        return LatencyTableError(f"device profile {self.origin}: {what}; {fix}")
+        return LatencyTableError(f"latency target profile {self.origin}: {what}; {fix}")
 
     def get(self, obj: dict, key: str, path: str, required: bool = True) -> Any:
         if key not in obj:
@@ -404,7 +411,7 @@ class _Parser:
             return out
         raise AssertionError(kind)
 
-    def parse(self, data: Any) -> DeviceProfile:
+    def parse(self, data: Any) -> TargetProfile:
         if not isinstance(data, dict):
             raise self.fail("top level is not a JSON object", "the file must hold one profile object")
         version = self.get(data, "schema_version", "")
@@ -437,7 +444,7 @@ class _Parser:
             transfer = Transfer(self.fact(t, "bytes_per_s", "transfer.", "positive"),
                                 self.fact(t, "latency_ms", "transfer.", "nonneg"),
                                 self.fact(t, "include_model_io", "transfer.", "bool"))
-        profile = DeviceProfile(name=name, description=description, primary_unit=primary, host_unit=host,
+        profile = TargetProfile(name=name, description=description, primary_unit=primary, host_unit=host,
                                 sticky_host_fallback=sticky, per_inference_overhead_ms=overhead,
                                 transfer=transfer, units=units, facts=self.facts,
                                 path=None if self.origin.startswith("<") else self.origin,
@@ -529,7 +536,7 @@ class _Parser:
         if raw["confidence"] not in CONFIDENCE_LEVELS:
             raise self.fail(f"'{where}.confidence' is {raw['confidence']!r}", f"use one of {', '.join(CONFIDENCE_LEVELS)}")
 
-    def check_resolution(self, profile: DeviceProfile) -> None:
+    def check_resolution(self, profile: TargetProfile) -> None:
         """Every (op, w, a) on the grid must resolve to a native precision, from the
         primary unit and from the host unit; errors name the broken rule."""
         start_units = [profile.primary_unit] + ([profile.host_unit] if profile.host_unit else [])
@@ -539,3 +546,7 @@ class _Parser:
                     for w in W_GRID:
                         for a in A_GRID:
                             profile.fallback_chain(op, w, a, k=k, stride=stride, cout=cout, unit=unit)
+
+
+#: Deprecated names (``DeviceProfile``: the profile of a latency target, not of a torch device).
+__getattr__ = module_getattr(__name__, {"DeviceProfile": ("TargetProfile", lambda: TargetProfile)})

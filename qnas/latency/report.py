@@ -1,10 +1,10 @@
-"""Human-readable views of device profiles (for ``qnas latency show``)."""
+"""Human-readable views of latency target profiles (for ``qnas latency show``)."""
 from __future__ import annotations
 
-from qnas.latency.profile import DeviceProfile
+from qnas.latency.profile import TargetProfile
 
 
-def format_profile(p: DeviceProfile) -> str:
+def format_profile(p: TargetProfile) -> str:
     lines = [f"{p.name}: {p.description}",
              f"  primary unit: {p.primary_unit}" + (f", host fallback unit: {p.host_unit}" if p.host_unit else ""),
              f"  sticky host fallback (everything after the first fallback runs on the host): {p.sticky_host_fallback}",

@@ -23,7 +23,7 @@ A table maps a layer key to its batch-1 latency in milliseconds. The key is
 JSON (``.json``)::
 
     {"schema": "qnas-latency-table", "version": 1,
-     "meta": {"device": "...", "runtime": "...", "threads": 1,
+     "meta": {"device": "cpu-ort", "runtime": "...", "threads": 1,
               "created": "2025-01-01T00:00:00+00:00", "qnas_version": "0.1.0",
               "notes": "..."},
      "entries": [{"op": "pwconv", "cin": 16, "cout": 48, "hw": 8, "k": 1,
@@ -36,11 +36,15 @@ Lines starting with ``#`` are comments; qnas writes the metadata as one
 ``# meta: {json}`` comment line before the header, and reads it back when
 present. Extra columns are ignored.
 
-All ``meta`` fields are optional; unknown ones are kept. Tables are plain
+All ``meta`` fields are optional; unknown ones are kept. ``device`` is the
+latency target the table was measured on (a target profile name such as
+``cpu-ort``, or a CPU model), never a torch device; the field keeps its old
+name (:data:`TARGET_META_KEY`), and a file that calls it ``target`` is read
+as well. Tables are plain
 data, read with the json/csv modules only (never pickle) and never
 downloaded: measure one on the target with ``qnas latency measure``
 (:func:`qnas.latency.layer_measure.measure_space_table`) or write one from
-your own device's measurements in the format above and load it with
+your own target's measurements in the format above and load it with
 :func:`load_table`.
 """
 from __future__ import annotations
@@ -54,6 +58,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, get_args
 
 from qnas.errors import LatencyTableError
+from qnas.latency._compat import deprecated_device_property, target_or_device, warn_renamed
 from qnas.latency.base import LatencyModel, as_layers, inherit_weightless_bits
 from qnas.quant.plan import LayerSpec, OpKind
 
@@ -66,7 +71,12 @@ VERSION = 1
 KEY_FIELDS = ("op", "cin", "cout", "hw", "k", "stride", "groups", "w_bits", "a_bits")
 COLUMNS = KEY_FIELDS + ("ms",)
 OPS = tuple(get_args(OpKind))
-META_FIELDS = ("device", "runtime", "threads", "created", "qnas_version", "notes")
+#: The meta field that names the latency target a table was measured on. It keeps the name it had before
+#: the latency target and the torch device were told apart (``device``): bench/latency_fidelity.py and qnas
+#: releases before the rename read only this field, so writing ``target`` instead would make them miss it.
+#: :func:`meta_target` reads either spelling.
+TARGET_META_KEY = "device"
+META_FIELDS = (TARGET_META_KEY, "runtime", "threads", "created", "qnas_version", "notes")
 
 Key = tuple  # (op, cin, cout, hw, k, stride, groups, w_bits, a_bits)
 
@@ -82,13 +92,30 @@ def _qnas_version() -> str:
         return "unknown"
 
 
-def default_meta(**kw: Any) -> dict[str, Any]:
-    """Metadata with ``created`` (UTC, ISO 8601) and ``qnas_version`` filled in."""
-    meta: dict[str, Any] = {"device": None, "runtime": None, "threads": None,
+def _stamped(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Meta ``fields`` (file field names) over the defaults, with ``created`` (UTC, ISO 8601) and
+    ``qnas_version`` filled in; a ``target`` field is stored under :data:`TARGET_META_KEY`."""
+    fields = dict(fields)
+    if "target" in fields and TARGET_META_KEY not in fields:
+        fields[TARGET_META_KEY] = fields.pop("target")
+    meta: dict[str, Any] = {TARGET_META_KEY: None, "runtime": None, "threads": None,
                             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                             "qnas_version": _qnas_version(), "notes": ""}
-    meta.update(kw)
+    meta.update(fields)
     return meta
+
+
+def default_meta(target: str | None = None, *, device: str | None = None, **kw: Any) -> dict[str, Any]:
+    """Metadata with ``created`` (UTC, ISO 8601) and ``qnas_version`` filled in. ``target``: the latency
+    target the table is measured on (stored as the ``device`` field, :data:`TARGET_META_KEY`); ``device=``
+    is its deprecated keyword; further keywords are meta fields (``runtime``, ``threads``, ``notes`` ...)."""
+    target = target_or_device("default_meta", target, device)
+    return _stamped({**kw, TARGET_META_KEY: target} if target is not None else kw)
+
+
+def meta_target(meta: Mapping[str, Any]) -> str | None:
+    """The latency target a table's ``meta`` names (field ``device``, or ``target`` in a hand-written file)."""
+    return meta.get(TARGET_META_KEY) or meta.get("target")
 
 
 def format_key(key: Key) -> str:
@@ -149,7 +176,7 @@ def _check_key(key: Any, where: str) -> Key:
 class LatencyTable(Mapping):
     """Per-layer latencies (ms) keyed by ``LayerSpec.key()``, plus metadata.
 
-    >>> table = load_table("my-device.json")
+    >>> table = load_table("my-target.json")
     >>> table.lookup(layer)            # LatencyTableError naming the key if missing
     >>> table.save("copy.csv")         # refuses to overwrite unless overwrite=True
 
@@ -160,7 +187,7 @@ class LatencyTable(Mapping):
     def __init__(self, entries: Mapping | Iterable[tuple[Any, float]] = (), meta: Mapping[str, Any] | None = None,
                  source: str | None = None):
         if source is None:  # a new table: stamp created / qnas_version unless given
-            self.meta: dict[str, Any] = default_meta(**dict(meta or {}))
+            self.meta: dict[str, Any] = _stamped(meta or {})
         else:  # a loaded table keeps its own metadata (no invented "created")
             self.meta = {f: None for f in META_FIELDS}
             self.meta.update(meta or {})
@@ -199,14 +226,18 @@ class LatencyTable(Mapping):
 
     @property
     def name(self) -> str:
-        return self.source or (f"for {self.meta['device']}" if self.meta.get("device") else "(in memory)")
+        return self.source or (f"for {self.target}" if self.target else "(in memory)")
 
     @property
-    def device(self) -> str | None:
-        return self.meta.get("device")
+    def target(self) -> str | None:
+        """The latency target the table was measured on (its ``meta``), if it says."""
+        return meta_target(self.meta)
+
+    #: Deprecated name of :attr:`target`.
+    device = deprecated_device_property()
 
     def __repr__(self) -> str:
-        return f"LatencyTable({len(self)} entries, device={self.device!r}, source={self.source!r})"
+        return f"LatencyTable({len(self)} entries, target={self.target!r}, source={self.source!r})"
 
     # ---- lookups -----------------------------------------------------------------
     def lookup(self, layer: Any) -> float:
@@ -240,25 +271,31 @@ class LatencyTable(Mapping):
         merged.update(new._ms)
         return LatencyTable(merged, meta=self.meta, source=self.source)
 
-    def merge(self, other: "LatencyTable", prefer: str = "other", allow_mixed_devices: bool = False) -> "LatencyTable":
+    def merge(self, other: "LatencyTable", prefer: str = "other", allow_mixed_targets: bool = False, *,
+              allow_mixed_devices: bool | None = None) -> "LatencyTable":
         """A new table with the entries of both; on a shared key ``prefer`` ("other" or "self") wins.
 
-        Merging tables measured on different devices is refused (a mixed table
-        prices no real device) unless ``allow_mixed_devices``."""
+        Merging tables measured on different latency targets is refused (a mixed
+        table prices no real target) unless ``allow_mixed_targets``
+        (``allow_mixed_devices`` is its deprecated name)."""
+        if allow_mixed_devices is not None:
+            warn_renamed("LatencyTable.merge(allow_mixed_devices=...)", "allow_mixed_targets=...")
+            allow_mixed_targets = allow_mixed_targets or allow_mixed_devices
         if prefer not in ("other", "self"):
             raise LatencyTableError(f"merge(prefer={prefer!r}) is not valid; use 'other' or 'self'")
         if not isinstance(other, LatencyTable):
             raise LatencyTableError(f"cannot merge a {type(other).__name__} into a latency table; load it with load_table")
-        d1, d2 = self.meta.get("device"), other.meta.get("device")
-        if d1 and d2 and d1 != d2 and not allow_mixed_devices:
-            raise LatencyTableError(f"cannot merge a table for device {d2!r} into one for {d1!r}; "
-                                    "merge tables of the same device or pass allow_mixed_devices=True")
+        t1, t2 = self.target, other.target
+        if t1 and t2 and t1 != t2 and not allow_mixed_targets:
+            raise LatencyTableError(f"cannot merge a table measured on latency target {t2!r} into one for {t1!r}; "
+                                    "merge tables of the same target or pass allow_mixed_targets=True")
         a, b = (self._ms, other._ms) if prefer == "other" else (other._ms, self._ms)
         merged = dict(a)
         merged.update(b)
         meta = dict(self.meta)
-        if not d1 and d2:
-            meta["device"] = d2
+        if not t1 and t2:
+            meta.pop("target", None)
+            meta[TARGET_META_KEY] = t2
         note = f"merged with {other.source or 'a table'} ({len(other)} entries)"
         meta["notes"] = f"{meta.get('notes') or ''}; {note}".lstrip("; ")
         return LatencyTable(merged, meta=meta, source=None)
@@ -411,8 +448,8 @@ class TableLatencyModel(LatencyModel):
         return cls(load_table(path))
 
     @property
-    def device(self) -> str:
-        return self.table.meta.get("device") or "table"
+    def target(self) -> str:
+        return self.table.target or "table"
 
     def layer_ms(self, layer: LayerSpec) -> float:
         return self.table.lookup(layer)
@@ -452,5 +489,5 @@ def space_layer_keys(space: "SearchSpace", archs: Iterable["Arch"] | None = None
     return list(seen.values())
 
 
-__all__ = ["COLUMNS", "KEY_FIELDS", "LatencyTable", "SCHEMA", "TableLatencyModel", "VERSION",
-           "load_table", "plan_layer_keys", "space_layer_keys"]
+__all__ = ["COLUMNS", "KEY_FIELDS", "LatencyTable", "SCHEMA", "TARGET_META_KEY", "TableLatencyModel", "VERSION",
+           "load_table", "meta_target", "plan_layer_keys", "space_layer_keys"]

@@ -299,17 +299,17 @@ class VectorizedTablePredictor:
         return float(self.predict_archs([arch])[0])
 
     # ---- torch -------------------------------------------------------------------
-    def _tables(self, dtype: Any, device: Any) -> dict[str, Any]:
+    def _tables(self, dtype: Any, torch_device: Any) -> dict[str, Any]:
         import torch
 
-        key = (dtype, str(device))
+        key = (dtype, str(torch_device))
         if key not in self._torch_cache:
             g = self.geo
-            t = {k: torch.as_tensor(v, dtype=dtype, device=device) for k, v in self.arrays.items()}
+            t = {k: torch.as_tensor(v, dtype=dtype, device=torch_device) for k, v in self.arrays.items()}
             # one-hot maps from block / head activation choices to the union of a bit widths
-            t["block_u"] = torch.zeros(g.n_a, g.n_u, dtype=dtype, device=device)
+            t["block_u"] = torch.zeros(g.n_a, g.n_u, dtype=dtype, device=torch_device)
             t["block_u"][torch.arange(g.n_a), torch.as_tensor(g.block_a_u)] = 1
-            t["head_u"] = torch.zeros(g.n_sa, g.n_u, dtype=dtype, device=device)
+            t["head_u"] = torch.zeros(g.n_sa, g.n_u, dtype=dtype, device=torch_device)
             t["head_u"][torch.arange(g.n_sa), torch.as_tensor(g.head_a_u)] = 1
             self._torch_cache[key] = t
         return self._torch_cache[key]

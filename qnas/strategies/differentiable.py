@@ -12,6 +12,13 @@ structure as :class:`~qnas.latency.vectorized.ArchDistribution`:
 * per stage, the depth; per block position, the op (plus skip when the space
   allows it); per conv (expand, depthwise, project), the weight bits and the
   activation bits; the stem/head bits;
+* each stage's op logits are sized by that stage's own (kernel, expand) pairs
+  (``space.stage_ops``: the mobile presets' per-stage kernel/expand lists, the
+  exclude rules already applied, so an excluded combination has no logit and
+  is never derived); the skip column is the stage's own last one, masked at a
+  stage's first block. A gene with a single choice (a fixed depth, a stage of
+  one op, one bit width) is a constant, not a logit, and so are the
+  expand-conv bit genes of a stage whose ops have no expand conv;
 * resolution and width are fixed (``resolution``/``width`` options; by default
   the largest, or with a latency budget the largest pair whose fastest arch
   leaves room under the budget).
@@ -32,9 +39,9 @@ The arch loss is ``CE + latency_weight * log(E[latency])`` or, with a latency
 budget ``B``, ``CE + lambda * relu(E[latency] / B' - 1)``, where ``E[latency]``
 is the exact expectation of the sum-of-table latency under the softmax
 distribution (:meth:`VectorizedTablePredictor.expected_latency` over
-``context.latency.layer_ms``), ``lambda`` grows (and the target ``B'`` shrinks)
-while the derived arch (argmax of every group) is priced over budget by
-``context.latency.predict``. An arch that still misses the budget after
+``context.latency.layer_ms``, each stage over its own ops), ``lambda`` grows
+(and the target ``B'`` shrinks) while the derived arch (argmax of every group)
+is priced over budget by ``context.latency.predict``. An arch that still misses the budget after
 training is repaired greedily (the gene change that saves the most table
 latency per unit of lost log-probability, until the latency model accepts it).
 
@@ -197,45 +204,94 @@ class PathSample:
 class ArchLogits(nn.Module):
     """Trainable logits of every searchable gene group, in :class:`ArchDistribution` layout.
 
-    Resolution and width are fixed (one-hot) at the given choice indices."""
+    Each stage's logits are sized by that stage's own choices (:meth:`qnas.genes.GeneLayout.group_shapes`):
+    ``op[s]`` is ``[max_depth_s, len(space.stage_ops[s]) (+1 skip)]`` over the stage's (kernel, expand)
+    pairs, the space's exclude rules already applied (an excluded combination has no logit at all), the
+    skip column being the stage's own last one and masked where no skip is allowed (a stage's first
+    block). A group tensor with a single choice (one depth, one op, one bit width: a fixed gene) is a
+    constant buffer, not a parameter: it contributes no logits to learn; neither do the expand-conv
+    bit rows of a stage none of whose ops has an expand conv (``expand1_no_conv``), which are fixed
+    zero logits. Resolution and width are fixed (one-hot) at the given choice indices."""
 
     def __init__(self, space: SearchSpace, res_idx: int, width_idx: int):
         super().__init__()
-        c = space.config
+        c, layout = space.config, space.genes
         self.space, self.res_idx, self.width_idx = space, res_idx, width_idx
-        self.n_ops = len(space.ops)
-        n_op = self.n_ops + (1 if c.allow_skip else 0)
-        self.stem_w = nn.Parameter(torch.zeros(len(c.stem_head_w_bits)))
-        self.stem_a = nn.Parameter(torch.zeros(len(c.stem_head_a_bits)))
-        self.head_w = nn.Parameter(torch.zeros(len(c.stem_head_w_bits)))
-        self.head_a = nn.Parameter(torch.zeros(len(c.stem_head_a_bits)))
-        self.depth = nn.ParameterList([nn.Parameter(torch.zeros(len(s.depths))) for s in c.stages])
-        self.op = nn.ParameterList([nn.Parameter(torch.zeros(max(s.depths), n_op)) for s in c.stages])
-        self.w_bits = nn.ParameterList([nn.Parameter(torch.zeros(max(s.depths), 3, len(c.w_bits))) for s in c.stages])
-        self.a_bits = nn.ParameterList([nn.Parameter(torch.zeros(max(s.depths), 3, len(c.a_bits))) for s in c.stages])
+        self.n_ops = len(space.ops)  # the space-wide op count (the default space's every stage)
+        #: per stage, its number of (kernel, expand) ops (the op logits' columns, without skip)
+        self.stage_n_ops = [len(o) for o in layout.stage_ops]
+        self.n_stages = len(c.stages)
+        #: per stage, the block convs (indices into BLOCK_CONVS) whose bit genes can be active
+        self.bit_convs: list[tuple[int, ...]] = [
+            tuple(range(len(BLOCK_CONVS))) if bool(layout.op_has_expand[si][:n].any())
+            else tuple(range(1, len(BLOCK_CONVS))) for si, n in enumerate(self.stage_n_ops)]
+        skip = 1 if c.allow_skip else 0
+        for name, choices in (("stem_w", c.stem_head_w_bits), ("stem_a", c.stem_head_a_bits),
+                              ("head_w", c.stem_head_w_bits), ("head_a", c.stem_head_a_bits)):
+            self._logits(name, (len(choices),), len(choices) > 1)
         for si, s in enumerate(c.stages):
-            mask = torch.zeros(max(s.depths), n_op)
-            if c.allow_skip:
-                for b in space.genes.stage_blocks(si):
-                    if not b.skip_allowed:
-                        mask[b.pos, self.n_ops] = _MASKED
+            self._logits(f"depth_{si}", (len(s.depths),), len(s.depths) > 1)
+        for si, s in enumerate(c.stages):
+            blocks = layout.stage_blocks(si)
+            n_row = [self.stage_n_ops[si] + (1 if skip and b.skip_allowed else 0) for b in blocks]
+            self._logits(f"op_{si}", (max(s.depths), self.stage_n_ops[si] + skip), max(n_row) > 1)
+            mask = torch.zeros(max(s.depths), self.stage_n_ops[si] + skip)
+            for b in blocks:
+                if skip and not b.skip_allowed:
+                    mask[b.pos, self.stage_n_ops[si]] = _MASKED
             self.register_buffer(f"op_mask{si}", mask)
+        for group, bits in (("w_bits", c.w_bits), ("a_bits", c.a_bits)):
+            for si, s in enumerate(c.stages):
+                self._logits(f"{group}_{si}", (max(s.depths), len(self.bit_convs[si]), len(bits)), len(bits) > 1)
 
-    def groups(self) -> dict[str, list[nn.Parameter]]:
-        """Logit tensors by group name (for tests and reports)."""
+    def _logits(self, name: str, shape: tuple[int, ...], free: bool) -> None:
+        """Zero logits: a parameter when there is something to choose, else a constant buffer."""
+        if free:
+            self.register_parameter(name, nn.Parameter(torch.zeros(shape)))
+        else:
+            self.register_buffer(name, torch.zeros(shape))
+
+    # the group tensors, in gene-layout shapes
+    @property
+    def depth(self) -> list[torch.Tensor]:
+        return [getattr(self, f"depth_{si}") for si in range(self.n_stages)]
+
+    @property
+    def op(self) -> list[torch.Tensor]:
+        """Per stage the raw op logits ``[max_depth, n_stage_ops (+1 skip)]`` (without the skip mask)."""
+        return [getattr(self, f"op_{si}") for si in range(self.n_stages)]
+
+    def _bits(self, group: str, si: int) -> torch.Tensor:
+        t = getattr(self, f"{group}_{si}")
+        if len(self.bit_convs[si]) == len(BLOCK_CONVS):
+            return t
+        # no op of the stage has an expand conv: its bit genes are never active, fixed zero logits
+        return torch.cat([t.new_zeros(t.shape[0], len(BLOCK_CONVS) - t.shape[1], t.shape[2]), t], dim=1)
+
+    @property
+    def w_bits(self) -> list[torch.Tensor]:
+        """Per stage ``[max_depth, 3, n_w_bits]`` logits over (expand, depthwise, project)."""
+        return [self._bits("w_bits", si) for si in range(self.n_stages)]
+
+    @property
+    def a_bits(self) -> list[torch.Tensor]:
+        return [self._bits("a_bits", si) for si in range(self.n_stages)]
+
+    def groups(self) -> dict[str, list[torch.Tensor]]:
+        """Logit tensors by group name (for tests and reports), in gene-layout shapes; a group of one
+        choice is a constant buffer (see the class docstring)."""
         return {"stem_w": [self.stem_w], "stem_a": [self.stem_a], "head_w": [self.head_w], "head_a": [self.head_a],
-                "depth": list(self.depth), "op": list(self.op), "w_bits": list(self.w_bits), "a_bits": list(self.a_bits)}
+                "depth": self.depth, "op": self.op, "w_bits": self.w_bits, "a_bits": self.a_bits}
 
     def op_logits(self, si: int) -> torch.Tensor:
-        return self.op[si] + getattr(self, f"op_mask{si}")
+        return getattr(self, f"op_{si}") + getattr(self, f"op_mask{si}")
 
     def logits(self) -> dict[str, Any]:
         """The searchable logits in the gene layout's groups (:meth:`qnas.genes.GeneLayout.group_shapes`;
         resolution and width are fixed and not included)."""
-        n = len(self.space.config.stages)
         return {"stem_w": self.stem_w, "stem_a": self.stem_a, "head_w": self.head_w, "head_a": self.head_a,
-                "depth": list(self.depth), "op": [self.op_logits(si) for si in range(n)],
-                "w_bits": list(self.w_bits), "a_bits": list(self.a_bits)}
+                "depth": self.depth, "op": [self.op_logits(si) for si in range(self.n_stages)],
+                "w_bits": self.w_bits, "a_bits": self.a_bits}
 
     def distribution(self, dtype: torch.dtype = torch.float64) -> Any:
         """The softmax :class:`ArchDistribution` (differentiable in the logits)."""
@@ -253,18 +309,18 @@ class ArchLogits(nn.Module):
         def lg(t: torch.Tensor) -> torch.Tensor:
             return torch.zeros_like(t) if uniform else t
 
-        c = self.space.config
         depth_idx, depth_gate, op_idx, op_gate, ws, as_ = [], [], [], [], [], []
-        for si in range(len(c.stages)):
-            g, i = gumbel_softmax(lg(self.depth[si]), tau, generator, hard=True)
+        w_bits, a_bits, depth, op = self.w_bits, self.a_bits, self.depth, self.op
+        for si in range(self.n_stages):
+            g, i = gumbel_softmax(lg(depth[si]), tau, generator, hard=True)
             depth_idx.append(int(i))
             depth_gate.append(g)
-            logits = lg(self.op[si]) + getattr(self, f"op_mask{si}")
+            logits = lg(op[si]) + getattr(self, f"op_mask{si}")
             g, i = gumbel_softmax(logits, tau, generator, hard=True)
             op_idx.append([int(v) for v in i])
             op_gate.append(g)
-            ws.append(gumbel_softmax(lg(self.w_bits[si]), tau, generator, hard=hard_bits)[0])
-            as_.append(gumbel_softmax(lg(self.a_bits[si]), tau, generator, hard=hard_bits)[0])
+            ws.append(gumbel_softmax(lg(w_bits[si]), tau, generator, hard=hard_bits)[0])
+            as_.append(gumbel_softmax(lg(a_bits[si]), tau, generator, hard=hard_bits)[0])
         heads = [gumbel_softmax(lg(t), tau, generator, hard=hard_bits)[0]
                  for t in (self.stem_w, self.stem_a, self.head_w, self.head_a)]
         return PathSample(depth_idx, depth_gate, op_idx, op_gate, ws, as_, *heads)
@@ -332,10 +388,12 @@ def path_arch_and_gates(space: SearchSpace, s: PathSample, res_idx: int, width_i
             gates.op[name] = s.op_gate[si][b.pos, op]
             if b.pos >= min(st.depths):  # P(depth > j): the path vs. the identity
                 gates.depth[name] = sum(s.depth_gate[si][k] for k, d in enumerate(st.depths) if d > b.pos)
-            if op == layout.skip_op and b.skip_allowed:
+            if op == layout.skip_index(si) and b.skip_allowed:  # the stage's own skip value
                 skips.add(name)
                 continue
             for c, conv in enumerate(BLOCK_CONVS):
+                if c == 0 and not layout.op_has_expand[si][op]:  # an op without expand conv (expand 1)
+                    continue
                 gates.w[f"{name}.{conv}"] = s.w[si][b.pos, c]
                 gates.a[f"{name}.{conv}"] = s.a[si][b.pos, c]
     gates.skips = frozenset(skips)
@@ -389,7 +447,9 @@ class DifferentiableSearch:
         self.target_ms = self.budget.latency_ms  # the budget on the table's scale (see _control)
         self.offset_ms = 0.0
         self.w_opt = torch.optim.Adam(self.net.parameters(), lr=self.opt.lr)
-        self.a_opt = torch.optim.Adam(self.arch.parameters(), lr=self.opt.arch_lr, betas=(0.5, 0.999))
+        arch_params = list(self.arch.parameters())  # none when every searchable gene has one choice
+        self.a_opt = (torch.optim.Adam(arch_params, lr=self.opt.arch_lr, betas=(0.5, 0.999))
+                      if arch_params else None)
         self.history: list[EpochLog] = []
         self.summary: dict[str, Any] = {}
         self._step = 0
@@ -419,21 +479,26 @@ class DifferentiableSearch:
                 v[i] += counted.violation(Budget.record(self.space.plan(self.space.decode(vec)), 0.0))
         return v
 
-    def _neighbours(self, vec: list[int], genes: Sequence[int]) -> list[list[int]]:
+    def _neighbours(self, vec: Sequence[int], genes: Sequence[int]) -> np.ndarray:
+        """The distinct canonical vectors one gene change away from ``vec`` (genes in order, then values;
+        ``[N, n_genes]``), vectorised: the mobile presets have a couple of hundred genes."""
         bounds = self.space.bounds()
-        seen = {tuple(vec)}
-        out = []
-        for i in genes:
-            for x in range(bounds[i] + 1):
-                if x == vec[i]:
-                    continue
-                n = list(vec)
-                n[i] = x
-                n = self.canonical(n)
-                if tuple(n) not in seen:
-                    seen.add(tuple(n))
-                    out.append(n)
-        return out
+        which = [(i, x) for i in genes for x in range(bounds[i] + 1) if x != vec[i]]
+        cur = np.asarray(vec, dtype=np.int64)
+        if not which:
+            return cur[:0]
+        X = np.repeat(cur[None, :], len(which), axis=0)
+        idx = np.asarray(which, dtype=np.int64)
+        X[np.arange(len(which)), idx[:, 0]] = idx[:, 1]
+        X = self.space.genes.canonical_matrix(X)
+        seen = {cur.tobytes()}  # drop ``vec`` itself and repeats, keeping first occurrences in order
+        keep = []
+        for i, row in enumerate(X):
+            key = row.tobytes()
+            if key not in seen:
+                seen.add(key)
+                keep.append(i)
+        return X[keep]
 
     def repair(self, vec: Sequence[int], log_probs: list[np.ndarray] | None = None,
                fixed_rw: bool = True, max_iter: int = 500) -> list[int] | None:
@@ -442,6 +507,11 @@ class DifferentiableSearch:
         budget. Resolution/width change only when ``fixed_rw`` is off. None when it gets stuck."""
         cur = self.canonical(vec)
         genes = self._not_rw if fixed_rw else range(len(cur))
+        if log_probs is not None:  # [n_genes, most choices] (padding never indexed)
+            lp = np.zeros((len(cur), max(len(r) for r in log_probs)))
+            for i, r in enumerate(log_probs):
+                lp[i, :len(r)] = r
+            cols = np.arange(len(cur))
         for _ in range(max_iter):
             arch = self.space.decode(cur)
             if self.violation(arch) == 0:
@@ -449,26 +519,30 @@ class DifferentiableSearch:
             offset = (self.latency(arch) - float(self.table_ms(np.asarray([cur]))[0])
                       if self.budget.latency_ms is not None else 0.0)
             nbrs = self._neighbours(cur, genes)
-            if not nbrs:
+            if not len(nbrs):
                 return None
             v_cur = self._est_violation([cur], offset)[0]
             v_new = self._est_violation(nbrs, offset)
             t_cur = float(self.table_ms(np.asarray([cur]))[0])
-            t_new = self.table_ms(np.asarray(nbrs))
+            t_new = self.table_ms(nbrs)
             gain = v_cur - v_new
             if not (gain > 1e-12).any():  # the estimate says "fine" but the model disagrees: cut table latency
                 gain = (t_cur - t_new) / max(t_cur, 1e-12)
                 if not (gain > 1e-12).any():
                     return None
-            if log_probs is not None:
-                act_cur = self.space.genes.active(cur)
-                cost = np.array([sum(min(max(log_probs[i][cur[i]] - log_probs[i][n[i]], 0.0), 50.0)
-                                     for i in range(len(cur)) if n[i] != cur[i] and act_cur[i] and act_new[i])
-                                 for n, act_new in ((n, self.space.genes.active(n)) for n in nbrs)]) + 0.05
+            if log_probs is not None:  # lost log-probability of the changed genes active in both
+                N, c = nbrs, np.asarray(cur, dtype=np.int64)
+                layout = self.space.genes
+                changed = (N != c) & layout.active(c)[None, :] & layout.active(N)
+                lost = np.clip(lp[cols, c][None, :] - lp[cols[None, :], N], 0.0, 50.0)
+                cost = np.zeros(len(nbrs))
+                for i in range(len(cur)):  # summed in gene order
+                    cost += np.where(changed[:, i], lost[:, i], 0.0)
+                cost += 0.05
             else:
                 cost = np.ones(len(nbrs))
             score = np.where(gain > 1e-12, gain / cost, -np.inf)
-            cur = nbrs[int(np.argmax(score))]
+            cur = nbrs[int(np.argmax(score))].tolist()
         return None
 
     def fastest(self, resolution: int | None = None, width: float | None = None) -> list[int]:
@@ -489,13 +563,13 @@ class DifferentiableSearch:
             cur, ms = start, float(self.table_ms(np.asarray([start]))[0])
             while True:
                 nbrs = self._neighbours(cur, genes)
-                if not nbrs:
+                if not len(nbrs):
                     break
-                t = self.table_ms(np.asarray(nbrs))
+                t = self.table_ms(nbrs)
                 i = int(np.argmin(t))
                 if t[i] >= ms - 1e-12:
                     break
-                cur, ms = nbrs[i], float(t[i])
+                cur, ms = nbrs[i].tolist(), float(t[i])
             if ms < best_ms:
                 best, best_ms = cur, ms
         return best  # type: ignore[return-value]
@@ -565,9 +639,10 @@ class DifferentiableSearch:
         ce = F.cross_entropy(out, y)
         e_ms = self.expected_ms()
         loss = self.arch_loss(ce, e_ms)
-        self.a_opt.zero_grad(set_to_none=True)
-        loss.backward(inputs=list(self.arch.parameters()))
-        self.a_opt.step()
+        if self.a_opt is not None:
+            self.a_opt.zero_grad(set_to_none=True)
+            loss.backward(inputs=list(self.arch.parameters()))
+            self.a_opt.step()
         self._control()
         return float(ce.detach()), float((out.argmax(1) == y).float().mean()), float(e_ms.detach())
 
@@ -757,7 +832,7 @@ class DifferentiableStrategy(Strategy):
                 repaired = True
                 vec = search.repair(vec, self._log_probs) or search.repair(vec, self._log_probs, fixed_rw=False) \
                     or search.fastest()
-            self.derived = space.decode(vec)
+            self.derived = space.validate(space.decode(vec))  # valid by construction: checked all the same
             acc = search.accuracy(vec, splits)
         search.summary.update({
             "derived": self.derived.to_dict(), "describe": self.derived.describe(),

@@ -5,6 +5,7 @@ import contextlib
 import time
 from typing import Any, Iterator
 
+import torch
 from torch import nn
 
 from qnas._torch_utils import torch_threads
@@ -14,17 +15,35 @@ from qnas.errors import ConfigError
 from qnas.quant.batchnorm import preserved_bn_state, recalibrate_bn
 from qnas.quant.build import QuantNet
 from qnas.quant.train import evaluate
+from qnas.supernet.quantize import ActQuantizers, calibrating_ranges
 
-__all__ = ["SupernetEvaluator", "preserved_bn_state", "recalibrate_bn"]
+__all__ = ["SupernetEvaluator", "preserved_act_ranges", "preserved_bn_state", "recalibrate_bn"]
+
+
+@contextlib.contextmanager
+def preserved_act_ranges(model: nn.Module) -> Iterator[None]:
+    """Restore every supernet activation quantizer's thresholds on exit (calibrating one arch's ranges
+    must not change another's)."""
+    quants = [m for m in model.modules() if isinstance(m, ActQuantizers)]
+    saved = [({k: p.detach().clone() for k, p in q.scaling.items()}, q.initialized.clone()) for q in quants]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for q, (values, flags) in zip(quants, saved):
+                for k, v in values.items():
+                    q.scaling[k].copy_(v)
+                q.initialized.copy_(flags)
 
 
 class SupernetEvaluator:
     """Accuracy source ``evaluator(arch) -> {"val_acc", "eval_seconds"}`` from inherited
-    supernet weights: activate the arch, recalibrate its BN on ``bn_batches``
-    training batches (fixed order from ``seed``), measure validation accuracy.
+    supernet weights: activate the arch, recalibrate its BN (and, with batch-statistic
+    ranges, its activation ranges) on ``bn_batches`` training batches (fixed order from
+    ``seed``), measure validation accuracy.
 
-    The supernet's BN state is restored afterwards, so results do not depend on
-    the order archs are evaluated in. ``threads`` sets torch's intra-op threads
+    The supernet's BN state and activation ranges are restored afterwards, so results do
+    not depend on the order archs are evaluated in. ``threads`` sets torch's intra-op threads
     while evaluating (None: leave as is)."""
 
     def __init__(self, supernet: nn.Module, splits: Splits, bn_batches: int = 10, batch_size: int = 64,
@@ -43,11 +62,13 @@ class SupernetEvaluator:
         net = self.supernet
         previous, was_training = (net.active_arch, net.quantize), net.training
         try:
-            with torch_threads(self.threads), preserved_bn_state(net):
+            with torch_threads(self.threads), preserved_bn_state(net), preserved_act_ranges(net):
                 net.set_active(arch, quantize=True)
                 if self.bn_batches:
-                    recalibrate_bn(net, self.data("train", arch.resolution).loader(self.batch_size, True, self.seed),
-                                   self.bn_batches)
+                    # the arch's activation ranges (batch-statistic mode) are re-estimated with its BN
+                    with calibrating_ranges(net):
+                        recalibrate_bn(net, self.data("train", arch.resolution).loader(self.batch_size, True,
+                                                                                      self.seed), self.bn_batches)
                 yield
         finally:
             net.set_active(*previous)

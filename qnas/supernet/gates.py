@@ -15,6 +15,11 @@ conv. The supernet runs the sampled path as its active arch
 * a position past its stage's minimum depth is mixed with its input by the
   depth gate ``P(depth > j)``: ``g * out + (1 - g) * x``.
 
+Op indices are per stage (``space.stage_ops``: the mobile presets give each stage
+its own kernel/expand lists); an op without expand conv (expand 1 in a space
+with ``expand1_no_conv``) has no ``expand`` gates, and a stage's skip value is
+its own op count (``space.genes.skip_index(stage)``).
+
 Names are the plan's layer and block names (``stem``, ``s1.b0.dw``, ``head``;
 ``s1.b0``), which are also module paths of the supernet.
 """

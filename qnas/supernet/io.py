@@ -20,7 +20,8 @@ def load_supernet(path: str | Path) -> Supernet:
     cfg = meta["supernet"]
     try:
         supernet = Supernet(SearchSpace.from_dict(cfg["space"]), bn_per_bits=cfg["bn_per_bits"],
-                            kernel_transform=cfg["kernel_transform"])
+                            kernel_transform=cfg["kernel_transform"],
+                            act_ranges=cfg.get("act_ranges", "learned"))  # older checkpoints: learned ranges
     except (KeyError, TypeError, QnasError) as e:
         raise CheckpointError(f"{p} has a damaged supernet config ({e}); re-train the supernet") from None
     net = {k[len("supernet."):]: v for k, v in state.items() if k.startswith("supernet.")}

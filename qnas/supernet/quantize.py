@@ -18,31 +18,26 @@ learned scales into the Brevitas modules of :func:`qnas.quant.build.build_model`
 
 ``q = clamp(round(x / scale)) * scale`` with round-half-to-even and
 straight-through gradients for the rounding and the minimum-scale clamp,
-exactly as Brevitas' ``RoundSte``/``ScalarSignedClampMinSte`` do.
+exactly as Brevitas' ``RoundSte``/``ScalarSignedClampMinSte`` do (the fake
+quantization itself is :func:`qnas.quant.fused.fake_quant`, which the
+stand-alone model's quantizers use too).
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, Iterable
+import contextlib
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qnas.quant.fused import abs_percentile as fused_abs_percentile
+from qnas.quant.fused import fake_quant as fused_fake_quant
+
 #: Brevitas' ``scaling_min_val`` for both recipes.
 SCALING_MIN_VAL = 1e-10
 #: Brevitas' ``high_percentile_q`` for the activation recipe.
 ACT_PERCENTILE = 99.999
-
-
-class _RoundSte(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return torch.round(x)
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return g
 
 
 class _ClampMinSte(torch.autograd.Function):
@@ -64,16 +59,12 @@ def fake_quant(x: torch.Tensor, value: torch.Tensor, bits: int, narrow: bool) ->
     """Signed, zero-point-0 fake quantization of ``x`` with learned threshold ``value`` (broadcast)."""
     thr = int_threshold(bits, narrow)
     scale = _ClampMinSte.apply(value.abs(), SCALING_MIN_VAL) / thr
-    y = _RoundSte.apply(x / scale)
-    y = torch.clamp(y, -thr, 2 ** (bits - 1) - 1)
-    return y * scale
+    return fused_fake_quant(x, scale, -thr, 2.0 ** (bits - 1) - 1)
 
 
 def abs_percentile(x: torch.Tensor, q: float = ACT_PERCENTILE) -> torch.Tensor:
     """Brevitas ``AbsPercentile`` over the whole tensor."""
-    flat = x.detach().abs().reshape(-1)
-    k = min(flat.numel(), max(1, int(math.floor(0.01 * q * flat.numel() + 0.5))))
-    return flat.kthvalue(k).values
+    return fused_abs_percentile(x.detach(), q)
 
 
 def mse_threshold(weight: torch.Tensor, bits: int, grid: int = 17) -> torch.Tensor:
@@ -134,6 +125,28 @@ ACT_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": torch.relu, "relu6": F.relu6, "hswish": F.hardswish, "hsigmoid": F.hardsigmoid}
 
 
+#: how an :class:`ActQuantizers` gets its range (see :attr:`ActQuantizers.ranges`)
+RANGE_MODES: tuple[str, ...] = ("learned", "batch")
+#: weight of a new batch in the running average of ``"batch"`` ranges (BN's default momentum)
+RANGE_MOMENTUM = 0.1
+
+
+@contextlib.contextmanager
+def calibrating_ranges(model: nn.Module) -> Iterator[None]:
+    """While on, every ``"batch"``-range :class:`ActQuantizers` of ``model`` quantizes each batch with its
+    own range (also in eval mode) and averages those ranges; on exit each threshold it saw becomes that
+    average. Run BN re-calibration inside it, so that one sub-network's BN statistics and activation ranges
+    are estimated together on the same batches (the ranges it is evaluated and extracted with)."""
+    quants = [m for m in model.modules() if isinstance(m, ActQuantizers) and m.ranges == "batch"]
+    for q in quants:
+        q._calibration = {}
+    try:
+        yield
+    finally:
+        for q in quants:
+            q.finish_calibration()
+
+
 class ActQuantizers(nn.Module):
     """Per-tensor activation quantizers, one learned threshold per bit width.
 
@@ -141,7 +154,7 @@ class ActQuantizers(nn.Module):
     ``act`` = relu6 / hswish / hsigmoid that activation (``QuantNonLinearActLayer``),
     else identity (``QuantIdentity``). ``bits=None`` (float mode) skips quantization."""
 
-    def __init__(self, bits: Iterable[int], relu: bool = False, act: str | None = None):
+    def __init__(self, bits: Iterable[int], relu: bool = False, act: str | None = None, ranges: str = "learned"):
         super().__init__()
         if act is not None and act not in ACT_FUNCTIONS:
             raise ValueError(f"unknown activation {act!r}; one of {list(ACT_FUNCTIONS)}")
@@ -153,17 +166,62 @@ class ActQuantizers(nn.Module):
         self.active_bits: int | None = max(self.bits)
         #: gate weights over ``bits`` (differentiable search): the output mixes every bit width's quantization
         self.mix: torch.Tensor | None = None
+        self.ranges = ranges
+        #: (sum, count) of batch thresholds per bit width while :func:`calibrating_ranges` is on, else None
+        self._calibration: dict[int, list[float]] | None = None
+
+    @property
+    def ranges(self) -> str:
+        """``"learned"``: the threshold is a parameter (initialised from the first batch, then trained);
+        ``"batch"``: in training each batch quantizes with its own range (the 99.999th percentile of
+        ``|x|``, as BatchQuant/QFA take ranges from batch statistics), the threshold parameter is only
+        their running average, and :func:`calibrating_ranges` re-estimates it for one sub-network."""
+        return self._ranges
+
+    @ranges.setter
+    def ranges(self, mode: str) -> None:
+        if mode not in RANGE_MODES:
+            raise ValueError(f"unknown activation range mode {mode!r}; one of {list(RANGE_MODES)}")
+        self._ranges = mode
+        for p in self.scaling.values():
+            p.requires_grad_(mode == "learned")
 
     def value(self, bits: int) -> torch.Tensor:
         return self.scaling[f"a{bits}"]
 
     def _quant(self, x: torch.Tensor, b: int) -> torch.Tensor:
         i = self.bits.index(b)
+        if self._ranges == "batch" and (self.training or self._calibration is not None):
+            return fake_quant(x, self._batch_range(x, b, i), b, narrow=False)
         if self.training and not bool(self.initialized[i]):
             with torch.no_grad():
                 self.scaling[f"a{b}"].copy_(abs_percentile(x).clamp_min(SCALING_MIN_VAL))
                 self.initialized[i] = True
         return fake_quant(x, self.value(b), b, narrow=False)
+
+    @torch.no_grad()
+    def _batch_range(self, x: torch.Tensor, b: int, i: int) -> torch.Tensor:
+        """This batch's threshold; folded into the running average (training) or the calibration mean."""
+        t = abs_percentile(x).clamp_min(SCALING_MIN_VAL)
+        v = self.scaling[f"a{b}"]
+        if self._calibration is not None:
+            acc = self._calibration.setdefault(b, [0.0, 0.0])
+            acc[0] += float(t)
+            acc[1] += 1.0
+        elif not bool(self.initialized[i]):
+            v.copy_(t)
+            self.initialized[i] = True
+        else:
+            v.mul_(1 - RANGE_MOMENTUM).add_(RANGE_MOMENTUM * t)
+        return t
+
+    def finish_calibration(self) -> None:
+        """Set each calibrated bit width's threshold to the mean of the batches it saw, and stop."""
+        with torch.no_grad():
+            for b, (total, count) in (self._calibration or {}).items():
+                self.scaling[f"a{b}"].fill_(total / count)
+                self.initialized[self.bits.index(b)] = True
+        self._calibration = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act is not None:

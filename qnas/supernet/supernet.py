@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from qnas.arch import Arch
-from qnas.errors import ArchError
+from qnas.errors import ArchError, ConfigError
 from qnas.quant.build import STREAM_BITS, QuantNet, act_fn, build_model
 from qnas.quant.naming import block_path, legacy_supernet_key, rename_legacy_keys, split_block_path
 from qnas.quant.plan import BlockPlan, NetworkPlan
@@ -47,7 +47,7 @@ from qnas.supernet.layers import (
     SwitchableBN,
 )
 from qnas.supernet.gates import PathGates
-from qnas.supernet.quantize import ActQuantizers
+from qnas.supernet.quantize import RANGE_MODES, ActQuantizers
 from qnas.supernet.sampling import kernels_and_expands
 
 
@@ -189,13 +189,20 @@ class Supernet(nn.Module):
     >>> model = net.extract(net.space.uniform(8, 8))   # a qnas.quant.build.QuantNet
 
     ``bn_per_bits``: switchable BN also per weight bit width (AdaBits-style);
-    ``kernel_transform``: OFA's kernel transform matrices for smaller kernels.
+    ``kernel_transform``: OFA's kernel transform matrices for smaller kernels;
+    ``act_ranges``: how activation quantizers get their ranges in training --
+    ``"batch"`` (default) from each batch's statistics, re-estimated per
+    sub-network with its BN (:func:`~qnas.supernet.quantize.calibrating_ranges`),
+    or ``"learned"`` thresholds (supernets trained before this option).
     The first ``set_active`` default is the largest 8-bit arch."""
 
-    def __init__(self, space: SearchSpace | None = None, bn_per_bits: bool = True, kernel_transform: bool = True):
+    def __init__(self, space: SearchSpace | None = None, bn_per_bits: bool = True, kernel_transform: bool = True,
+                 act_ranges: str = "batch"):
         super().__init__()
+        if act_ranges not in RANGE_MODES:
+            raise ConfigError(f"act_ranges must be one of {list(RANGE_MODES)}, got {act_ranges!r}")
         self.space = space or SearchSpace()
-        self.bn_per_bits, self.kernel_transform = bn_per_bits, kernel_transform
+        self.bn_per_bits, self.kernel_transform, self.act_ranges = bn_per_bits, kernel_transform, act_ranges
         c = self.space.config
         maxes = [self.space.channels(w) for w in c.widths]
         max_stem = max(m[0] for m in maxes)
@@ -243,6 +250,9 @@ class Supernet(nn.Module):
         self._order: list[SuperMBConv] = []
         self._positions: list[tuple[str, SuperMBConv | None]] = []  # active positions, a skip as None
         self._gates: PathGates | None = None
+        for m in self.modules():
+            if isinstance(m, ActQuantizers):
+                m.ranges = act_ranges
         self.set_active(self.space.uniform(max(c.w_bits), max(c.a_bits)))
 
     @classmethod
@@ -438,7 +448,7 @@ class Supernet(nn.Module):
     @property
     def config(self) -> dict[str, Any]:
         return {"space": self.space.to_dict(), "bn_per_bits": self.bn_per_bits,
-                "kernel_transform": self.kernel_transform}
+                "kernel_transform": self.kernel_transform, "act_ranges": self.act_ranges}
 
     def extra_repr(self) -> str:
         return f"active={self.active_arch.describe()!r}, quantize={self.quantize}"

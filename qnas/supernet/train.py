@@ -21,7 +21,8 @@ Training runs on ``torch_device`` (supernet and batches moved there), with opt-i
 mixed precision (``amp``: bf16, or fp16 with a gradient scaler on CUDA; the
 quantizers' arithmetic stays fp32, see :mod:`qnas.quant.torch_device`). Launched
 by ``torchrun`` it is data parallel (:mod:`qnas.quant.distributed`): every rank
-draws the same batches and archs, takes its slice of each batch, and the
+draws the same batches and archs but reads only its slice of each batch (a
+streamed data set's loader decodes and augments only that slice), and the
 accumulated gradients are averaged once per step; when a quantizer initialises
 its scale from data (a bit width's first batch), rank 0's state is broadcast.
 Rank 0 writes the checkpoint, the others wait at a barrier.
@@ -51,13 +52,15 @@ from qnas.quant.configs import OptimizerConfig, validate_run_device
 from qnas.quant.torch_device import autocast, grad_scaler, resolve_torch_device, to_device
 from qnas.quant.train import cosine_lr, kd_loss, make_optimizer
 from qnas.supernet.evaluate import SupernetEvaluator
+from qnas.supernet.quantize import WeightQuantizers
 from qnas.supernet.sampling import Phase, full_space_largest, progressive_phases
 from qnas.supernet.supernet import Supernet
 
 CHECKPOINT_NAME = "supernet.pt"
 _RUN_ONLY = ("resume", "progress", "checkpoint_dir", "eval_bn_batches", "torch_device")
 #: fingerprint entries added later, with the value older checkpoints ran with
-_LATER_SETTINGS: dict[str, Any] = {"amp": "off"}
+_LATER_SETTINGS: dict[str, Any] = {"amp": "off", "weight_ranges": "learned"}
+WEIGHT_RANGE_MODES: tuple[str, ...] = ("epoch", "learned")
 
 
 @dataclass
@@ -81,6 +84,10 @@ class SupernetTrainConfig(OptimizerConfig):
     eval_bn_batches: int = 10
     torch_device: str = "cpu"
     amp: str = "off"
+    #: "epoch": every weight quantizer's thresholds restart at each epoch from the then-current weights
+    #: (the error-minimising value) and are learned within it, so they follow weights that keep growing;
+    #: "learned": set at a bit width's first use, then only learned (supernets trained before this option)
+    weight_ranges: str = "epoch"
 
     @property
     def epochs(self) -> int:
@@ -105,6 +112,8 @@ class SupernetTrainConfig(OptimizerConfig):
         names = [p.name for p in self.phases]
         if len(set(names)) != len(names):
             raise ConfigError(f"phase names must be unique, got {names}")
+        if self.weight_ranges not in WEIGHT_RANGE_MODES:
+            raise ConfigError(f"weight_ranges must be one of {list(WEIGHT_RANGE_MODES)}, got {self.weight_ranges!r}")
         pos_int("batch_size", 2)
         pos_int("n_random", 0)
         pos_int("warmup_steps", 0)
@@ -139,7 +148,7 @@ def sandwich_step(supernet: Supernet, optimizer: torch.optim.Optimizer,
 
     ``images[r]`` (or ``images(r)``) is the batch at resolution ``r``, on the supernet's device.
     Returns the teacher's CE and the students' mean loss (before the step). Under ``torchrun``
-    ``loss_weight`` is this rank's share of the global batch (:func:`qnas.quant.distributed.shard_batch`)
+    ``loss_weight`` is this rank's share ``world * n_local / n_global`` of the global batch
     and the gradients are averaged over the ranks before clipping; ``scaler`` is the fp16 gradient
     scaler (``cfg.amp``)."""
     get = images if callable(images) else images.__getitem__
@@ -191,6 +200,13 @@ def sandwich_step(supernet: Supernet, optimizer: torch.optim.Optimizer,
     else:
         optimizer.step()
     return {"teacher_loss": float(t_loss.detach()), "loss": float(np.mean(losses)) if losses else 0.0}
+
+
+def restart_weight_ranges(supernet: nn.Module) -> None:
+    """Let every weight quantizer take its thresholds afresh from the weights at its next use in training."""
+    for m in supernet.modules():
+        if isinstance(m, WeightQuantizers):
+            m.calibrated.zero_()
 
 
 def _init_flags(module: nn.Module) -> int:
@@ -304,20 +320,27 @@ def train_supernet(supernet: Supernet, splits: Splits, cfg: SupernetTrainConfig 
         for epoch in range(start, len(schedule)):
             phase, phase_epoch = schedule[epoch]
             t0 = time.perf_counter()
+            if cfg.weight_ranges == "epoch":
+                restart_weight_ranges(supernet)
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
             rng = np.random.default_rng([cfg.seed, epoch])
             order = torch.randperm(n, generator=gen)
-            # streamed: each batch is read (augmented) at the largest resolution, resized per student
-            batches = iter(native.loader(cfg.batch_size, True, seed=cfg.seed * 1_000_003 + epoch, augment=True)) \
-                if streamed else None
+            # streamed: each batch is read (augmented) at the largest resolution, resized per student;
+            # under DDP the loader reads only this rank's slice of each global batch
+            loader = native.loader(cfg.batch_size, True, seed=cfg.seed * 1_000_003 + epoch, augment=True,
+                                   shard=ctx if ctx.enabled else None) if streamed else None
+            global_sizes = qdist.global_batch_sizes(loader) if streamed else None
+            batches = iter(loader) if streamed else None
             largest, smallest = phase.largest(space), phase.smallest(space)
             phase_steps = phase.epochs * steps_per_epoch
             sums = {"loss": 0.0, "teacher_loss": 0.0}
             lr = cfg.lr
             for step in range(steps_per_epoch):
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+                n_global = len(idx)
                 if streamed:
-                    xb, yb = next(batches)
+                    xb, yb = next(batches)  # under DDP: already this rank's slice
+                    n_global = global_sizes[step] if global_sizes is not None else len(yb)
                     idx = torch.arange(len(yb))
                 lr = cosine_lr(phase_epoch * steps_per_epoch + step, phase_steps, cfg.lr * phase.lr_scale,
                                cfg.warmup_steps)
@@ -325,11 +348,11 @@ def train_supernet(supernet: Supernet, splits: Splits, cfg: SupernetTrainConfig 
                     g["lr"] = lr
                 students = [largest, smallest] + [phase.sample(space, rng) for _ in range(cfg.n_random)]
                 weight = 1.0
-                if ctx.enabled and len(idx) < ctx.world_size:  # too small to give every rank a sample: all skip it
+                if ctx.enabled and n_global < ctx.world_size:  # too small to give every rank a sample: all skip it
                     continue
-                if ctx.enabled:  # this rank's slice of the global batch
-                    n_global = len(idx)
-                    idx = torch.tensor_split(idx, ctx.world_size)[ctx.rank]
+                if ctx.enabled:  # this rank's slice of the global batch (a sharded loader has cut it already)
+                    if global_sizes is None:
+                        idx = torch.tensor_split(idx, ctx.world_size)[ctx.rank]
                     weight = ctx.world_size * len(idx) / n_global
                     flags = _init_flags(supernet)
                 if streamed:

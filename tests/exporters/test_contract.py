@@ -167,7 +167,7 @@ def test_export_model_refuses_what_the_target_cannot_run_and_writes_nothing(trai
     with pytest.raises(ExportError, match="edgetpu cannot run .* --allow-upcast"):
         export_model(tmp_path, "tflite", out)
     assert not out.exists()
-    with pytest.raises(ExportError, match="unknown device"):
+    with pytest.raises(ExportError, match="unknown latency target"):
         export_model(tmp_path, "onnx", tmp_path / "m.onnx", target_profile="no-such-chip")
     assert not (tmp_path / "m.onnx").exists()
 

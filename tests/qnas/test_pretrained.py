@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from qnas.errors import CheckpointError
-from qnas.presets import preset_space, reference_arch
-from qnas.pretrained import TORCHVISION_BN_EPS, load_torchvision_weights
+from qnas.presets import preset_dict, preset_space, reference_arch
+from qnas.pretrained import (TORCHVISION_BN_EPS, load_pretrained, load_torchvision_weights,
+                             load_torchvision_weights_into_supernet, reference_in_space, torchvision_network)
 from qnas.quant.build import build_model
 from qnas.quant.ptq import float_mode
 
@@ -193,3 +194,69 @@ def test_wrong_weights_are_refused_with_the_first_differing_layer(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a state dict")
     with pytest.raises(CheckpointError, match="not a torch state dict"):
         load_torchvision_weights(v2, tmp_path / "junk.pth")
+
+
+def test_which_network_a_file_holds(tmp_path):
+    v2, _ = mobilenet_v2(num_classes=1000)
+    v3, _ = mobilenet_v3_large(num_classes=10)  # any class count
+    assert torchvision_network(v2) == "mobilenetv2" and torchvision_network(v3) == "mobilenetv3-large"
+    del v2["features.18.1.running_mean"], v2["features.18.1.running_var"]  # the mix BN's stats gone: a plain conv
+    assert torchvision_network(v2) is None
+    with pytest.raises(CheckpointError, match="not found"):
+        torchvision_network(tmp_path / "missing.pth")
+
+
+def test_another_class_count_keeps_the_models_classifier(tmp_path):
+    from qnas.space import SearchSpace
+
+    space = SearchSpace.from_dict({**preset_dict("mobilenetv2"), "num_classes": 10})
+    arch = reference_in_space(space, "mobilenetv2")
+    assert arch.describe() == reference_arch("mobilenetv2").describe()
+    state, _ = mobilenet_v2(num_classes=1000)
+    torch.save(state, tmp_path / "v2.pth")
+    model = build_model(space, arch)
+    head = model.head.weight.detach().clone()
+    loaded = load_pretrained(model, tmp_path / "v2.pth")
+    assert not loaded.classifier_loaded and loaded.network == "mobilenetv2"
+    assert "MobileNetV2-1.0" in loaded.describe() and "new 10-class classifier" in loaded.describe()
+    assert torch.equal(model.head.weight, head)
+    assert torch.equal(model.mix.weight, state["features.18.0.weight"])
+    with pytest.raises(CheckpointError, match="another number of classes"):
+        load_torchvision_weights(build_model(space, arch), state, classifier="load")
+
+
+def test_a_space_without_the_published_network_is_refused():
+    with pytest.raises(CheckpointError, match="does not contain MobileNetV3-Large.*--space mobilenetv3-large"):
+        reference_in_space(preset_space("ofa-mbv3"), "mobilenetv3-large")  # no expand 2.3 / 2.5
+    with pytest.raises(CheckpointError, match="does not contain MobileNetV2-1.0"):
+        reference_in_space(preset_space("mobilenetv3-large"), "mobilenetv2")
+    from qnas.supernet import Supernet
+
+    tiny = Supernet.from_seed(preset_space("cifar-small"), 0)
+    junk = {"a.weight": torch.zeros(4, 3, 3, 3), "b.weight": torch.zeros(10, 4)}
+    with pytest.raises(CheckpointError, match="not a torchvision MobileNetV2 or MobileNetV3-Large"):
+        load_torchvision_weights_into_supernet(tiny, junk)
+
+
+def test_supernet_from_torchvision_weights_computes_the_published_network():
+    """The largest arch of the mobilenetv3-large space (larger kernels and expand ratios than the
+    published net) and the published net as a subnet both compute what torchvision's model does."""
+    from qnas.supernet import Supernet, full_space_largest
+
+    state, forward = mobilenet_v3_large(num_classes=1000)
+    supernet = Supernet.from_seed(preset_space("mobilenetv3-large"), 0)
+    arch = load_torchvision_weights_into_supernet(supernet, state)
+    assert arch.describe() == reference_arch("mobilenetv3-large").describe()
+    largest = full_space_largest(supernet.space)
+    assert largest != arch and largest.describe().count("k5e6") > arch.describe().count("k5e6")
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))  # resolution-agnostic: small and fast
+    theirs = forward(x)
+    tol = 1e-4 * float(theirs.abs().max()) + 1e-5
+    supernet.eval()
+    with torch.no_grad():
+        for a in (largest, arch):
+            assert float((supernet.set_active(a, quantize=False)(x) - theirs).abs().max()) <= tol, a.describe()
+        model = supernet.extract(arch).eval()
+        with float_mode(model):
+            assert float((model(x) - theirs).abs().max()) <= tol
+        assert torch.isfinite(supernet.set_active(arch, quantize=True)(x)).all()  # scales re-initialised

@@ -65,3 +65,31 @@ def test_search_on_a_running_ray_cluster_matches_a_local_search(ray_head, tmp_pa
 def test_ray_address_needs_the_ray_executor():
     with pytest.raises(ConfigError, match="--executor ray"):
         SearchConfig(ray_address="127.0.0.1:6379").validate()
+
+
+RESOURCES = """
+import json, sys
+from qnas.executors import executor_from_config
+from qnas.options import SearchConfig
+ex = executor_from_config(SearchConfig(executor="ray", ray_address=sys.argv[1]))
+try:
+    got = ex.map(lambda x: dict(__import__("ray").get_runtime_context().get_assigned_resources()), [0, 1])
+finally:
+    ex.close()
+print(json.dumps({"options": ex.task_options, "assigned": got}))
+"""
+
+
+@pytest.mark.slow
+def test_cpu_search_tasks_request_one_cpu_and_no_gpu_on_a_real_cluster(ray_head):
+    """What a real Ray scheduler gives each task of a CPU search: the one CPU it requested, no GPU (a driver
+    process of its own: Ray reads the cluster's token from the environment when it is imported)."""
+    import json
+
+    address, auth = ray_head
+    proc = subprocess.run([sys.executable, "-c", RESOURCES, address], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **auth})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["options"] == {"num_cpus": 1.0, "num_gpus": 0.0}
+    assert out["assigned"] == [{"CPU": 1.0}, {"CPU": 1.0}]

@@ -89,6 +89,26 @@ def test_same_seed_same_batches_whatever_the_worker_count(sources):
     assert len(list(ds.loader(16, True, seed=4, workers=0, drop_last=True))) == N // 16
 
 
+@pytest.mark.parametrize("world,workers", [(2, 0), (3, 2)])
+def test_a_ranks_shard_is_its_slice_of_the_global_batches(sources, world, workers):
+    """Under torchrun each rank decodes only its slice: same order, same per-batch resolution and the
+    same augmentation of every image as the single-process batch (augmentation is seeded per image)."""
+    from qnas.quant.distributed import DistContext, global_batch_sizes
+
+    ds = open_stream("cifar10", sources["cifar10"])
+    kw = dict(seed=3, augment=True, resolutions=[24, 28, 32])
+    loader = ds.loader(32, True, workers=0, **kw)
+    glob = [b for _ in range(2) for b in loader]  # two epochs (the plan's epoch counter moves on)
+    for r in range(world):
+        sharded = ds.loader(32, True, workers=workers, shard=DistContext(r, world), **kw)
+        assert global_batch_sizes(sharded) == [32, 32, 32, 24]
+        mine = [b for _ in range(2) for b in sharded]
+        assert len(mine) == len(glob)
+        for (gx, gy), (x, y) in zip(glob, mine):
+            assert torch.equal(y, torch.tensor_split(gy, world)[r])
+            assert torch.equal(x, torch.tensor_split(gx, world)[r])
+
+
 def test_augmentation_changes_training_views_only(sources):
     ds = open_stream("cifar10", sources["cifar10"])
     aug = next(iter(ds.loader(N, False, seed=0, augment=True, workers=0)))[0]

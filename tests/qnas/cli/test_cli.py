@@ -35,7 +35,7 @@ def test_entry_point_exit_code_and_one_line_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "qnas", "demo", "--device", "nope", "--out", str(tmp_path / "r")],
                           capture_output=True, text=True)
     assert proc.returncode == 2
-    assert "unknown device 'nope'" in proc.stderr and "edgetpu" in proc.stderr
+    assert "unknown latency target 'nope'" in proc.stderr and "edgetpu" in proc.stderr
     assert not (tmp_path / "r").exists(), "nothing is written on bad input"
 
 

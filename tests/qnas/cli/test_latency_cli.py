@@ -4,7 +4,7 @@ import json
 import pytest
 
 from qnas.cli import main
-from qnas.errors import ConfigError, UnknownDeviceError
+from qnas.errors import ConfigError, UnknownTargetError
 from qnas.latency import HybridLatencyModel, MeasuredLatencyModel, create_latency_model, load_table
 from qnas.searching import make_latency_model
 from qnas.space import SearchSpace
@@ -70,7 +70,7 @@ def test_kinds_need_their_files():
         make_latency_model("cpu-ort", "table")
     with pytest.raises(ConfigError, match="--latency-hybrid"):
         make_latency_model("cpu-ort", "hybrid")
-    with pytest.raises(UnknownDeviceError, match="cpu-ort"):
+    with pytest.raises(UnknownTargetError, match="cpu-ort"):
         make_latency_model("edgetpu", "measured")
     with pytest.raises(ConfigError, match="analytic"):
         make_latency_model("cpu-ort", "psychic")

@@ -1,7 +1,7 @@
 """The latency-model contract, run by every registered kind (a new kind is tested without a new test).
 
 Each kind prices a plan as the sum of its per-layer breakdown, in finite,
-non-negative ms, deterministically, names its device, and (where it offers a
+non-negative ms, deterministically, names its latency target, and (where it offers a
 vectorized form) agrees with it. ``SETUP`` builds what a kind needs here (a
 table file, a fitted correction); a kind not listed is created with no options.
 """
@@ -59,9 +59,11 @@ def model(request, tmp_path_factory) -> LatencyModel:
     return create_latency_model("cpu-ort", kind=kind, **opts)
 
 
-def test_is_a_latency_model_naming_its_device(model):
+def test_is_a_latency_model_naming_its_target(model):
     assert isinstance(model, LatencyModel)
-    assert isinstance(model.device, str) and model.device
+    assert isinstance(model.target, str) and model.target
+    with pytest.deprecated_call():
+        assert model.device == model.target  # the former name
 
 
 def test_predict_is_the_sum_of_a_finite_breakdown(model):

@@ -99,7 +99,7 @@ def test_hybrid_learns_a_scale_and_offset_the_base_misses(space, archs):
     assert hybrid.predict(space.plan(a)) == pytest.approx(p)
     assert hybrid.predict_many([a])[0] == pytest.approx(p)
     assert sum(c.ms for c in hybrid.breakdown(a)) == pytest.approx(p)
-    assert hybrid.device == base.device and hybrid.kind == "hybrid"
+    assert hybrid.target == base.target and hybrid.kind == "hybrid"
     assert hybrid.fit_info["n"] == 40 and hybrid.fit_info["mape_fit"] < hybrid.fit_info["mape_fit_base"]
 
 

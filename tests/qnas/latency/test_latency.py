@@ -9,10 +9,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from qnas.errors import ConfigError, LatencyTableError, QnasError, UnknownDeviceError
+from qnas.errors import ConfigError, LatencyTableError, QnasError, UnknownTargetError
 from qnas.latency import (
     AnalyticLatencyModel,
-    DeviceProfile,
+    TargetProfile,
     LatencyModel,
     create_latency_model,
     known_profiles,
@@ -60,7 +60,7 @@ def test_known_profiles_are_the_shipped_ones():
 @pytest.mark.parametrize("name", sorted(EXPECTED_PROFILES))
 def test_every_profile_loads_with_citations(name):
     p = load_profile(name)
-    assert isinstance(p, DeviceProfile)
+    assert isinstance(p, TargetProfile)
     assert p.name == name and p.schema_version == 1
     assert p.primary_unit in p.units
     facts = p.citations()
@@ -79,14 +79,14 @@ def test_load_profile_by_path_equals_by_name():
     assert AnalyticLatencyModel(by_path).layer_ms(layer) == AnalyticLatencyModel(by_name).layer_ms(layer)
 
 
-def test_unknown_device_lists_known_devices():
-    with pytest.raises(UnknownDeviceError) as info:
+def test_unknown_target_lists_known_targets():
+    with pytest.raises(UnknownTargetError) as info:
         load_profile("jetson-nano-9000")
     msg = str(info.value)
-    assert "\n" not in msg and "jetson-nano-9000" in msg
+    assert "\n" not in msg and "unknown latency target 'jetson-nano-9000'" in msg
     for name in EXPECTED_PROFILES:
         assert name in msg
-    with pytest.raises(UnknownDeviceError):
+    with pytest.raises(UnknownTargetError):
         create_latency_model("jetson-nano-9000")
 
 
@@ -100,8 +100,8 @@ def test_unknown_kind_lists_valid_kinds():
 
 
 def test_corrupt_json_profile_is_a_clear_error(tmp_path):
-    bad = tmp_path / "mydevice.json"
-    bad.write_text('{"schema_version": 1, "name": "mydevice", "units": {')
+    bad = tmp_path / "mytarget.json"
+    bad.write_text('{"schema_version": 1, "name": "mytarget", "units": {')
     with pytest.raises(LatencyTableError) as info:
         load_profile(str(bad))
     msg = str(info.value)
@@ -123,33 +123,33 @@ def test_fact_without_source_is_rejected():
     raw = _edgetpu_raw()
     del raw["units"]["host"]["peak_macs_per_s"]["source"]
     with pytest.raises(LatencyTableError, match=r"units\.host\.peak_macs_per_s\.source"):
-        DeviceProfile.from_dict(raw)
+        TargetProfile.from_dict(raw)
 
 
 def test_wrong_schema_version_is_rejected():
     raw = _edgetpu_raw()
     raw["schema_version"] = 99
     with pytest.raises(LatencyTableError, match="schema_version"):
-        DeviceProfile.from_dict(raw)
+        TargetProfile.from_dict(raw)
 
 
 def test_incomplete_fallback_rules_are_rejected_at_load():
     raw = _edgetpu_raw()
     raw["units"]["host"]["fallback"]["value"].pop("a4")
     with pytest.raises(LatencyTableError, match="no fallback rule"):
-        DeviceProfile.from_dict(raw)
+        TargetProfile.from_dict(raw)
 
 
 def test_looping_fallback_rules_are_rejected_at_load():
     raw = _edgetpu_raw()
     raw["units"]["host"]["fallback"]["value"].update({"w4": "w2", "w2": "w4"})
     with pytest.raises(LatencyTableError, match="loop"):
-        DeviceProfile.from_dict(raw)
+        TargetProfile.from_dict(raw)
 
 
 # -- precision resolution ---------------------------------------------------------------
 
-@pytest.mark.parametrize("device,args,kw,expected", [
+@pytest.mark.parametrize("target,args,kw,expected", [
     ("edgetpu", ("conv", 8, 8), {}, ("tpu", 8, 8)),
     ("edgetpu", ("conv", 4, 8), {}, ("host", 8, 8)),
     ("edgetpu", ("pwconv", 8, 4), {}, ("host", 8, 8)),
@@ -175,8 +175,8 @@ def test_looping_fallback_rules_are_rejected_at_load():
     ("cpu-ort", ("conv", 8, 32), {}, ("cpu", 32, 32)),
     ("cpu-ort", ("conv", 3, 6), {}, ("cpu", 8, 8)),  # off-grid widths round up
 ])
-def test_resolve_precision(device, args, kw, expected):
-    assert tuple(load_profile(device).resolve_precision(*args, **kw)) == expected
+def test_resolve_precision(target, args, kw, expected):
+    assert tuple(load_profile(target).resolve_precision(*args, **kw)) == expected
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_PROFILES))
@@ -207,7 +207,7 @@ def test_host_fallback_is_never_cheaper_even_with_a_fast_host():
     raw["units"]["host"]["peak_macs_per_s"]["value"] = {"w8a8": 1e15, "w32a32": 1e15}
     raw["units"]["host"]["bandwidth_bytes_per_s"]["value"] = 1e15
     raw["units"]["host"]["overhead_ms"]["value"] = 0.0
-    model = AnalyticLatencyModel(DeviceProfile.from_dict(raw))
+    model = AnalyticLatencyModel(TargetProfile.from_dict(raw))
     for layer in (SHAPES["conv3x3s2"], SHAPES["pwconv_c64"], SHAPES["fc"]):
         w4 = model.layer_cost(_bits(layer, 4, 8))
         assert w4.unit == "host"
@@ -371,5 +371,5 @@ def test_profiles_are_loaded_without_pickle_and_are_plain_json():
     for name in EXPECTED_PROFILES:
         raw = json.loads((PROFILES_DIR / f"{name}.json").read_text())
         assert raw["schema_version"] == 1
-        again = DeviceProfile.from_dict(copy.deepcopy(raw))
+        again = TargetProfile.from_dict(copy.deepcopy(raw))
         assert again.name == name

@@ -162,9 +162,9 @@ def test_merge():
     m = a.merge(b)
     assert len(m) == len(a) + 1 and m[key] == 9.0
     assert a.merge(b, prefer="self")[key] == a[key]
-    with pytest.raises(LatencyTableError, match="different|device"):
+    with pytest.raises(LatencyTableError, match="latency target 'other-board'"):
         a.merge(LatencyTable({}, meta={"device": "other-board"}))
-    assert len(a.merge(LatencyTable({}, meta={"device": "other-board"}), allow_mixed_devices=True)) == len(a)
+    assert len(a.merge(LatencyTable({}, meta={"device": "other-board"}), allow_mixed_targets=True)) == len(a)
 
 
 def test_invalid_entries_in_memory():
@@ -177,7 +177,7 @@ def test_invalid_entries_in_memory():
 # ---- table latency model -------------------------------------------------------------
 def test_table_model_predicts_sum(space, archs, cpu_table, tmp_path):
     model = TableLatencyModel.from_file(cpu_table.save(tmp_path / "cpu.json"))
-    assert model.device == "cpu-ort (analytic)" and model.kind == "table"
+    assert model.target == "cpu-ort (analytic)" and model.kind == "table"
     for arch in archs[:10]:
         plan = space.plan(arch)
         layers = inherit_weightless_bits(plan.layers())
