@@ -1,74 +1,311 @@
 #!/usr/bin/env python
-"""Does the supernet rank archs like stand-alone training does?
+"""Does the supernet rank archs like stand-alone training does, and how close does it come to the ceiling?
 
-    python bench/supernet_ranking.py [--archs 20] [--supernet-epochs 2] [--standalone-epochs 5]
+    .venv/bin/python bench/supernet_ranking.py [--archs 30] [--supernet-epochs 10] [--standalone-epochs 5]
+    .venv/bin/python bench/supernet_ranking.py --supernet runs/sn/supernet.pt        # reuse a trained supernet
+    .venv/bin/python bench/supernet_ranking.py --supernet-options '{"n_random": 4, "lr": 0.005}'
 
-Trains a supernet on digits (progressive shrinking, sandwich rule, in-place
-distillation), then for ``--archs`` archs sampled with ``--seed`` compares the
-supernet-inherited validation accuracy (after BN re-calibration) with the
-validation accuracy of the same arch trained stand-alone (QAT from scratch,
-BN re-calibrated too). Reports Kendall tau and Spearman rho, saves JSON.
+1. Ground truth (``bench/ranking_ground_truth.py``, cached in ``--ground-truth``): ``--archs``
+   distinct random mixed-precision archs of the default digits space (sampled with ``--seed``),
+   each trained stand-alone (QAT from scratch, ``--standalone-epochs``, BN re-calibrated) with
+   ``--standalone-seeds`` training seeds. The ground truth of an arch is the mean over its seeds;
+   the *ceiling* of a signal is the Kendall tau (and Spearman rho) between two seeds' values of it
+   (the mean over seed pairs): no accuracy source can rank like stand-alone training more
+   consistently than stand-alone training ranks like itself. Cached results are reused, so a
+   rerun with another supernet trains only the supernet.
+2. A supernet (``Supernet.from_seed(space, seed)``, progressive shrinking with ``--supernet-epochs``
+   per phase, ``SupernetTrainConfig(**--supernet-options)``) is trained on the training split
+   (training seconds and optimizer steps are reported), or loaded with ``--supernet``.
+3. Inherited scores: ``SupernetEvaluator`` (BN re-calibrated on 10 training batches per arch)
+   gives the validation accuracy the search sees; ``SupernetEvaluator.extract(arch)`` -- the same
+   re-calibrated subnet as a stand-alone model -- is evaluated on validation + test.
+4. Signals, each compared with the same signal of the ground truth: top-1 on the validation split
+   (269 images, what the search uses today), top-1 on validation + test (628 images, neither ever
+   trained on) and mean cross-entropy on validation + test (negated: continuous, so it resolves
+   differences that top-1 on a few hundred images cannot). For each: Kendall tau with a 95 %
+   bootstrap interval over archs, Spearman rho, the seed-to-seed ceilings beside them and
+   tau / ceiling (the goal of issue 12: >= 0.9).
+5. Accuracy: median and worst inherited accuracy, median stand-alone, median and worst gap
+   inherited - stand-alone in points (validation + test); ``--w8a8 N`` adds the same for the W8A8
+   version of the first N archs (their stand-alone ground truth is cached alike).
+
+Writes ``--out`` (JSON, atomically) and ends with a one-line summary. Stand-alone training runs
+on one torch thread per process (``--jobs`` processes); supernet training and the inherited
+evaluation on ``--threads``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
+from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ranking_ground_truth as rgt  # noqa: E402
+
+SIGNALS = (  # name, description, the value of one evaluation (higher is better)
+    ("val_top1", "val top-1 (269)", lambda m: m["val"]["acc"]),
+    ("eval_top1", "val+test top-1 (628)", lambda m: rgt.combined(m)["acc"]),
+    ("eval_neg_loss", "val+test -CE loss (628)", lambda m: -rgt.combined(m)["loss"]),
+)
+
+
+def supernet_config(a: argparse.Namespace) -> Any:
+    from qnas.supernet import Phase, SupernetTrainConfig, progressive_phases
+
+    opts = json.loads(a.supernet_options) if a.supernet_options else {}
+    if not isinstance(opts, dict):
+        raise SystemExit(f"--supernet-options must be a JSON object, got {a.supernet_options!r}")
+    valid = {f.name for f in fields(SupernetTrainConfig)}
+    unknown = sorted(set(opts) - valid)
+    if unknown:
+        raise SystemExit(f"--supernet-options: unknown SupernetTrainConfig field(s) {unknown}; valid: {sorted(valid)}")
+    if "phases" in opts:
+        opts["phases"] = tuple(Phase.from_dict(p) for p in opts["phases"])
+    else:
+        opts["phases"] = progressive_phases(a.supernet_epochs)
+    opts.setdefault("progress", False)
+    return SupernetTrainConfig(**opts).validate()
+
+
+def get_supernet(a: argparse.Namespace, space: Any, splits: Any) -> tuple[Any, dict[str, Any]]:
+    """The trained supernet and what its training cost."""
+    from qnas.quant.checkpoint import load_checkpoint
+    from qnas.supernet import Supernet, load_supernet, train_supernet
+
+    if a.supernet:
+        supernet = load_supernet(a.supernet)
+        p = Path(a.supernet)
+        meta = load_checkpoint(p / "supernet.pt" if p.is_dir() else p)[1]
+        hist, bs = meta.get("history", []), int((meta.get("config") or {}).get("batch_size", 64))
+        n = len(splits.train)  # as train_supernet counts its steps (a last batch of one sample is dropped)
+        steps = len(hist) * (n // bs + (1 if n % bs >= 2 else 0))
+        return supernet, {"source": str(p), "train_seconds": round(sum(h.get("seconds", 0) for h in hist), 1),
+                          "optimizer_steps": steps, "optimizer_steps_counted": False, "epochs": meta.get("epoch"),
+                          "config": meta.get("config"), "history": hist}
+    cfg = supernet_config(a)
+    steps = [0]
+
+    def count(*_: Any) -> None:
+        steps[0] += 1
+
+    supernet = Supernet.from_seed(space, cfg.seed, act_ranges=a.act_ranges)  # the same initial weights in every run
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    hook = register_optimizer_step_post_hook(count)
+    t0 = time.perf_counter()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            hist = train_supernet(supernet, splits, cfg, on_epoch=lambda e: print(
+                f"  epoch {e['epoch']}/{cfg.epochs} ({e['phase']}) loss {e['loss']:.3f}"
+                + (f", val largest {e['val_acc_largest']:.3f} smallest {e['val_acc_smallest']:.3f}"
+                   if "val_acc_largest" in e else "") + f" ({e['seconds']:.0f} s)", flush=True))
+    finally:
+        hook.remove()
+    return supernet, {"source": "trained", "train_seconds": round(time.perf_counter() - t0, 1),
+                      "optimizer_steps": steps[0], "optimizer_steps_counted": True, "epochs": cfg.epochs,
+                      "config": cfg.to_dict(), "act_ranges": a.act_ranges, "history": hist}
+
+
+def inherited_scores(supernet: Any, splits: Any, archs: list, threads: int, bn_batches: int = 10) -> list[dict[str, Any]]:
+    from qnas.data import ResizedSplits
+    from qnas.quant.clipping import clipping_report
+    from qnas.supernet import SupernetEvaluator
+
+    ev = SupernetEvaluator(supernet, splits, bn_batches=bn_batches, seed=0, threads=threads)
+    data = ResizedSplits(splits)
+    out = []
+    for arch in archs:
+        t0 = time.perf_counter()
+        official = ev(arch)["val_acc"]
+        model = ev.extract(arch)
+        m = rgt.evaluate_parts(model, data, arch.resolution)
+        # issue 12: the share of values each range clips, on the validation images (logits: goal <= 1 %)
+        clip = clipping_report(model, data("val", arch.resolution).images, max_batches=None, weights=False)
+        out.append({**m, "evaluator_val_acc": official, "logits_clipped": clip.logits.share,
+                    "worst_act_clipped": clip.worst_activation.share, "median_act_clipped": clip.median_activation_share,
+                    "seconds": round(time.perf_counter() - t0, 2)})
+    return out
+
+
+def signal_stats(inh: list[dict], gt: list[list[dict]], n_seeds: int, boot: int) -> dict[str, Any]:
+    res = {}
+    for key, label, get in SIGNALS:
+        x = [get(m) for m in inh]
+        y = [float(np.mean([get(e) for e in row])) for row in gt]
+        tau, rho = rgt.rank_corr(x, y)
+        lo, hi = rgt.bootstrap_tau(x, y, boot) if boot else (float("nan"), float("nan"))
+        c_tau, c_rho = rgt.seed_ceiling([[get(row[s]) for row in gt] for s in range(n_seeds)])
+        # against a single seed: directly comparable with the seed-to-seed ceiling
+        single = float(np.mean([rgt.rank_corr(x, [get(row[s]) for row in gt])[0] for s in range(n_seeds)]))
+        res[key] = {k: rgt.finite(v) for k, v in {
+            "tau": tau, "tau_ci95_low": lo, "tau_ci95_high": hi, "rho": rho, "ceiling_tau": c_tau,
+            "ceiling_rho": c_rho, "tau_over_ceiling": tau / c_tau if c_tau and c_tau > 0 else float("nan"),
+            "rho_over_ceiling": rho / c_rho if c_rho and c_rho > 0 else float("nan"),
+            "tau_vs_single_seed": single}.items()}
+        res[key]["label"] = label
+    return res
+
+
+def accuracy_stats(inh: list[dict], gt: list[list[dict]]) -> dict[str, Any]:
+    i = np.array([rgt.combined(m)["acc"] for m in inh])
+    s = np.array([np.mean([rgt.combined(e)["acc"] for e in row]) for row in gt])
+    gap = 100 * (i - s)
+    return {"n": int(len(i)), "median_inherited": float(np.median(i)), "worst_inherited": float(i.min()),
+            "median_standalone": float(np.median(s)), "worst_standalone": float(s.min()),
+            "median_gap_points": float(np.median(gap)), "worst_gap_points": float(gap.min()),
+            "median_inherited_val": float(np.median([m["val"]["acc"] for m in inh]))}
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=rgt.ROOT, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def fmt(v: float | None, spec: str = ".3f") -> str:
+    return "  n/a" if v is None else format(v, spec)
+
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--archs", type=int, default=20)
-    p.add_argument("--supernet-epochs", type=int, default=2, help="epochs per shrinking phase")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--archs", type=int, default=30)
     p.add_argument("--standalone-epochs", type=int, default=5)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--out", default="bench/results/supernet_ranking.json")
+    p.add_argument("--standalone-seeds", type=int, default=2, help="training seeds per arch (>= 2 for a ceiling)")
+    p.add_argument("--supernet-epochs", type=int, default=10, help="epochs per progressive-shrinking phase (4 phases)")
+    p.add_argument("--eval-bn-batches", type=int, default=10,
+                   help="training batches of 64 that re-estimate each arch's BN (and activation ranges) before "
+                        "it is scored (SupernetEvaluator's bn_batches; default 10)")
+    p.add_argument("--act-ranges", default="batch", choices=["batch", "learned"],
+                   help="the supernet's activation ranges: batch statistics (default) or learned thresholds")
+    p.add_argument("--supernet-options", default=None,
+                   help="JSON object of SupernetTrainConfig fields, e.g. '{\"n_random\": 4, \"lr\": 0.005}' "
+                        "(\"phases\": a list of Phase dicts replaces --supernet-epochs; \"checkpoint_dir\" "
+                        "saves the supernet for --supernet)")
+    p.add_argument("--supernet", default=None, help="a trained supernet checkpoint (supernet.pt or its directory) "
+                                                    "instead of training one")
+    p.add_argument("--seed", type=int, default=1, help="arch sampling seed")
+    p.add_argument("--w8a8", type=int, default=0, help="also compare the W8A8 version of the first N archs")
+    p.add_argument("--jobs", type=int, default=1, help="stand-alone training processes (one thread each)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for supernet training and evaluation")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples for tau's 95 %% interval (0: none)")
+    p.add_argument("--ground-truth", default=str(rgt.DEFAULT_PATH), help="stand-alone results cache (JSON)")
+    p.add_argument("--refresh-ground-truth", action="store_true",
+                   help="retrain cached stand-alone results made with other stand-alone code")
+    p.add_argument("--out", default=str(rgt.ROOT / "bench" / "results" / "supernet_ranking.json"))
     a = p.parse_args()
+    if a.archs < 3 or a.standalone_seeds < 1:
+        raise SystemExit("--archs must be >= 3 and --standalone-seeds >= 1")
 
-    from scipy.stats import kendalltau, spearmanr
-
-    from qnas.data import load_digits, split
-    from qnas.evaluators import TrainingEvaluator
     from qnas.quant.checkpoint import atomic_write
     from qnas.space import SearchSpace
-    from qnas.supernet import Supernet, SupernetEvaluator, SupernetTrainConfig, progressive_phases, train_supernet
 
-    torch.set_num_threads(2)
-    splits = split(load_digits(), seed=0)
+    torch.set_num_threads(a.threads)
+    t_start = time.perf_counter()
+    settings = rgt.Settings(epochs=a.standalone_epochs)
+    splits = rgt.load_splits(settings)
     space = SearchSpace()
+    archs = rgt.sample_archs(space, a.archs, a.seed)
+    extra = [rgt.w8a8(x) for x in archs[:a.w8a8]]
+    seeds = list(range(a.standalone_seeds))
+    if a.supernet_options or not a.supernet:
+        supernet_config(a)  # fail on bad options before the slow part
+    gt = rgt.ground_truth(archs + extra, seeds, settings, a.ground_truth, a.jobs, a.refresh_ground_truth)
+    gt_rows, gt_extra = gt["entries"][:len(archs)], gt["entries"][len(archs):]
+
+    print("supernet: " + (f"loading {a.supernet}" if a.supernet else "training ..."), flush=True)
+    supernet, sn = get_supernet(a, space, splits)
+    print(f"supernet: {sn['train_seconds']:.0f} s, {sn['optimizer_steps']} optimizer steps, {sn['epochs']} epochs",
+          flush=True)
     t0 = time.perf_counter()
-    supernet = Supernet.from_seed(space, 0)  # the same initial weights in every run
-    train_supernet(supernet, splits, SupernetTrainConfig(phases=progressive_phases(a.supernet_epochs), seed=0,
-                                                         progress=False))
-    t_supernet = time.perf_counter() - t0
-    rng = np.random.default_rng(a.seed)
-    archs = list(dict.fromkeys(space.sample(rng) for _ in range(a.archs)))
-    inherited_eval = SupernetEvaluator(supernet, splits, seed=0)
-    standalone_eval = TrainingEvaluator(space, splits, epochs=a.standalone_epochs, seed=0, progress=False)
+    inh = inherited_scores(supernet, splits, archs + extra, a.threads, a.eval_bn_batches)
+    t_inh = time.perf_counter() - t0
+    inh_rows, inh_extra = inh[:len(archs)], inh[len(archs):]
+
     rows = []
-    for i, arch in enumerate(archs):
-        t = time.perf_counter()
-        inh = inherited_eval(arch)["val_acc"]
-        sa = standalone_eval(arch)["val_acc"]
-        rows.append({"arch": arch.to_dict(), "describe": arch.describe(), "inherited": inh, "standalone": sa})
-        print(f"[{i + 1:2d}/{len(archs)}] inherited {inh:.3f}  stand-alone {sa:.3f}  ({time.perf_counter() - t:.0f} s)  "
-              f"{arch.describe()}", flush=True)
-    inh = [r["inherited"] for r in rows]
-    sa = [r["standalone"] for r in rows]
-    tau = float(kendalltau(inh, sa).statistic)
-    rho = float(spearmanr(inh, sa).statistic)
-    res = {"kendall_tau": tau, "spearman_rho": rho, "n": len(rows), "supernet_epochs_per_phase": a.supernet_epochs,
-           "standalone_epochs": a.standalone_epochs, "supernet_train_s": t_supernet,
-           "mean_inherited": float(np.mean(inh)), "mean_standalone": float(np.mean(sa)), "rows": rows}
-    print(f"Kendall tau {tau:.3f}, Spearman rho {rho:.3f} over {len(rows)} archs "
-          f"(mean inherited {np.mean(inh):.3f}, stand-alone {np.mean(sa):.3f}; supernet trained in {t_supernet:.0f} s)")
+    print(f"\n{'#':>3} {'inherited':>17} {'stand-alone':>17}  (val+test top-1 / CE loss; stand-alone: mean of "
+          f"{len(seeds)} seeds)  arch")
+    for k, (arch, m, g) in enumerate(zip(archs + extra, inh, gt["entries"]), 1):
+        c = rgt.combined(m)
+        gs = [rgt.combined(e) for e in g]
+        row = {"arch": arch.to_dict(), "uid": arch.uid, "describe": arch.describe(), "w8a8": k > len(archs),
+               "inherited": {"val_acc": m["val"]["acc"], "val_loss": m["val"]["loss"], "eval_acc": c["acc"],
+                             "eval_loss": c["loss"], "evaluator_val_acc": m["evaluator_val_acc"]},
+               "standalone": {"val_acc": float(np.mean([e["val"]["acc"] for e in g])),
+                              "val_loss": float(np.mean([e["val"]["loss"] for e in g])),
+                              "eval_acc": float(np.mean([x["acc"] for x in gs])),
+                              "eval_loss": float(np.mean([x["loss"] for x in gs])),
+                              "per_seed": [{"seed": e["seed"], "val_acc": e["val"]["acc"], "eval_acc": x["acc"],
+                                            "eval_loss": x["loss"], "train_seconds": e["train_seconds"]}
+                                           for e, x in zip(g, gs)]}}
+        rows.append(row)
+        tag = "W8A8 " if row["w8a8"] else ""
+        print(f"{k:3d} {c['acc']:8.3f} / {c['loss']:5.3f}  {row['standalone']['eval_acc']:8.3f} / "
+              f"{row['standalone']['eval_loss']:5.3f}  {tag}{arch.describe()}")
+    parity = max(abs(m["val"]["acc"] - m["evaluator_val_acc"]) for m in inh)
+
+    sig = signal_stats(inh_rows, gt_rows, len(seeds), a.bootstrap)
+    acc = accuracy_stats(inh_rows, gt_rows)
+    acc_w8 = accuracy_stats(inh_extra, gt_extra) if extra else None
+    print(f"\n{'signal':24s} {'tau':>6s} {'95% CI':>15s} {'ceiling':>8s} {'ratio':>6s}   {'rho':>6s} "
+          f"{'ceiling':>8s} {'ratio':>6s}   {'tau vs 1 seed':>13s}")
+    for key, label, _ in SIGNALS:
+        s = sig[key]
+        ci = f"[{fmt(s['tau_ci95_low'], '.2f')}, {fmt(s['tau_ci95_high'], '.2f')}]"
+        print(f"{label:24s} {fmt(s['tau']):>6s} {ci:>15s} {fmt(s['ceiling_tau']):>8s} {fmt(s['tau_over_ceiling'], '.2f'):>6s}"
+              f"   {fmt(s['rho']):>6s} {fmt(s['ceiling_rho']):>8s} {fmt(s['rho_over_ceiling'], '.2f'):>6s}"
+              f"   {fmt(s['tau_vs_single_seed']):>13s}")
+    for name, st in (("mixed", acc), ("W8A8", acc_w8)):
+        if st:
+            print(f"{name} ({st['n']} archs, val+test top-1): inherited median {100 * st['median_inherited']:.1f} %, "
+                  f"worst {100 * st['worst_inherited']:.1f} %; stand-alone median {100 * st['median_standalone']:.1f} %; "
+                  f"gap inherited - stand-alone median {st['median_gap_points']:+.1f} points, "
+                  f"worst {st['worst_gap_points']:+.1f}")
+    clipped = [m["logits_clipped"] for m in inh_rows]
+    clip_stats = {"logits_clipped_median": float(np.median(clipped)), "logits_clipped_max": float(np.max(clipped)),
+                  "worst_act_clipped_median": float(np.median([m["worst_act_clipped"] for m in inh_rows]))}
+    print(f"clipped logits (validation images): median {100 * clip_stats['logits_clipped_median']:.3f} %, max "
+          f"{100 * clip_stats['logits_clipped_max']:.3f} % (goal <= 1 %: "
+          f"{'met' if clip_stats['logits_clipped_max'] <= 0.01 else 'not met'}); the most-clipping activation "
+          f"quantizer of an arch clips a median {100 * clip_stats['worst_act_clipped_median']:.3f} %")
+    for key, label, _ in SIGNALS[1:]:
+        r = sig[key]["tau_over_ceiling"]
+        print(f"goal tau >= 0.9 x ceiling on {label}: {'met' if r is not None and r >= 0.9 else 'not met'} "
+              f"({fmt(r, '.2f')}x)")
+    if parity > 1e-6:
+        print(f"note: the extracted subnet's val accuracy differs from SupernetEvaluator's by up to "
+              f"{100 * parity:.2f} points (extract() parity)")
+
+    res = {
+        "commit": git_commit(), "args": vars(a), "n_archs": len(archs), "standalone_seeds": seeds,
+        "eval_set": {p: int(len(getattr(splits, p))) for p in ("train", "val", "test")},
+        "supernet": sn, "inherited_eval_seconds": round(t_inh, 1),
+        "ground_truth": {"path": str(a.ground_truth), "settings": asdict(settings), "trained": gt["trained"], "cached": gt["cached"], "seconds": gt["seconds"],
+                         "stale": gt["stale"],
+                         "median_train_seconds": float(np.median([e["train_seconds"] for r in gt["entries"] for e in r]))},
+        "signals": sig, "accuracy": acc, "accuracy_w8a8": acc_w8, "clipping": clip_stats, "extract_parity_max_abs": parity,
+        "total_seconds": round(time.perf_counter() - t_start, 1), "rows": rows,
+    }
     out = Path(a.out)
-    atomic_write(out, lambda f: f.write_text(json.dumps(res, indent=2)))
+    atomic_write(out, lambda f: Path(f).write_text(json.dumps(res, indent=2)))
     print(f"wrote {out}")
+    L, T = sig["eval_neg_loss"], sig["eval_top1"]
+    print(f"SUMMARY supernet {sn['train_seconds']:.0f} s / {sn['optimizer_steps']} steps | {len(archs)} archs | "
+          f"tau loss {fmt(L['tau'], '.2f')} (ceiling {fmt(L['ceiling_tau'], '.2f')}, {fmt(L['tau_over_ceiling'], '.2f')}x) | "
+          f"tau top-1 {fmt(T['tau'], '.2f')} (ceiling {fmt(T['ceiling_tau'], '.2f')}, {fmt(T['tau_over_ceiling'], '.2f')}x) | "
+          f"inherited median {100 * acc['median_inherited']:.1f} % worst {100 * acc['worst_inherited']:.1f} % | "
+          f"gap median {acc['median_gap_points']:+.1f} pts | logits clipped max {100 * clip_stats['logits_clipped_max']:.2f} %")
 
 
 if __name__ == "__main__":

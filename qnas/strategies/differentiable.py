@@ -66,7 +66,7 @@ from torch import nn
 
 from qnas._torch_utils import torch_threads
 from qnas.arch import Arch
-from qnas.quant.torch_device import to_device
+from qnas.quant.torch_device import to_device, training_layout
 from qnas.quant.train import cosine_lr
 from qnas.errors import ConfigError
 from qnas.space import SearchSpace
@@ -609,7 +609,7 @@ class DifferentiableSearch:
             return self.net(x)
 
     def weight_step(self, x: torch.Tensor, y: torch.Tensor, tau: float, uniform: bool = False) -> float:
-        x, y = to_device(x, self.device), to_device(y, self.device)
+        x, y = training_layout(to_device(x, self.device)), to_device(y, self.device)
         self.net.train()
         with torch.no_grad():
             s = self.arch.sample(tau, self.gen, self.opt.hard_bits, uniform=uniform)
@@ -632,7 +632,7 @@ class DifferentiableSearch:
 
     def arch_step(self, x: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[float, float, float]:
         """One Adam step on the logits; returns (CE, accuracy of the sampled path, E[latency])."""
-        x, y = to_device(x, self.device), to_device(y, self.device)
+        x, y = training_layout(to_device(x, self.device)), to_device(y, self.device)
         self.net.train()
         s = self.arch.sample(tau, self.gen, self.opt.hard_bits)
         out = self.forward(x, s)

@@ -3,9 +3,11 @@
 * :class:`Supernet` -- ``set_active(arch)``, ``extract(arch)`` -> the standalone Brevitas ``QuantNet``;
 * :func:`train_supernet` / :class:`SupernetTrainConfig` / :class:`Phase` -- sandwich rule,
   progressive shrinking, in-place distillation, resumable checkpoints;
-* :func:`recalibrate_bn` / :class:`SupernetEvaluator` -- inherited accuracy (the accuracy-source interface).
+* :func:`recalibrate_bn` / :class:`SupernetEvaluator` -- inherited accuracy (the accuracy-source interface);
+* :func:`calibrating_ranges` -- re-estimate a sub-network's batch-statistic activation ranges with its BN.
 """
-from qnas.supernet.evaluate import SupernetEvaluator, preserved_bn_state, recalibrate_bn
+from qnas.supernet.evaluate import SupernetEvaluator, preserved_act_ranges, preserved_bn_state, recalibrate_bn
+from qnas.supernet.quantize import calibrating_ranges
 from qnas.supernet.sampling import DIMENSIONS, Phase, full_space_largest, progressive_phases
 from qnas.supernet.supernet import Supernet
 from qnas.supernet.io import load_supernet
@@ -14,7 +16,7 @@ from qnas.supernet.train import SupernetTrainConfig, make_optimizer, sandwich_st
 __all__ = [
     "Supernet", "load_supernet", "SupernetTrainConfig", "Phase", "DIMENSIONS", "progressive_phases", "full_space_largest",
     "train_supernet", "sandwich_step", "make_optimizer",
-    "recalibrate_bn", "preserved_bn_state", "SupernetEvaluator",
+    "recalibrate_bn", "preserved_bn_state", "preserved_act_ranges", "calibrating_ranges", "SupernetEvaluator",
 ]
 
 

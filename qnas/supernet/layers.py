@@ -171,7 +171,15 @@ class DynamicQDepthwise(_SwitchableWeightLayer):
         w = self.kernel_weight(s.k, s.cout)
         if self.quantize:
             w = _fake_quant_weight(self, w, lambda b: f"k{s.k}_w{b}", lambda: self.kernel_weight(s.k, self.max_channels))
-        return F.conv2d(x, w, None, self.stride, s.k // 2, 1, s.cout)
+        pad = (s.k // 2, s.k // 2)
+        if self.stride == 1 and min(x.shape[-2:]) - 1 < pad[0]:
+            # a kernel wider than its feature map reads zero padding with its outer taps: drop them
+            # (the same output; the backward pass of a depthwise conv is slow on large kernels over
+            # small maps, e.g. 7x7 over 2x2)
+            kh, kw = min(pad[0], x.shape[-2] - 1), min(pad[1], x.shape[-1] - 1)
+            w = w[:, :, pad[0] - kh: pad[0] + kh + 1, pad[1] - kw: pad[1] + kw + 1]
+            pad = (kh, kw)
+        return F.conv2d(x, w, None, self.stride, pad, 1, s.cout)
 
     def active_state(self) -> dict[str, torch.Tensor]:
         s = self.spec

@@ -38,6 +38,7 @@ from qnas.errors import ArchError, ConfigError
 from qnas.quant.build import STREAM_BITS, QuantNet, act_fn, build_model
 from qnas.quant.naming import block_path, legacy_supernet_key, rename_legacy_keys, split_block_path
 from qnas.quant.plan import BlockPlan, NetworkPlan
+from qnas.quant.torch_device import training_layout
 from qnas.space import SE_BITS, SearchSpace, make_divisible, mid_channels, se_channels
 from qnas.supernet.layers import (
     DynamicQConv2d,
@@ -357,6 +358,8 @@ class Supernet(nn.Module):
     # ---- computation ---------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem_act(self.stem_bn(self.stem(self.input_quant(x))))
+        if self.training:  # channels-last from here (a 1-channel input cannot carry it through the stem)
+            x = training_layout(x)
         if self._gates is None:
             for blk in self._order:
                 x = blk(x)

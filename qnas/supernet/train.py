@@ -49,7 +49,7 @@ from qnas.errors import CheckpointError, ConfigError, TrainingError
 from qnas.quant import distributed as qdist
 from qnas.quant.checkpoint import load_checkpoint, save_checkpoint
 from qnas.quant.configs import OptimizerConfig, validate_run_device
-from qnas.quant.torch_device import autocast, grad_scaler, resolve_torch_device, to_device
+from qnas.quant.torch_device import autocast, grad_scaler, resolve_torch_device, to_device, training_layout
 from qnas.quant.train import cosine_lr, kd_loss, make_optimizer
 from qnas.supernet.evaluate import SupernetEvaluator
 from qnas.supernet.quantize import WeightQuantizers
@@ -357,11 +357,11 @@ def train_supernet(supernet: Supernet, splits: Splits, cfg: SupernetTrainConfig 
                     flags = _init_flags(supernet)
                 if streamed:
                     def view(r: int, xb=xb, idx=idx) -> torch.Tensor:
-                        return to_device(resize_batch(xb[idx], r), device)
+                        return training_layout(to_device(resize_batch(xb[idx], r), device))
                     labels = yb[idx]
                 else:
                     def view(r: int, idx=idx) -> torch.Tensor:
-                        return to_device(resized[r][idx], device)
+                        return training_layout(to_device(resized[r][idx], device))
                     labels = labels_all[idx]
                 out = sandwich_step(supernet, optimizer, view, to_device(labels, device), students, cfg, teacher,
                                     scaler=scaler, loss_weight=weight)
