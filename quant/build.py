@@ -12,7 +12,6 @@ from qnas.quant.layer_view import ActQuantizer, QuantLayer, ResidualAdd, StreamK
 from qnas.quant.naming import block_path_of, legacy_quantnet_key, rename_legacy_keys, split_block_path
 from qnas.quant.plan import BlockPlan, LayerSpec, NetworkPlan, SEPlan
 from qnas.quant.quantizers import SignedActPerTensor, SignedWeightPerChannel
-from qnas.quant.torch_device import training_layout
 
 #: the float activation modules of the plan's activation names (``act_fn``)
 _ACT_FNS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hswish": nn.Hardswish,
@@ -205,8 +204,6 @@ class QuantNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem_act(self.stem_bn(self.stem(self.input_quant(x))))
-        if self.training:  # channels-last from here (a 1-channel input cannot carry it through the stem)
-            x = training_layout(x)
         for stage in self._stage_names:
             x = getattr(self, stage)(x)
         if self.plan.mix is not None:

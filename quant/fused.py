@@ -71,11 +71,21 @@ class _FakeQuant(torch.autograd.Function):
             # d/ds [(clamp(round(x/s + z)) - z) s] with d round(y)/dy = 1: (q - z) - x/s inside the range,
             # (q - z) outside; for one scale that is two dot products, with no temporary tensor
             if scale.numel() == 1:
-                grad_s = (torch.dot(g.reshape(-1), qz.reshape(-1)) - torch.dot(grad_x.reshape(-1), xs.reshape(-1)))
-                grad_s = grad_s.reshape(scale.shape)
+                a, b, c, d = _flat_same_order(g, qz, grad_x, xs)
+                grad_s = (torch.dot(a, b) - torch.dot(c, d)).reshape(scale.shape)
             else:
                 grad_s = _sum_to(g * qz - grad_x * xs, scale.shape)
         return grad_x if ctx.needs_input_grad[0] else None, grad_s, None, None, None, None
+
+
+def _flat_same_order(*ts: Tensor) -> list[Tensor]:
+    """The tensors as 1-D, element ``i`` of each from the same position: views in memory order when they
+    all share one layout (contiguous or channels-last: no copy), else copies in logical order."""
+    if all(t.is_contiguous() for t in ts):
+        return [t.view(-1) for t in ts]
+    if all(t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) for t in ts):
+        return [t.permute(0, 2, 3, 1).reshape(-1) for t in ts]
+    return [t.reshape(-1) for t in ts]
 
 
 def _clamp(q: Tensor, lo: Tensor | float, hi: Tensor | float) -> Tensor:
@@ -127,7 +137,7 @@ def abs_percentile(x: Tensor, q: float) -> Tensor:
     """The ``q``-th percentile of ``|x|`` over the whole tensor, exactly as Brevitas'
     ``AbsPercentile`` (``kthvalue`` at ``k = floor(q/100 * n + 0.5)``), differentiable in ``x``
     like it, in a fraction of the time for the high percentiles quantizers use."""
-    flat = x.abs().reshape(-1)
+    flat = _flat_same_order(x.abs())[0]  # in memory order: a percentile does not depend on the order
     n = flat.numel()
     k = min(n, max(1, int(math.floor(0.01 * q * n + 0.5))))
     m = n - k + 1  # the answer's rank counted from the largest

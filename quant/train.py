@@ -21,8 +21,7 @@ from tqdm.auto import tqdm
 from qnas.quant import distributed as qdist
 from qnas.quant.configs import OptimizerConfig, TrainConfig
 from qnas.quant.errors import TrainingError
-from qnas.quant.torch_device import (autocast, grad_scaler, module_device, resolve_torch_device, to_device,
-                                     training_layout)
+from qnas.quant.torch_device import autocast, grad_scaler, module_device, resolve_torch_device, to_device
 
 
 @dataclass
@@ -233,7 +232,7 @@ def train(
                         x, y, weight = qdist.shard_batch(x, y, ctx)
                     else:
                         weight = ctx.world_size * len(y) / n_global
-                x, y = training_layout(to_device(x, device)), to_device(y, device)
+                x, y = to_device(x, device), to_device(y, device)
                 with autocast(device, cfg.amp):
                     logits = net(x)
                     loss = loss_fn(logits, y, x)
