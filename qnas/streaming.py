@@ -20,6 +20,7 @@ for elastic-resolution (OFA-style) supernet training.
 """
 from __future__ import annotations
 
+import functools
 import os
 import zipfile
 from dataclasses import dataclass, field, replace
@@ -48,8 +49,10 @@ def default_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
+@functools.cache
 def _malloc_trim() -> Any:
-    """glibc's ``malloc_trim`` (None where the C library is not glibc: macOS, musl, Windows)."""
+    """glibc's ``malloc_trim`` (None where the C library is not glibc: macOS, musl, Windows); looked up
+    once, on the first loader with workers."""
     import ctypes
     import ctypes.util
 
@@ -62,9 +65,6 @@ def _malloc_trim() -> Any:
     return trim
 
 
-_MALLOC_TRIM = _malloc_trim()
-
-
 class _HeapReturningLoader(DataLoader):
     """A DataLoader that hands the C heap it freed back to the OS after each batch from a worker.
 
@@ -75,15 +75,14 @@ class _HeapReturningLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:
         it = super().__iter__()
-        if self.num_workers == 0 or _MALLOC_TRIM is None:
-            return it
-        return self._trimming(it)
+        trim = _malloc_trim() if self.num_workers > 0 else None
+        return it if trim is None else self._trimming(it, trim)
 
     @staticmethod
-    def _trimming(it: Iterator[Any]) -> Iterator[Any]:
+    def _trimming(it: Iterator[Any], trim: Any) -> Iterator[Any]:
         for batch in it:
             yield batch
-            _MALLOC_TRIM(0)  # the previous batch is gone by now: return what it left
+            trim(0)  # the previous batch is gone by now: return what it left
 
 
 # --------------------------------------------------------------------------- #

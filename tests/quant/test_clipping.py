@@ -8,30 +8,13 @@ import pytest
 import torch
 from brevitas.core.scaling.standalone import ParameterFromRuntimeStatsScaling
 
-from qnas.arch import Arch, Block
 from qnas.errors import QnasError
 from qnas.quant.build import build_model
 from qnas.quant.clipping import ClipReport, clipping_report
 from qnas.quant.layer_view import read_act_quant
 from qnas.quant.ptq import float_mode
-from qnas.space import SearchSpace
 
-R = 12
-SPACE = SearchSpace()
-MIXED = SPACE.validate(Arch(R, 0.5, (
-    (Block(3, 3, (8, 4, 2), (8, 4, 8)),),
-    (Block(3, 3, (4, 2, 8), (4, 8, 4)),),
-    (Block(3, 3, (2, 4, 4), (8, 4, 8)),),
-    (Block(3, 3, (4, 8, 2), (4, 4, 8)),),
-)))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from .test_ptq import MIXED, R, SPACE, one_thread  # noqa: F401  (the same arch, space and autouse fixture)
 
 
 @pytest.fixture(scope="module")

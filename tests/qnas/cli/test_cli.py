@@ -10,7 +10,7 @@ from qnas.cli import main
 
 
 def run_cli(capsys, *argv):
-    code = main(list(argv))
+    code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from qnas.cli import main
 from qnas.presets import preset_dict, reference_arch
 from qnas.space import SearchSpace
 
@@ -20,19 +19,7 @@ tv = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tv)
 
 
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *needles):
-    assert code == 2
-    lines = [l for l in err.strip().splitlines() if l.strip() and "Warning" not in l and "warn" not in l]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("qnas: error:")
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
+from .test_cli import assert_one_line_error, run_cli  # noqa: E402
 
 
 def write_arch(path: Path, arch) -> Path:

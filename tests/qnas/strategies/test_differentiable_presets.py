@@ -20,12 +20,7 @@ NAMES = list(presets.PRESETS)
 TINY = dict(epochs=2, warmup_epochs=1, steps_per_epoch=1, batch_size=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+from .test_differentiable import _one_thread  # noqa: F401,E402  (the same autouse fixture)
 
 
 class MacsLatency(LatencyModel):
