@@ -109,7 +109,13 @@ class OnnxQcdqExporter(Exporter):
 
     suffix = ".onnx"
 
+    #: Brevitas exports through torch's TorchScript-based ONNX exporter, which writes opsets 13 to 20
+    OPSETS = range(13, 21)
+
     def __init__(self, opset: int = 13):
+        if isinstance(opset, bool) or not isinstance(opset, int) or opset not in self.OPSETS:
+            raise ExportError(f"ONNX opset must be an integer from {self.OPSETS[0]} to {self.OPSETS[-1]} "
+                              f"(Brevitas' QCDQ export), got {opset!r}")
         self.opset = opset
 
     def export_with_report(self, model: nn.Module, example_input: torch.Tensor, out: str | Path,

@@ -367,9 +367,7 @@ class TensorRTOnnxExporter(Exporter):
     capabilities = Capabilities(layer_report=True)
 
     def __init__(self, opset: int = 13):
-        if opset < 13:
-            raise ExportError(f"TensorRT Q/DQ needs ONNX opset >= 13, got {opset}")
-        self.opset = opset
+        self.opset = OnnxQcdqExporter(opset).opset  # the QCDQ file it rewrites: opsets 13-20 (Q/DQ needs >= 13)
 
     def export_with_report(self, model: nn.Module, example_input: torch.Tensor, out: str | Path,
                            overwrite: bool = False) -> tuple[Path, TensorRTReport]:

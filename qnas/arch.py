@@ -47,6 +47,9 @@ class Block:
             raise ArchError(f"{where} must be an object like {{'k': 3, 'e': 6, 'w': [8, 8, 8], 'a': [8, 8, 8]}}, got {d!r}")
         if d.get("op") == SKIP:
             return cls.skip()
+        unknown = sorted(set(d) - {"k", "e", "w", "a", "op"})
+        if unknown:  # a misspelt field would otherwise be ignored silently
+            raise ArchError(f"{where} has unknown field(s) {unknown}; a block has k, e, w, a (or op: skip)")
         missing = [k for k in ("k", "e", "w", "a") if k not in d]
         if missing:
             raise ArchError(f"{where} lacks field(s) {missing}; a block needs k, e, w, a (or op: skip)")
@@ -96,6 +99,9 @@ class Arch:
         missing = [k for k in ("resolution", "width", "stages") if k not in d]
         if missing:
             raise ArchError(f"arch lacks field(s) {missing}; expected resolution, width, stages, stem, head")
+        unknown = sorted(set(d) - {"resolution", "width", "stages", "stem", "head"})
+        if unknown:
+            raise ArchError(f"arch has unknown field(s) {unknown}; expected resolution, width, stages, stem, head")
         stages = d["stages"]
         if not isinstance(stages, list):
             raise ArchError("arch.stages must be a list of stages, each a list of blocks")

@@ -358,6 +358,10 @@ def _existing(path: PathLike, what: str) -> Path:
     return p
 
 
+#: the most classes a data set may have (ImageNet-21k has 21,841)
+MAX_CLASSES = 100_000
+
+
 def _finish(x: torch.Tensor, labels: np.ndarray, num_classes: int, name: str,
             mean: Sequence[float] | None, std: Sequence[float] | None) -> ImageDataset:
     """Validate raw [0,1]-scaled images + labels, normalize and wrap them."""
@@ -368,6 +372,9 @@ def _finish(x: torch.Tensor, labels: np.ndarray, num_classes: int, name: str,
     if num_classes < 2:
         raise _err(f"{name} has {num_classes} class(es) but classification needs at least 2; "
                    "add data for more classes")
+    if num_classes > MAX_CLASSES:  # the classifier would need num_classes x channels weights (10**12: petabytes)
+        raise _err(f"{name} has {num_classes} classes (labels up to {num_classes - 1}); at most {MAX_CLASSES} "
+                   "are supported: store class indices 0..num_classes-1")
     lab = torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64))
     xn, m, s = normalize(x, mean, std)
     return ImageDataset(xn.contiguous(), lab, int(num_classes), name, m, s)

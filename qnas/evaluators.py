@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from qnas.arch import Arch
+from qnas.errors import QnasError
 from qnas._torch_utils import torch_threads
 from qnas.data import ResizedSplits, Splits
 from qnas.quant.build import build_model
@@ -43,7 +44,31 @@ class TrainingEvaluator:
         self.torch_device, self.amp = torch_device, amp
         self.states: dict[str, dict[str, torch.Tensor]] = {}
 
+    def _settings(self) -> dict[str, Any]:
+        """What a kept state's accuracy depends on besides the arch (a state made otherwise is not reused)."""
+        return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
+                "bn_batches": self.bn_batches, "threads": self.threads, "amp": self.amp}
+
+    def _kept(self, arch: Arch) -> dict[str, Any] | None:
+        """The result of an earlier run's training of ``arch`` with these settings (its state in
+        ``state_dir``): a search killed after training but before recording does not train it again."""
+        path = self.state_dir / f"{arch.uid}.pt" if self.state_dir is not None else None
+        if path is None or not path.is_file():
+            return None
+        try:
+            state, meta = load_checkpoint(path)
+        except QnasError:
+            return None  # damaged: train again (and overwrite it)
+        if meta.get("arch") != arch.to_dict() or meta.get("settings") != self._settings() \
+                or not isinstance(meta.get("val_acc"), float):
+            return None
+        self.states[arch.uid] = state
+        return {"val_acc": meta["val_acc"], "train_seconds": meta.get("train_seconds", 0.0)}  # as first recorded
+
     def __call__(self, arch: Arch) -> dict[str, Any]:
+        kept = self._kept(arch)
+        if kept is not None:
+            return kept
         with torch_threads(self.threads):
             torch.manual_seed(self.seed)
             model = build_model(self.space, arch)
@@ -57,7 +82,9 @@ class TrainingEvaluator:
             acc = evaluate(model, self.data("val", arch.resolution).loader(512, False))
         self.states[arch.uid] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if self.state_dir is not None:
-            save_checkpoint(self.state_dir / f"{arch.uid}.pt", model, {"arch": arch.to_dict(), "val_acc": acc})
+            save_checkpoint(self.state_dir / f"{arch.uid}.pt", model, {
+                "arch": arch.to_dict(), "val_acc": acc, "settings": self._settings(),
+                "train_seconds": round(time.perf_counter() - t0, 3)})
         return {"val_acc": acc, "train_seconds": round(time.perf_counter() - t0, 3)}
 
     def state(self, arch: Arch) -> dict[str, torch.Tensor] | None:

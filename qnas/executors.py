@@ -11,7 +11,7 @@ import copy
 import math
 import os
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from qnas.errors import ConfigError
 
@@ -23,6 +23,11 @@ class Executor(ABC):
     def map(self, fn: Callable[[Any], dict], items: Sequence[Any]) -> list[dict]:
         """``[fn(x) for x in items]``, in order."""
 
+    def imap(self, fn: Callable[[Any], dict], items: Sequence[Any]) -> Iterator[tuple[int, dict]]:
+        """``(i, fn(items[i]))`` as each evaluation finishes (any order), so a search records each one
+        at once and a kill loses at most the evaluations still running."""
+        yield from enumerate(self.map(fn, items))
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 
@@ -32,6 +37,10 @@ class InProcessExecutor(Executor):
 
     def map(self, fn: Callable[[Any], dict], items: Sequence[Any]) -> list[dict]:
         return [fn(x) for x in items]
+
+    def imap(self, fn: Callable[[Any], dict], items: Sequence[Any]) -> Iterator[tuple[int, dict]]:
+        for i, x in enumerate(items):
+            yield i, fn(x)
 
 
 # ---- torch devices and Ray resources ---------------------------------------------------------
@@ -175,12 +184,24 @@ class RayExecutor(Executor):
         return ray_task_resources(torch_device, self.gpus_per_task, self.cpus_per_task)
 
     def map(self, fn: Callable[[Any], dict], items: Sequence[Any]) -> list[dict]:
+        return list(self.ray.get(self._submit(fn, items)))
+
+    def imap(self, fn: Callable[[Any], dict], items: Sequence[Any]) -> Iterator[tuple[int, dict]]:
+        refs = self._submit(fn, items)
+        index = {ref: i for i, ref in enumerate(refs)}
+        pending = list(refs)
+        while pending:
+            ready, pending = self.ray.wait(pending, num_returns=1)
+            for ref in ready:
+                yield index[ref], self.ray.get(ref)
+
+    def _submit(self, fn: Callable[[Any], dict], items: Sequence[Any]) -> list[Any]:
         if fn is not self._fn:
             self._fn, self._fn_ref = fn, self.ray.put(fn)
             self.task_options = self.resources_for(fn)
         opts = self.task_options
         task = self._task.options(**opts)
-        return list(self.ray.get([task.remote(self._fn_ref, x, opts["num_gpus"] > 0) for x in items]))
+        return [task.remote(self._fn_ref, x, opts["num_gpus"] > 0) for x in items]
 
     def close(self) -> None:
         if self._owns and self.ray.is_initialized():

@@ -98,6 +98,14 @@ def resolve_target(backend: str, target_profile: str | None) -> str | None:
     return target_profile
 
 
+def require_finite(model: torch.nn.Module, where: str) -> None:
+    """Refuse (one line) a model with NaN/Inf weights or statistics: nothing sensible can be exported."""
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ExportError(f"{where}: {name} holds NaN or Inf values (training diverged?); "
+                              "finish the model again, e.g. with a lower learning rate")
+
+
 def export_model(model_or_run: str | Path | LoadedModel, backend: str, out: str | Path, *,
                  target_profile: str | None = "default", allow_upcast: bool = False, verify: bool = True,
                  overwrite: bool = False, min_agreement: float = 0.995, measure_latency: bool = True,
@@ -109,6 +117,7 @@ def export_model(model_or_run: str | Path | LoadedModel, backend: str, out: str 
     writing when the file's predictions agree with PyTorch on less than
     ``min_agreement`` of the test split or its stored codes differ."""
     loaded = model_or_run if isinstance(model_or_run, LoadedModel) else load_model(model_or_run)
+    require_finite(loaded.model, str(model_or_run) if not isinstance(model_or_run, LoadedModel) else "the model")
     out = Path(out)
     plan = loaded.space.plan(loaded.arch)
     target = resolve_target(backend, target_profile)

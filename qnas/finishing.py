@@ -157,11 +157,12 @@ class ArchData:
 
 
 def _load_splits(src: FinishSource, splits: Splits | None) -> Splits:
-    if splits is not None:
-        return splits
-    from qnas.searching import prepare_data
+    from qnas.searching import prepare_data, space_for
 
-    return prepare_data(src.data, src.data_path, src.seed, src.stream, src.space)
+    if splits is None:
+        splits = prepare_data(src.data, src.data_path, src.seed, src.stream, src.space)
+    space_for(splits, src.space)  # the same one-line refusal as search: channels and classes must match
+    return splits
 
 
 def _run_weights(src: FinishSource, splits: Splits, device: torch.device | None = None) -> tuple[nn.Module | None, str]:
@@ -319,6 +320,8 @@ def finish_qat(run_or_arch: str | Path, options: QATFinishOptions | None = None,
                           f"{run_or_arch} has none (use init='ptq' or 'scratch')")
     pretrained = _pretrained_model(src, opts.pretrained) if init == "pretrained" else None
     splits = _load_splits(src, splits)
+    # a calibration file given is checked now, not after the float training that precedes its use
+    calib = _calibration(opts.calib, src, splits) if opts.calib is not None else None
     d = ArchData(splits, src.arch)
     val_loader = d.part("val").loader(512, False)
 
@@ -349,7 +352,8 @@ def finish_qat(run_or_arch: str | Path, options: QATFinishOptions | None = None,
         from qnas.quant.ptq import PTQConfig, ptq
 
         model = copy.deepcopy(float_model if float_model is not None else base).to(device)
-        ptq(model, _calibration(opts.calib, src, splits).images, PTQConfig(method="minmax", progress=progress))
+        calib = calib if calib is not None else _calibration(None, src, splits)
+        ptq(model, calib.images, PTQConfig(method="minmax", progress=progress))
     model.to(device)
     started = evaluate(model, val_loader)
 

@@ -21,3 +21,5 @@ def read_json(path: str | Path, what: str, fix: str, error: type[QnasError] = Co
         raise error(f"cannot read {what} {p}: not valid JSON ({e.msg} at line {e.lineno}); {fix}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise error(f"cannot read {what} {p} ({type(e).__name__}); {fix}") from None
+    except RecursionError:
+        raise error(f"cannot read {what} {p}: nested too deeply; {fix}") from None

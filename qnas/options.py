@@ -142,6 +142,10 @@ class SearchConfig:
     ray_address: str | None = None
     ray_gpus_per_task: float | None = None  # None: 1 when torch_device is CUDA, else 0
     ray_cpus_per_task: float | None = None  # None: 1
+    # after the search, give the refine_top most accurate archs within budget refine_epochs epochs of QAT
+    # and choose among them by that accuracy (qnas.refining); 0: choose by the search's accuracy
+    refine_top: int = 0
+    refine_epochs: int = 3
 
     def validate(self) -> "SearchConfig":
         from qnas.accuracy_sources import accuracy_source
@@ -157,15 +161,26 @@ class SearchConfig:
             raise ConfigError("ray_gpus_per_task / ray_cpus_per_task (--ray-gpus-per-task / --ray-cpus-per-task) "
                               f"need executor='ray' (--executor ray), got {self.executor!r}")
 
-        for name in ("n_candidates", "batch", "epochs", "batch_size"):
+        for name in ("n_candidates", "batch", "epochs", "batch_size", "refine_epochs"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if isinstance(self.refine_top, bool) or not isinstance(self.refine_top, int) or self.refine_top < 0:
+            raise ConfigError(f"refine_top must be an integer >= 0, got {self.refine_top!r}")
+        if isinstance(self.supernet_epochs, bool) or not isinstance(self.supernet_epochs, int) \
+                or self.supernet_epochs < 0:  # 0: an untrained supernet (tests)
+            raise ConfigError(f"supernet_epochs must be an integer >= 0, got {self.supernet_epochs!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= 2**32 - 1:
+            raise ConfigError(f"seed must be an integer in [0, 2**32 - 1], got {self.seed!r}")
         for name in ("latency_budget_ms", "size_budget_kb", "memory_budget_kb"):
             v = getattr(self, name)
             if v is not None and not (isinstance(v, (int, float)) and v > 0):
                 raise ConfigError(f"{name} must be a positive number, got {v!r}")
         accuracy_source(self.accuracy).check(self)
+        from qnas.strategies import strategy_names
+
+        if self.strategy not in strategy_names():  # before a supernet is trained for it
+            raise ConfigError(f"unknown strategy {self.strategy!r}; choose one of {strategy_names()}")
         return self
 
     @property
@@ -189,7 +204,7 @@ class SearchConfig:
 def demo_search_config(**overrides: Any) -> SearchConfig:
     """The demo's search: NSGA-II over a briefly trained supernet, sized for 2 CPU cores."""
     defaults: dict[str, Any] = dict(strategy="nsga2", accuracy="supernet", supernet_epochs=1, n_candidates=24,
-                                    batch=8, strategy_options={"pop_size": 8})
+                                    batch=8, strategy_options={"pop_size": 8}, refine_top=4)
     defaults.update(overrides)
     if defaults["strategy"] not in ("nsga2", "nsga3") and "strategy_options" not in overrides:
         defaults["strategy_options"] = {}

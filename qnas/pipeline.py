@@ -32,71 +32,85 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
     space = space_for(splits, space)
     sc.space = space.to_dict()
     run = RunDir(cfg.out, overwrite=overwrite)
-    if sc.latency_kind == "measured":
-        latency.cache = run.file("latency_table.json")
-    run.write_json("demo.json", asdict(cfg))
+    # locked while it writes; a demo that fails before its first evaluation leaves nothing
+    with run.locked(), run.removed_on_early_failure():
+        if sc.latency_kind == "measured":
+            latency.cache = run.file("latency_table.json")
+        run.write_json("demo.json", asdict(cfg))
 
-    # 1. search
-    run.write_json("config.json", sc.to_dict())  # `qnas search --resume RUN` continues the search part
-    result: SearchResult = run_search(sc, space, splits, run, progress, latency)
-    budget = result.default_budget()  # the search's latency budget, else the candidates' median
-    chosen = result.best(budget)
-    arch = Arch.from_dict(chosen["arch"])
-    result.plot(run.file("pareto.png"), budget, chosen)
-    run.write_json("arch.json", arch.to_dict())
-    t_search = time.perf_counter() - t_start
+        # 1. search
+        run.write_json("config.json", sc.to_dict())  # `qnas search --resume RUN` continues the search part
+        result: SearchResult = run_search(sc, space, splits, run, progress, latency)
+        budget = result.default_budget()  # the search's latency budget, else the candidates' median
+        chosen = result.best(budget)
+        arch = Arch.from_dict(chosen["arch"])
+        result.plot(run.file("pareto.png"), budget, chosen)
+        run.write_json("arch.json", arch.to_dict())
+        t_search = time.perf_counter() - t_start
 
-    # 2. finish: QAT from the supernet's (or the candidate's) weights, distilling from the supernet's
-    #    largest float subnet when there is a supernet (qnas.finishing.finish_qat, as `qnas finish qat RUN`)
-    kd = cfg.finish_kd and resolve_source(run.path).supernet_path is not None
-    finished = finish_qat(run.path, QATFinishOptions(
-        out=run.file("model.pt"), epochs=cfg.finish_epochs, lr=cfg.finish_lr, teacher="supernet" if kd else None,
-        init="auto", kd_weight=cfg.finish_kd_weight, overwrite=True, progress=progress,
-        torch_device=sc.torch_device, amp=sc.amp), splits=splits)
-    model = finished.model
-    t_finish = finished.seconds
-    test_ds = splits.test.at_resolution(arch.resolution)
+        # 2. finish: QAT from the supernet's (or the candidate's) weights, distilling from the supernet's
+        #    largest float subnet when there is a supernet (qnas.finishing.finish_qat, as `qnas finish qat RUN`)
+        kd = cfg.finish_kd and resolve_source(run.path).supernet_path is not None
+        finished = finish_qat(run.path, QATFinishOptions(
+            out=run.file("model.pt"), epochs=cfg.finish_epochs, lr=cfg.finish_lr, teacher="supernet" if kd else None,
+            init="auto", kd_weight=cfg.finish_kd_weight, overwrite=True, progress=progress,
+            torch_device=sc.torch_device, amp=sc.amp), splits=splits)
+        model = finished.model
+        t_finish = finished.seconds
+        test_ds = splits.test.at_resolution(arch.resolution)
 
-    # 3. export + verify
-    exporter = create_exporter("onnx")
-    onnx_path = exporter.export(model, test_ds.images[:1], run.file("model.onnx"), overwrite=True)
-    parity = exporter.verify(onnx_path, model, test_ds.images, test_ds.labels)
-    measured = measure_latency_ms(onnx_path, (1, space.config.in_channels, arch.resolution, arch.resolution))
+        # 3. export + verify
+        exporter = create_exporter("onnx")
+        onnx_path = exporter.export(model, test_ds.images[:1], run.file("model.onnx"), overwrite=True)
+        parity = exporter.verify(onnx_path, model, test_ds.images, test_ds.labels)
+        measured = measure_latency_ms(onnx_path, (1, space.config.in_channels, arch.resolution, arch.resolution))
 
-    report = {
-        "run_dir": str(run.path),
-        "target": sc.target,
-        "torch_device": sc.torch_device,
-        "latency_kind": sc.latency_kind,
-        "strategy": sc.strategy,
-        "accuracy_source": sc.accuracy,
-        "latency_budget_ms": round(budget, 6),
-        "candidates": len(result.records),
-        "front_size": len(result.front),
-        "arch": arch.describe(),
-        "search_val_acc": chosen["val_acc"],
-        "started_from_val_acc": finished.started_from_val_acc,
-        "finish_val_acc": finished.val_acc,
-        "finish_teacher": finished.details.get("teacher"),
-        "finish_kept_epoch": finished.details.get("kept_epoch"),  # the best QAT epoch on validation
-        "test_acc_torch": parity.torch_acc,
-        "test_acc_onnx": parity.export_acc,
-        "identical_predictions": parity.agreement,
-        "max_abs_logit_diff": parity.max_abs_logit_diff,
-        "predicted_latency_ms": round(float(latency.predict(space.plan(arch))), 6),
-        "measured_ort_latency_ms": round(measured, 4),
-        "mmacs": chosen["mmacs"],
-        "size_kb": chosen["size_kb"],
-        "peak_act_kb": chosen["peak_act_kb"],
-        "seconds": {"search": round(t_search, 1), "finish": round(t_finish, 1),
-                    "total": round(time.perf_counter() - t_start, 1)},
-    }
-    run.write_json("report.json", report)
+        report = {
+            "run_dir": str(run.path),
+            "target": sc.target,
+            "torch_device": sc.torch_device,
+            "latency_kind": sc.latency_kind,
+            "strategy": sc.strategy,
+            "accuracy_source": sc.accuracy,
+            "latency_budget_ms": round(budget, 6),
+            "candidates": len(result.records),
+            "front_size": len(result.front),
+            "arch": arch.describe(),
+            "arch_uid": arch.uid,
+            # what the search chose by: the refined accuracy when it refined its best candidates
+            "search_val_acc": chosen.get("refined_val_acc", chosen["val_acc"]),
+            "inherited_val_acc": chosen["val_acc"],  # the accuracy source's own score
+            "refine_epochs": sc.refine_epochs if "refined_val_acc" in chosen else 0,
+            "started_from_val_acc": finished.started_from_val_acc,
+            "finish_val_acc": finished.val_acc,
+            "finish_teacher": finished.details.get("teacher"),
+            "finish_kept_epoch": finished.details.get("kept_epoch"),  # the best QAT epoch on validation
+            "test_acc_torch": parity.torch_acc,
+            "test_acc_onnx": parity.export_acc,
+            "identical_predictions": parity.agreement,
+            "max_abs_logit_diff": parity.max_abs_logit_diff,
+            "predicted_latency_ms": round(float(latency.predict(space.plan(arch))), 6),
+            "measured_ort_latency_ms": round(measured, 4),
+            "mmacs": chosen["mmacs"],
+            "size_kb": chosen["size_kb"],
+            "peak_act_kb": chosen["peak_act_kb"],
+            "seconds": {"search": round(t_search, 1), "finish": round(t_finish, 1),
+                        "total": round(time.perf_counter() - t_start, 1)},
+        }
+        run.write_json("report.json", report)
     return report
 
 
 def _target(r: dict[str, Any]) -> str:
     return r.get("target", r.get("device", "?"))  # reports written before the rename say "device"
+
+
+def _search_acc(r: dict[str, Any]) -> str:
+    text = f"search {100 * r['search_val_acc']:.2f} %"
+    if r.get("refine_epochs"):
+        source = r.get("accuracy_source", "train")
+        text += f" ({source} {100 * r['inherited_val_acc']:.2f} %, then {r['refine_epochs']} QAT epochs)"
+    return text
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -106,6 +120,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"(front of {r['front_size']})",
         f"  chosen arch            {r['arch']}",
         f"  size / MACs / peak act {r['size_kb']:.1f} KB / {r['mmacs']:.2f} M / {r['peak_act_kb']:.1f} KB",
+        f"  val acc                {_search_acc(r)} -> finished {100 * r['finish_val_acc']:.2f} %",
         f"  test acc (PyTorch)     {100 * r['test_acc_torch']:.2f} %",
         f"  test acc (ONNX, ORT)   {100 * r['test_acc_onnx']:.2f} %",
         f"  identical predictions  {100 * r['identical_predictions']:.2f} %  (max |dlogit| {r['max_abs_logit_diff']:.2g})",

@@ -9,8 +9,11 @@ from qnas.quant.checkpoint import atomic_write
 
 def plot_pareto(records: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]], out: str | Path,
                 budget_ms: float | None = None, chosen: dict[str, Any] | None = None,
-                title: str = "accuracy vs predicted latency") -> Path:
-    """Scatter of every evaluated arch, the Pareto front as a step line, the budget and the chosen arch."""
+                title: str = "accuracy vs predicted latency",
+                refined: Sequence[dict[str, Any]] = ()) -> Path:
+    """Scatter of every evaluated arch, the Pareto front as a step line, the budget and the chosen arch;
+    ``refined`` entries (``uid``, ``refined_val_acc``: :mod:`qnas.refining`) as diamonds joined to
+    their search-time accuracy, the chosen arch at its refined accuracy when it has one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,10 +26,18 @@ def plot_pareto(records: Sequence[dict[str, Any]], front: Sequence[dict[str, Any
     fy = [100 * r["val_acc"] for r in front]
     ax.step(fx, fy, where="post", color="#1f77b4", lw=1.5, zorder=3)
     ax.scatter(fx, fy, s=36, c="#1f77b4", label=f"Pareto front ({len(front)})", zorder=4)
+    latency = {r["uid"]: r["latency_ms"] for r in records}
+    refined = [e for e in refined if e.get("uid") in latency]
+    for e in refined:
+        x = latency[e["uid"]]
+        ax.plot([x, x], [100 * e["val_acc"], 100 * e["refined_val_acc"]], color="#2ca02c", lw=0.8, ls=":", zorder=3)
+    if refined:
+        ax.scatter([latency[e["uid"]] for e in refined], [100 * e["refined_val_acc"] for e in refined], s=40,
+                   marker="D", c="#2ca02c", label=f"refined ({refined[0]['epochs']} QAT epochs)", zorder=4)
     if budget_ms is not None:
         ax.axvline(budget_ms, color="#d62728", ls="--", lw=1.2, label=f"budget {budget_ms:.3g} ms")
     if chosen is not None:
-        ax.scatter([chosen["latency_ms"]], [100 * chosen["val_acc"]], s=140, marker="*", c="#ff7f0e",
+        ax.scatter([chosen["latency_ms"]], [100 * chosen.get("refined_val_acc", chosen["val_acc"])], s=140, marker="*", c="#ff7f0e",
                    edgecolors="k", label="chosen", zorder=5)
     ax.set_xlabel("predicted latency (ms)")
     ax.set_ylabel("validation accuracy (%)")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import pickle
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -237,8 +238,11 @@ class AccuracyPredictor:
                 meta = json.loads(p.read_text())
                 state = {k: torch.tensor(v["data"], dtype=torch.float32).reshape(v["shape"])
                          for k, v in meta.pop("state").items()}
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise QnasError(f"{p} is not a saved accuracy predictor ({type(e).__name__}: {e})") from None
+        except (KeyError, TypeError, ValueError, RuntimeError, EOFError, AttributeError, pickle.UnpicklingError) as e:
+            first = ("it holds Python objects, which qnas never unpickles" if isinstance(e, pickle.UnpicklingError)
+                     else (str(e).strip().splitlines() or [""])[0][:160])  # torch's messages span many lines
+            raise QnasError(f"{p} is not a saved accuracy predictor ({type(e).__name__}: {first}); "
+                            "give a file written by AccuracyPredictor.save") from None
         if meta.get("schema") != SCHEMA or meta.get("version") != VERSION:
             raise QnasError(f"{p} is not a {SCHEMA} version {VERSION} file")
         saved_space = SearchSpace.from_dict(meta["space"])

@@ -3,16 +3,22 @@ front, model, exported files, plots and the report; and :func:`resolve_arch`,
 which arch a run directory (or a model, or an arch file) stands for."""
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from qnas.arch import Arch
 from qnas.errors import CheckpointError, ConfigError
 from qnas.quant.checkpoint import atomic_write
 from qnas.space import SearchSpace
 from qnas.jsonfile import read_json
+
+
+#: the lock a process writing a run holds (RunDir.locked)
+LOCK_FILE = ".qnas.lock"
 
 
 class RunDir:
@@ -24,6 +30,9 @@ class RunDir:
             raise ConfigError(f"run directory {self.path} is a file; choose another --out")
         if self.path.is_dir() and any(self.path.iterdir()) and not (overwrite or resume):
             raise ConfigError(f"run directory {self.path} is not empty; choose another --out or pass --force to overwrite")
+        #: the directory was absent or empty: a run that fails before it has anything worth keeping removes it
+        self.fresh = not self.path.exists() or (self.path.is_dir() and not any(self.path.iterdir()))
+        self._created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         if overwrite and not resume:
             (self.path / "history.jsonl").unlink(missing_ok=True)
@@ -38,6 +47,62 @@ class RunDir:
             text = "".join(json.dumps(r) + "\n" for r in good)
             if text != p.read_text():
                 atomic_write(p, lambda tmp: tmp.write_text(text))
+
+    @contextlib.contextmanager
+    def removed_on_early_failure(self) -> Iterator["RunDir"]:
+        """Run a block; when it raises and this run started in an absent or empty directory and has
+        nothing worth resuming yet (no evaluated arch, no supernet checkpoint), remove what it wrote,
+        so the corrected command is not refused for a non-empty directory. A run with something to
+        resume is left as it is (``--resume`` continues it)."""
+        try:
+            yield self
+        except BaseException:
+            if self.fresh and not self._worth_keeping():
+                if self._created:
+                    shutil.rmtree(self.path, ignore_errors=True)
+                else:
+                    for child in self.path.iterdir():
+                        if child.is_dir():
+                            shutil.rmtree(child, ignore_errors=True)
+                        else:
+                            child.unlink(missing_ok=True)
+            raise
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator["RunDir"]:
+        """Hold the run directory's lock (``RUN/.qnas.lock``, an OS file lock released when the process
+        ends, however it ends) while the block writes the run; a second writer -- another ``qnas search
+        --resume RUN`` -- is refused with one line naming the holder."""
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; runs are not protected there
+            yield self
+            return
+        import os
+        import socket
+        import time
+
+        path = self.file(LOCK_FILE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+                raise ConfigError(f"run directory {self.path} is in use by {holder}; wait for it to finish "
+                                  "or stop it, then run again") from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"process {os.getpid()} on {socket.gethostname()} since "
+                         f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+            yield self
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _worth_keeping(self) -> bool:
+        try:
+            return bool(self.read_history()) or self.file("supernet").is_dir()
+        except ConfigError:  # a damaged history: leave it for the user to look at
+            return True
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -55,8 +120,14 @@ class RunDir:
         p = self.file("history.jsonl")
         if not p.exists():
             return []
+        if not p.is_file():
+            raise ConfigError(f"{p} is not a file; move it away (the run's history is a JSON-lines file)")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{p} is not a text file of JSON lines; move it away to evaluate the run again") from None
         out = []
-        for line in p.read_text().splitlines():
+        for line in text.splitlines():
             try:
                 out.append(json.loads(line))
             except json.JSONDecodeError:

@@ -15,7 +15,7 @@ from qnas.accuracy_sources import accuracy_source_names, create_accuracy_source
 from qnas.arch import Arch
 from qnas.costs import count_costs
 from qnas.data import Splits, load_dataset, split
-from qnas.errors import ConfigError
+from qnas.errors import ConfigError, QnasError
 from qnas.executors import executor_from_config
 from qnas.latency import LatencyModel, create_latency_model
 from qnas.options import SearchConfig, target_alias
@@ -88,6 +88,8 @@ class SearchResult:
     run_dir: Path | None = None
     evaluator: Any = field(default=None, repr=False)
     budget: Budget = field(default_factory=Budget)
+    #: uid -> refinement entry (``refined_val_acc`` ...) of the archs :meth:`refine` trained further
+    refined: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def front(self) -> list[dict[str, Any]]:
@@ -99,7 +101,12 @@ class SearchResult:
     def best(self, latency_ms: float | None = None) -> dict[str, Any]:
         """The most accurate record within ``latency_ms`` (default: the search's budget) and the other budgets."""
         limit = latency_ms if latency_ms is not None else self.budget.latency_ms
-        best = most_accurate(self.records, Budget(limit, self.budget.size_kb, self.budget.peak_act_kb))
+        budget = Budget(limit, self.budget.size_kb, self.budget.peak_act_kb)
+        refined = [{**r, "refined_val_acc": self.refined[r["uid"]]["refined_val_acc"]} for r in self.records
+                   if r["uid"] in self.refined and budget.ok(r)]
+        if refined:  # refined archs are chosen by their refined accuracy (see refine())
+            return max(refined, key=lambda r: (r["refined_val_acc"], -r["latency_ms"]))
+        best = most_accurate(self.records, budget)
         if best is None:
             fastest = min(r["latency_ms"] for r in self.records)
             raise ConfigError(f"no evaluated arch meets the budget ({limit} ms; fastest: {fastest:.4g} ms); "
@@ -115,6 +122,19 @@ class SearchResult:
             return self.budget.latency_ms
         return float(statistics.median(r["latency_ms"] for r in self.records))
 
+    def refine(self, splits: Splits, top: int, epochs: int, *, run: RunDir | None = None, progress: bool = True,
+               **options: Any) -> dict[str, dict[str, Any]]:
+        """Give the ``top`` most accurate archs within the budget (:meth:`default_budget` for latency)
+        ``epochs`` epochs of QAT from the weights the search's accuracy source gave them, and choose
+        among them by that accuracy from now on (:mod:`qnas.refining`; ``options``: seed, batch_size,
+        lr, threads, torch_device, amp)."""
+        from qnas.refining import refine_candidates
+
+        budget = Budget(self.default_budget(), self.budget.size_kb, self.budget.peak_act_kb)
+        self.refined = refine_candidates(self.space, self.records, splits, budget, top=top, epochs=epochs,
+                                         evaluator=self.evaluator, run=run, progress=progress, **options)
+        return self.refined
+
     def plot(self, out: str | Path | None = None, budget_ms: float | None = None,
              chosen: dict[str, Any] | None = None) -> Path:
         """Pareto plot PNG (default: ``RUN/pareto.png``) with the budget line and the chosen arch."""
@@ -125,7 +145,8 @@ class SearchResult:
                 raise ConfigError("this search has no run directory; pass the PNG path to plot()")
             out = self.run_dir / "pareto.png"
         return plot_pareto(self.records, self.front, out, budget_ms if budget_ms is not None else self.budget.latency_ms,
-                           chosen, title=f"accuracy vs predicted latency on {self.target}")
+                           chosen, title=f"accuracy vs predicted latency on {self.target}",
+                           refined=list(self.refined.values()))
 
     def plot_progress(self, out: str | Path | None = None, batch: int = 4) -> Path:
         """Accuracy and latency per generation (batch of asks), PNG."""
@@ -215,6 +236,8 @@ def train_supernet_run(out: str | Path, *, data: str = "digits", data_path: str 
     precision to train; under ``torchrun`` every rank trains its slice of each batch and rank 0 writes
     the file. ``init(supernet)`` runs on the freshly built supernet (a resumed checkpoint's weights
     replace what it set). Returns the per-epoch history."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"epochs must be an integer >= 1 (epochs per progressive-shrinking phase), got {epochs!r}")
     check_supernet_out(out, resume, overwrite)
     splits = prepare_data(data, data_path, seed, stream, space)
     space = space_for(splits, space)
@@ -223,7 +246,12 @@ def train_supernet_run(out: str | Path, *, data: str = "digits", data_path: str 
 
 
 def check_supernet_out(out: str | Path, resume: bool, overwrite: bool) -> None:
-    """Refuse (one line) to train over an existing ``OUT/supernet.pt`` unless resuming or told to."""
+    """Refuse (one line, before any work) an ``out`` that is a file, a ``resume`` with nothing to
+    resume, and training over an existing ``OUT/supernet.pt`` unless resuming or told to."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"{out} is a file; --out names the directory supernet.pt goes into")
+    if resume and not (Path(out) / "supernet.pt").is_file():
+        raise ConfigError(f"nothing to resume: {Path(out) / 'supernet.pt'} does not exist; drop --resume to start one")
     if (Path(out) / "supernet.pt").exists() and not (resume or overwrite):
         raise ConfigError(f"{Path(out) / 'supernet.pt'} exists; pass --resume to continue it or --force to start over")
 
@@ -261,6 +289,30 @@ def strategy_options(cfg: SearchConfig, space: SearchSpace, evaluator: Callable[
     return opts
 
 
+def _trusted_record(h: Any, space: SearchSpace, run: RunDir) -> bool:
+    """A history record a resumed search may reuse: its arch is valid in the space and is the arch
+    its ``uid`` names, its scores are finite numbers. Anything else was edited or damaged: refused."""
+    import math
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"{run.file('history.jsonl')}: record {h.get('index') if isinstance(h, dict) else h!r} "
+                           f"{why}; delete that line to evaluate it again")
+
+    if not isinstance(h, dict) or not {"index", "uid", "arch", "val_acc", "latency_ms"} <= set(h):
+        raise bad("lacks index, uid, arch, val_acc or latency_ms")
+    try:
+        arch = space.validate(Arch.from_dict(h["arch"]))
+    except QnasError as e:
+        raise bad(f"holds an arch this search space cannot have ({e})") from None
+    if arch.uid != h["uid"]:
+        raise bad(f"holds an arch whose uid is {arch.uid}, not {h['uid']} (edited?)")
+    for key in ("val_acc", "latency_ms"):
+        v = h[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise bad(f"has {key} {v!r}, not a finite number")
+    return True
+
+
 def run_search(
     cfg: SearchConfig,
     space: SearchSpace,
@@ -278,7 +330,7 @@ def run_search(
     context = StrategyContext(splits=splits, latency=latency, accuracy=evaluator, progress=progress)
     strat = create_strategy(cfg.strategy, space, seed=cfg.seed, budget=cfg.budget, context=context,
                             **strategy_options(cfg, space, evaluator, latency, run))
-    done = {(h["index"], h["uid"]): h for h in (run.read_history() if run else [])}
+    done = {(h["index"], h["uid"]): h for h in (run.read_history() if run else []) if _trusted_record(h, space, run)}
     executor = executor_from_config(cfg)
     records: list[dict[str, Any]] = []
     bar = tqdm(total=cfg.n_candidates, desc=f"search ({cfg.strategy})", disable=not progress, unit="arch")
@@ -288,23 +340,27 @@ def run_search(
             if not batch:
                 break  # the strategy (or the space) is exhausted
             start = len(records)
-            todo = [a for i, a in enumerate(batch) if (start + i, a.uid) not in done]
-            fresh = iter(executor.map(evaluator, todo))
-            new = []
-            for i, arch in enumerate(batch):
-                old = done.get((start + i, arch.uid))
-                rec = old if old is not None else score_record(space, arch, latency, next(fresh), start + i)
-                if old is None and run:
+            scored = {i: done[(start + i, a.uid)] for i, a in enumerate(batch) if (start + i, a.uid) in done}
+            bar.update(len(scored))
+            todo = [i for i in range(len(batch)) if i not in scored]
+            # each evaluation is recorded as it finishes: a kill loses only the ones still running
+            for j, accuracy in executor.imap(evaluator, [batch[i] for i in todo]):
+                i = todo[j]
+                rec = scored[i] = score_record(space, batch[i], latency, accuracy, start + i)
+                if run:
                     run.append_history(rec)
-                new.append(rec)
                 bar.update(1)
                 bar.set_postfix(acc=f"{rec['val_acc']:.3f}", ms=f"{rec['latency_ms']:.3g}")
+            new = [scored[i] for i in range(len(batch))]
             records.extend(new)
             strat.tell(batch, new)
     finally:
         bar.close()
         executor.close()
     result = SearchResult(space, records, cfg.target, run.path if run else None, evaluator, cfg.budget)
+    if cfg.refine_top and records:
+        result.refine(splits, cfg.refine_top, cfg.refine_epochs, run=run, progress=progress, seed=cfg.seed,
+                      batch_size=cfg.batch_size, threads=cfg.threads, torch_device=cfg.torch_device, amp=cfg.amp)
     if run:
         run.write_json("front.json", result.front)
         result.plot()
@@ -388,6 +444,9 @@ def _run(cfg: SearchConfig, space: SearchSpace | None, out: str | Path | None, o
     run = RunDir(out, overwrite=overwrite, resume=resume) if out is not None else None
     if run and cfg.latency_kind == "measured":
         latency.cache = run.file("latency_table.json")
-    if run and not resume:
-        run.write_json("config.json", cfg.to_dict())
-    return run_search(cfg, space, splits, run, progress, latency)
+    if run is None:
+        return run_search(cfg, space, splits, None, progress, latency)
+    with run.locked(), run.removed_on_early_failure():
+        if not resume:
+            run.write_json("config.json", cfg.to_dict())
+        return run_search(cfg, space, splits, run, progress, latency)

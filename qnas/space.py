@@ -18,6 +18,8 @@ from qnas.quant.plan import ACTIVATIONS, BlockPlan, LayerSpec, NetworkPlan, SEPl
 SUPPORTED_W_BITS = (2, 4, 8)
 SUPPORTED_A_BITS = (4, 8)
 SUPPORTED_KERNELS = (3, 5, 7)
+#: the largest input resolution a space may list (mobile spaces use 128-320)
+MAX_RESOLUTION = 1024
 SUPPORTED_STEM_KERNELS = (1, 3, 5, 7)
 #: Bits of the squeeze-excite convs and of the quantizers inside it (not searched).
 SE_BITS = 8
@@ -227,9 +229,13 @@ class SearchSpace:
         if not p.is_file():
             raise ConfigError(f"search-space file not found: {p} (nor a preset: {', '.join(presets.PRESETS)})")
         try:
-            d = yaml.safe_load(p.read_text())
+            d = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
             raise ConfigError(f"{p} is not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{p} is not a text file (not UTF-8); give a search-space YAML") from None
+        except RecursionError:
+            raise ConfigError(f"{p} is nested too deeply for a search-space YAML") from None
         return cls.from_dict(d or {})
 
     def to_dict(self) -> dict[str, Any]:
@@ -534,6 +540,8 @@ def _validate_config(c: SpaceConfig) -> None:
         raise ConfigError(f"kernels contains {bad}; supported depthwise kernels: {list(SUPPORTED_KERNELS)}")
     expand_list("expands", c.expands)
     ints("resolutions", c.resolutions, lo=8)
+    if max(c.resolutions) > MAX_RESOLUTION:  # every image is resized to it: 100000 px would need terabytes
+        raise ConfigError(f"resolutions must be at most {MAX_RESOLUTION} px, got {max(c.resolutions)}")
     if not c.widths or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= 4 for w in c.widths):
         raise ConfigError(f"widths must be a non-empty list of numbers in (0, 4], got {list(c.widths)}")
     for name in ("in_channels", "num_classes", "stem_channels"):

@@ -28,14 +28,63 @@ def positive_float(v: str) -> float:
     return f
 
 
-def non_negative_int(v: str) -> int:
+def fraction(v: str) -> float:
+    """A share in [0, 1] (NaN refused: it would switch a comparison off)."""
+    try:
+        f = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {v!r}") from None
+    if not 0.0 <= f <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {v!r}")
+    return f
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument error is one line and exit 2, like every other user error (the usage is on ``--help``).
+    Sub-command parsers are made of the same class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+#: numpy and torch both take seeds in [0, 2**32 - 1] everywhere (torch.manual_seed refuses more than 64 bits)
+MAX_SEED = 2**32 - 1
+
+
+def _int_in(v: str, what: str, lo: int, hi: int | None = None, unit: str = "") -> int:
+    """``v`` as an integer in [lo, hi] (no upper bound when ``hi`` is None), else an argparse error."""
     try:
         i = int(v)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {v!r}") from None
-    if i < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v!r}")
+        raise argparse.ArgumentTypeError(f"expected an integer{what and ' ' + what}, got {v!r}") from None
+    if i < lo or (hi is not None and i > hi):
+        span = f">= {lo}" if hi is None else f"from {lo} to {hi}{unit}"
+        raise argparse.ArgumentTypeError(f"expected {'a ' + what if what else 'an integer'} {span}, got {v}")
     return i
+
+
+def seed_int(v: str) -> int:
+    """A ``--seed`` value: an integer from 0 to 2**32 - 1."""
+    return _int_in(v, "seed", 0, MAX_SEED)
+
+
+def resolution_int(v: str) -> int:
+    """An image size: an integer from 8 to :data:`qnas.space.MAX_RESOLUTION` px."""
+    from qnas.space import MAX_RESOLUTION
+
+    return _int_in(v, "resolution", 8, MAX_RESOLUTION, " px")
+
+
+def non_negative_int(v: str) -> int:
+    return _int_in(v, "", 0)
+
+
+def refuse_existing(path: str | None, overwrite: bool, flag: str) -> None:
+    """Refuse (one line) before any work an output file that exists, unless ``--force`` was given."""
+    from pathlib import Path
+
+    if path and Path(path).exists() and not overwrite:
+        raise ConfigError(f"{path} exists; choose another {flag} or pass --force to overwrite it")
 
 
 def json_object(text: str | None, flag: str, example: str) -> dict[str, Any]:

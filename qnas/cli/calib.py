@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Sequence
 
+from qnas.cli._args import OneLineErrorParser, resolution_int, seed_int
 from qnas.dataset_kinds import DATASET_KINDS
 
 __all__ = ["add_calib_parser", "build_parser", "cmd_calib_build", "cmd_calib_show", "main"]
@@ -43,12 +44,12 @@ def _add_build_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--n", type=int, default=512, help="number of images (default 512), split evenly over classes")
     b.add_argument("--out", required=True, help="calibration file to write (.npz)")
     res = b.add_mutually_exclusive_group()
-    res.add_argument("--resolution", type=int, help="image size the model takes (default: the data's own)")
+    res.add_argument("--resolution", type=resolution_int, help="image size the model takes (default: the data's own)")
     res.add_argument("--arch", metavar="RUN_OR_ARCH_JSON",
                      help="take the resolution from an arch JSON file, a run directory or a model.pt")
     b.add_argument("--model", metavar="MODEL_OR_RUN",
                    help="finished model (model.pt or its run dir): use its resolution, normalization and split seed")
-    b.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    b.add_argument("--seed", type=seed_int, default=0, help="sampling seed (default 0)")
     b.add_argument("--split", default="train", choices=["train", "val"],
                    help="part of the seeded split to draw from (default train; test is never used)")
     b.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split (default 0, as search uses)")
@@ -81,7 +82,7 @@ def add_calib_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def build_parser(prog: str = "python -m qnas.calib_data") -> argparse.ArgumentParser:
     """The calibration commands as a program of their own."""
-    p = argparse.ArgumentParser(prog=prog, description="Build and inspect qnas calibration sets.")
+    p = OneLineErrorParser(prog=prog, description="Build and inspect qnas calibration sets.")
     _add_actions(p)
     return p
 

@@ -5,7 +5,7 @@ import argparse
 import json
 from typing import Any
 
-from qnas.cli._args import add_command_group
+from qnas.cli._args import add_command_group, fraction, refuse_existing
 from qnas.exporters.targets import DEFAULT_TARGET_PROFILES
 
 # backend -> (short help, description)
@@ -30,6 +30,7 @@ _BACKENDS: dict[str, tuple[str, str]] = {
 def cmd_export(a: argparse.Namespace) -> int:
     from qnas.exporting import export_model
 
+    refuse_existing(a.report, a.overwrite, "--report")  # before the export, not after it
     options = {k: v for k, v in (("opset", getattr(a, "opset", None)), ("int8_io", getattr(a, "int8_io", None)))
                if v is not None}
     given = {"min_agreement": a.min_agreement} if a.min_agreement is not None else {}  # else export_model's default
@@ -63,7 +64,7 @@ def add_export_parser(sub: Any) -> argparse.ArgumentParser:
         eo.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                         help="compare predictions with PyTorch on the test split, or the stored codes where no "
                              "runtime exists here (default: on)")
-        eo.add_argument("--min-agreement", type=float,
+        eo.add_argument("--min-agreement", type=fraction,
                         help="fail below this share of identical predictions (default 0.995)")
         eo.add_argument("--report", metavar="JSON", help="also write the export report as JSON")
         if backend in ("onnx", "tensorrt"):

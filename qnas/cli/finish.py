@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from qnas.cli._args import (add_command_group, add_data_args, add_force_progress, add_torch_device_args,
-                            non_negative_int, option_fields)
+                            non_negative_int, option_fields, seed_int)
 from qnas.options import INITS, PTQ_INITS, PTQ_METHODS, TEACHERS, PTQFinishOptions, QATFinishOptions
 
 __all__ = ["add_finish_parser", "cmd_finish"]
@@ -41,7 +41,7 @@ def _add_common(p: argparse.ArgumentParser, float_epochs: int | None) -> None:
     p.add_argument("--out", help="model file to write (default: RUN/model.pt)")
     p.add_argument("--space", metavar="YAML", help="search-space config (default: the run's, else the embedded one)")
     add_data_args(p, None, "default: the run's, else digits")
-    p.add_argument("--seed", type=int, help="split and training seed (default: the run's, else 0)")
+    p.add_argument("--seed", type=seed_int, help="split and training seed (default: the run's, else 0)")
     p.add_argument("--batch-size", type=int, help="training batch size (default: the run's, else 64)")
     p.add_argument("--float-epochs", type=int, default=float_epochs,
                    help="float training epochs when the run has no weights")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from qnas.cli._args import add_command_group, add_force_progress, add_latency_args, add_target_args
+from qnas.cli._args import (add_command_group, add_force_progress, add_latency_args, add_target_args,
+                            non_negative_int, refuse_existing, seed_int)
 
 
 def cmd_latency_show(a: argparse.Namespace) -> int:
@@ -44,6 +45,7 @@ def cmd_latency_eval(a: argparse.Namespace) -> int:
     from qnas.options import check_latency_target
 
     check_latency_target(a.target)
+    refuse_existing(a.out, a.overwrite, "--out")  # before the evaluation, not after it
     from qnas.latency.evaluation import evaluate_latency_models
 
     evaluation = evaluate_latency_models(n=a.n, seed=a.seed, target=a.target, space=a.space,
@@ -80,8 +82,8 @@ def add_latency_parser(sub: Any) -> argparse.ArgumentParser:
     add_target_args(lm, help="latency target; only cpu-ort (this machine) can be measured here")
     lm.add_argument("--out", required=True, help="table file to write (.json or .csv)")
     lm.add_argument("--space", metavar="YAML", help="search-space config (default: the embedded digits space)")
-    lm.add_argument("--archs", type=int, default=0, help="measure only the layers of N sampled archs (default: all)")
-    lm.add_argument("--seed", type=int, default=0)
+    lm.add_argument("--archs", type=non_negative_int, default=0, help="measure only the layers of N sampled archs (default: all)")
+    lm.add_argument("--seed", type=seed_int, default=0)
     lm.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     lm.add_argument("--warmup", type=int, default=5)
     lm.add_argument("--repeats", type=int, default=20)
@@ -100,7 +102,7 @@ def add_latency_parser(sub: Any) -> argparse.ArgumentParser:
     le.add_argument("--latency-table", metavar="PATH", help="per-layer table to evaluate (and use as hybrid base)")
     le.add_argument("--latency-hybrid", metavar="PATH", help="fitted hybrid correction to evaluate")
     le.add_argument("--space", metavar="YAML")
-    le.add_argument("--seed", type=int, default=1, help="arch sampling seed (default 1)")
+    le.add_argument("--seed", type=seed_int, default=1, help="arch sampling seed (default 1)")
     le.add_argument("--passes", type=int, default=3, help="timing passes per model; the fastest is kept")
     le.add_argument("--out", help="write the figures as JSON")
     add_force_progress(le, "overwrite --out and --save-hybrid if they exist")

@@ -7,7 +7,7 @@ from typing import Any
 
 from qnas.accuracy_sources import accuracy_source_names
 from qnas.cli._args import (add_data_args, add_force_progress, add_latency_args, add_target_args,
-                            add_torch_device_args, json_object, load_space, option_fields, positive_float)
+                            add_torch_device_args, json_object, load_space, option_fields, positive_float, seed_int)
 from qnas.options import DemoConfig, SearchConfig, default_out, demo_search_config
 
 _POP_SIZE_EXAMPLE = '{"pop_size": 16}'
@@ -28,6 +28,13 @@ def cmd_search(a: argparse.Namespace) -> int:
     for r in result.front:
         mark = "" if result.budget.ok(r) else "  (over budget)"
         print(f"  {r['latency_ms']:9.4g} ms  {100 * r['val_acc']:6.2f} %  {r['size_kb']:7.1f} KB  {r['describe']}{mark}")
+    if result.refined:
+        best = result.best(result.default_budget())
+        print(f"refined within {result.default_budget():.4g} ms ({next(iter(result.refined.values()))['epochs']} QAT epochs "
+              "each; chosen *):")
+        for e in sorted(result.refined.values(), key=lambda e: -e["refined_val_acc"]):
+            mark = " *" if e["uid"] == best["uid"] else ""
+            print(f"  {e['uid']}  {100 * e['val_acc']:6.2f} % -> {100 * e['refined_val_acc']:6.2f} %{mark}")
     print(f"run directory: {out}")
     return 0
 
@@ -50,8 +57,13 @@ def _add_run_args(p: argparse.ArgumentParser, defaults: SearchConfig) -> None:
     add_target_args(p, defaults.target)
     add_torch_device_args(p)
     add_latency_args(p, defaults.latency_kind)
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--seed", type=seed_int, default=defaults.seed)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--refine-top", type=int, default=defaults.refine_top, metavar="N",
+                   help="after the search, train the N most accurate archs within budget a few more QAT epochs "
+                        "and choose among them by that accuracy (default %(default)s; 0: off)")
+    p.add_argument("--refine-epochs", type=int, default=defaults.refine_epochs, metavar="N",
+                   help="QAT epochs per refined arch (default %(default)s)")
     add_force_progress(p, "overwrite a non-empty output directory")
 
 

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from qnas.cli._args import add_command_group, add_data_args, add_force_progress, add_torch_device_args, load_space
+from qnas.cli._args import (add_command_group, add_data_args, add_force_progress, add_torch_device_args, load_space,
+                            seed_int)
 
 
 def cmd_supernet_train(a: argparse.Namespace) -> int:
@@ -44,7 +45,7 @@ def add_supernet_parser(sub: Any) -> argparse.ArgumentParser:
     snt.add_argument("--out", required=True, help="directory for supernet.pt")
     snt.add_argument("--epochs", type=int, default=2, help="epochs per phase (kernel, depth, width, bits)")
     snt.add_argument("--batch-size", type=int, default=64)
-    snt.add_argument("--seed", type=int, default=0)
+    snt.add_argument("--seed", type=seed_int, default=0)
     snt.add_argument("--resume", action="store_true", help="continue from --out/supernet.pt")
     snt.add_argument("--pretrained", metavar="PATH",
                      help="start from a torchvision MobileNetV2 / MobileNetV3-Large state_dict: it becomes the "

@@ -57,6 +57,7 @@ cannot execute is never cheaper than the precision it falls back to.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -379,8 +380,9 @@ class _Parser:
 
     def check(self, value: Any, kind: str, where: str) -> Any:
         def positive(v: Any, w: str, allow_zero: bool = False) -> float:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (v == 0 and not allow_zero):
-                raise self.fail(f"'{w}' is {v!r}", f"use a {'non-negative' if allow_zero else 'positive'} number")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
+                    or (v == 0 and not allow_zero):  # NaN/Infinity parse from JSON and would price every arch NaN
+                raise self.fail(f"'{w}' is {v!r}", f"use a finite {'non-negative' if allow_zero else 'positive'} number")
             return float(v)
 
         if kind == "positive":

@@ -172,6 +172,22 @@ def test_export_model_refuses_what_the_target_cannot_run_and_writes_nothing(trai
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_export_model_refuses_nan_weights_in_one_line(trained_digits_model, tmp_path):
+    import copy
+
+    from qnas.exporting import export_model
+    from qnas.model_io import save_model
+
+    space, arch, model = trained_digits_model
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        next(p for n, p in broken.named_parameters() if n.endswith("weight")).view(-1)[0] = float("nan")
+    save_model(tmp_path / "model.pt", broken, space, arch, {"data": {"data": "digits", "split_seed": 0}})
+    with pytest.raises(ExportError, match="holds NaN or Inf values") as e:
+        export_model(tmp_path, "onnx", tmp_path / "m.onnx")
+    assert "\n" not in str(e.value) and not (tmp_path / "m.onnx").exists()
+
+
 def test_export_model_with_upcast_reports_mapping_parity_and_latency(trained_digits_model, tmp_path):
     from qnas.exporting import export_model
     from qnas.model_io import save_model

@@ -58,3 +58,11 @@ def test_unknown_backend_lists_valid_ones():
     with pytest.raises(ExportError, match="onnx"):
         create_exporter("caffe")
     assert "onnx" in available_exporters()
+
+
+@pytest.mark.parametrize("opset", [0, 12, 21, "13", True])
+def test_opsets_the_exporter_cannot_write_are_one_line_errors(opset):
+    with pytest.raises(ExportError, match="ONNX opset must be an integer from 13 to 20") as e:
+        create_exporter("onnx", opset=opset)
+    assert "\n" not in str(e.value)
+    assert create_exporter("onnx", opset=17).opset == 17

@@ -322,6 +322,9 @@ def test_npz_validation(tmp_path):
     with pytest.raises(DataError) as e:
         load_npz(tmp_path / "nope.npz")
     assert "not found" in _one_line(e)
+    with pytest.raises(DataError) as e:  # refused before a 10**12-class classifier is built
+        load_npz(save("i.npz", images=img, labels=np.array([0, 1, 10**12])))
+    assert "at most 100000 are supported" in _one_line(e)
 
 
 def test_npz_rejects_non_npz_and_pickles(tmp_path):

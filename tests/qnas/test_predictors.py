@@ -94,6 +94,16 @@ def test_load_rejects_other_files(tmp_path):
         AccuracyPredictor.load(tmp_path / "missing.pt")
 
 
+def test_load_refuses_a_pickle_in_one_line_without_running_it(tmp_path):
+    import pickle
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"meta": print, "state": {}}))  # would call a function if unpickled
+    with pytest.raises(QnasError, match="never unpickles") as e:
+        AccuracyPredictor.load(evil)
+    assert "\n" not in str(e.value)
+
+
 def test_unfitted_and_bad_inputs(space):
     p = AccuracyPredictor(space)
     with pytest.raises(QnasError, match="not fitted"):

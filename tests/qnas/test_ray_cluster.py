@@ -57,7 +57,9 @@ def test_search_on_a_running_ray_cluster_matches_a_local_search(ray_head, tmp_pa
            "--accuracy", "zero-cost", "--candidates", "3", "--batch", "3", "--no-progress", "--out", str(tmp_path / "ray")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, **auth})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    remote = [json.loads(line) for line in (tmp_path / "ray" / "history.jsonl").read_text().splitlines()]
+    # recorded as each Ray task finishes: in completion order, each line with its index
+    remote = sorted((json.loads(line) for line in (tmp_path / "ray" / "history.jsonl").read_text().splitlines()),
+                    key=lambda r: r["index"])
     assert [r["uid"] for r in remote] == [r["uid"] for r in local.records]
     assert [r["val_acc"] for r in remote] == pytest.approx([r["val_acc"] for r in local.records], rel=1e-6)
 

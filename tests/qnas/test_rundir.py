@@ -98,3 +98,95 @@ def test_bad_sources_are_one_line_errors(tmp_path):
     with pytest.raises(QnasError, match="w_bits"):
         resolve_arch(json.dumps(bad))
     assert resolve_arch(json.dumps(bad), validate=False).arch.stages[0][0].w_bits[0] == 3
+
+
+class _Boom(Exception):
+    pass
+
+
+def test_a_run_that_fails_before_anything_worth_keeping_leaves_nothing(tmp_path):
+    from qnas.rundir import RunDir
+
+    for path, premade in ((tmp_path / "new", False), (tmp_path / "empty", True)):
+        if premade:
+            path.mkdir()
+        run = RunDir(path)
+        with pytest.raises(_Boom), run.removed_on_early_failure():
+            run.write_json("config.json", {"seed": 0})
+            raise _Boom()
+        assert not path.exists() if not premade else not any(path.iterdir())
+        RunDir(path).write_json("config.json", {"seed": 1})  # the corrected command is not refused
+
+
+@pytest.mark.parametrize("keep", ["history", "supernet", "not fresh"])
+def test_a_run_with_something_to_resume_is_kept_on_failure(tmp_path, keep):
+    from qnas.rundir import RunDir
+
+    path = tmp_path / "run"
+    if keep == "not fresh":
+        path.mkdir()
+        (path / "mine.txt").write_text("user file")
+    run = RunDir(path, overwrite=keep == "not fresh")
+    with pytest.raises(_Boom), run.removed_on_early_failure():
+        run.write_json("config.json", {"seed": 0})
+        if keep == "history":
+            run.append_history({"index": 0, "uid": "x"})
+        elif keep == "supernet":
+            run.file("supernet").mkdir()
+        raise _Boom()
+    assert (path / "config.json").is_file()
+    if keep == "not fresh":
+        assert (path / "mine.txt").read_text() == "user file"
+
+
+def test_search_failing_at_its_first_evaluation_leaves_no_directory(tmp_path, monkeypatch):
+    import qnas.evaluators
+    from qnas.searching import search
+
+    def failing(self, arch):
+        raise _Boom("evaluation failed")
+
+    monkeypatch.setattr(qnas.evaluators.TrainingEvaluator, "__call__", failing)
+    with pytest.raises(_Boom):
+        search(out=tmp_path / "run", n_candidates=2, batch=1, epochs=1, threads=1, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_second_writer_of_a_run_is_refused_naming_the_holder(tmp_path):
+    import os
+
+    from qnas.rundir import RunDir
+
+    pytest.importorskip("fcntl")  # POSIX advisory locks; CI runs Linux
+    run = RunDir(tmp_path / "run")
+    with run.locked():
+        with pytest.raises(ConfigError, match=rf"is in use by process {os.getpid()} on ") as e:
+            with RunDir(tmp_path / "run", resume=True).locked():
+                pass
+        assert "\n" not in str(e.value)
+    with RunDir(tmp_path / "run", resume=True).locked():  # released when the first writer is done
+        pass
+
+
+def test_concurrent_resumes_of_one_search_refuse_the_second(tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("fcntl")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"n_candidates": 2, "epochs": 1, "threads": 1}))
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from qnas.rundir import RunDir\n"
+        f"with RunDir({str(run)!r}, resume=True).locked():\n"
+        "    print('locked', flush=True); time.sleep(30)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        proc = subprocess.run([sys.executable, "-m", "qnas", "search", "--resume", str(run), "--no-progress"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert f"in use by process {holder.pid}" in proc.stderr and proc.stderr.count("\n") == 1
+        assert not (run / "history.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()

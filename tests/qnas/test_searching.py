@@ -62,6 +62,41 @@ def test_resume_continues_without_repeating(finished_run, tmp_path, monkeypatch)
     assert [h["index"] for h in history] == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("tamper, needle", [
+    (lambda rec: {**rec, "arch": {**rec["arch"], "resolution": 99}}, "cannot have"),
+    (lambda rec: {**rec, "arch": {**rec["arch"], "width": 0.5}}, "edited?"),
+    (lambda rec: {**rec, "val_acc": float("nan")}, "not a finite number"),
+    (lambda rec: {k: v for k, v in rec.items() if k != "arch"}, "lacks"),
+])
+def test_resume_refuses_edited_history_records(finished_run, tmp_path, tamper, needle):
+    src, _ = finished_run
+    run = tmp_path / "edited"
+    run.mkdir()
+    (run / "config.json").write_text((src / "config.json").read_text())
+    recs = [json.loads(l) for l in (src / "history.jsonl").read_text().splitlines()]
+    recs[1] = tamper(recs[1])
+    (run / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    with pytest.raises(ConfigError, match=needle) as e:
+        resume_search(run, progress=False)
+    assert "record 1" in str(e.value) and "delete that line" in str(e.value) and "\n" not in str(e.value)
+    assert not (run / "front.json").exists()
+
+
+@pytest.mark.parametrize("damage", ["binary", "directory"])
+def test_resume_with_unreadable_history_is_one_line_error(finished_run, tmp_path, damage):
+    src, _ = finished_run
+    run = tmp_path / "damaged"
+    run.mkdir()
+    (run / "config.json").write_text((src / "config.json").read_text())
+    if damage == "binary":
+        (run / "history.jsonl").write_bytes(b"\xff\xfe\x00\x81")
+    else:
+        (run / "history.jsonl").mkdir()
+    with pytest.raises(ConfigError, match="history.jsonl is not a") as e:
+        resume_search(run, progress=False)
+    assert "move it away" in str(e.value)
+
+
 def test_resume_needs_a_run(tmp_path):
     with pytest.raises(ConfigError, match="config.json"):
         resume_search(tmp_path)
@@ -92,3 +127,43 @@ def test_supernet_initial_weights_depend_only_on_the_seed(monkeypatch, digits_sp
     cfg2 = SearchConfig(accuracy="supernet", seed=4)
     other = obtain_supernet(cfg2, SearchSpace(), digits_splits, None, False).state_dict()
     assert not all(torch.equal(states[0][k], other[k]) for k in states[0])
+
+
+def test_each_evaluation_is_recorded_as_it_finishes(tmp_path, monkeypatch):
+    """A batch killed in its second evaluation keeps the first (recorded at once), and resume reuses it."""
+    calls = []
+    original = qnas.evaluators.TrainingEvaluator.__call__
+
+    def dies_at_second(self, arch):
+        calls.append(arch.uid)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, arch)
+
+    monkeypatch.setattr(qnas.evaluators.TrainingEvaluator, "__call__", dies_at_second)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        search(out=run, n_candidates=2, batch=2, epochs=1, threads=1, progress=False)
+    history = [json.loads(l) for l in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["uid"] for h in history] == calls[:1]
+    monkeypatch.setattr(qnas.evaluators.TrainingEvaluator, "__call__", original)
+    resumed = resume_search(run, progress=False)
+    assert resumed.records[0] == history[0] and len(resumed.records) == 2
+
+
+def test_resume_reuses_a_trained_candidate_that_was_not_recorded(finished_run, tmp_path, monkeypatch):
+    """Killed after a candidate's state was saved but before its record: resume takes the saved result."""
+    import shutil
+
+    src, full = finished_run
+    run = tmp_path / "killed"
+    shutil.copytree(src, run)
+    lines = (run / "history.jsonl").read_text().splitlines()
+    (run / "history.jsonl").write_text("\n".join(lines[:2]) + "\n")  # records 2 and 3 lost, states kept
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a candidate with a saved state was trained again")
+
+    monkeypatch.setattr(qnas.evaluators, "train", no_training)
+    resumed = resume_search(run, progress=False)
+    assert _strip(resumed.records) == _strip(full.records)

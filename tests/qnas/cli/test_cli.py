@@ -78,10 +78,10 @@ def test_export_bad_checkpoint(tmp_path, capsys):
 def test_demo_end_to_end_small(tmp_path, capsys):
     run = tmp_path / "run"
     code, out, err = run_cli(capsys, "demo", "--out", str(run), "--candidates", "2", "--search-epochs", "2",
-                             "--finish-epochs", "2", "--no-progress")
+                             "--finish-epochs", "2", "--refine-epochs", "1", "--no-progress")
     assert code == 0, err
     for name in ("config.json", "history.jsonl", "front.json", "arch.json", "model.pt", "model.onnx",
-                 "pareto.png", "report.json"):
+                 "pareto.png", "report.json", "refined.json"):
         assert (run / name).is_file(), name
     history = [json.loads(l) for l in (run / "history.jsonl").read_text().splitlines()]
     assert len(history) == 2 and all(0 <= h["val_acc"] <= 1 and h["latency_ms"] > 0 for h in history)
@@ -89,6 +89,10 @@ def test_demo_end_to_end_small(tmp_path, capsys):
     assert report["identical_predictions"] >= 0.99
     assert report["measured_ort_latency_ms"] > 0 and report["predicted_latency_ms"] > 0
     assert "identical predictions" in out
+    # the demo refines its best candidates within budget and chooses (and reports) by that accuracy
+    refined = json.loads((run / "refined.json").read_text())
+    assert report["refine_epochs"] == 1 and report["search_val_acc"] == refined[report["arch_uid"]]["refined_val_acc"]
+    assert "then 1 QAT epochs" in out
     assert (run / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     onnx_out = tmp_path / "again.onnx"
@@ -134,3 +138,30 @@ def test_cli_latency_kinds_are_the_registry():
     from qnas.latency import latency_model_kinds
 
     assert sorted(LATENCY_KINDS) == latency_model_kinds()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["search", "--budget-ms", "nan"], "argument --budget-ms: expected a positive number"),
+    (["search", "--seed", "-1"], "argument --seed: expected a seed from 0 to 4294967295"),
+    (["search", "--seed", str(2**70)], "expected a seed from 0"),
+    (["finish", "qat", "RUN", "--seed", "x"], "expected an integer seed"),
+    (["export", "onnx"], "the following arguments are required"),
+    ([], "the following arguments are required: COMMAND"),
+])
+def test_argument_errors_are_one_line_with_a_pointer_to_help(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.count("\n") == 1 and needle in err and "--help)" in err and "usage:" not in err
+
+
+def test_bad_seed_in_a_config_and_zero_supernet_epochs_are_refused(tmp_path, capsys):
+    from qnas.errors import ConfigError
+    from qnas.options import SearchConfig
+
+    with pytest.raises(ConfigError, match=r"seed must be an integer in \[0, 2\*\*32 - 1\], got 'zero'"):
+        SearchConfig.from_dict({"seed": "zero"})
+    code, _, err = run_cli(capsys, "supernet", "train", "--epochs", "0", "--out", str(tmp_path / "sn"))
+    assert_one_line_error(code, err, "epochs must be an integer >= 1")
+    assert not (tmp_path / "sn").exists()  # nothing written

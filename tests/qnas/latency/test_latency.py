@@ -119,6 +119,17 @@ def test_missing_field_names_file_and_field(tmp_path):
     assert str(f) in msg and "units.tpu.bandwidth_bytes_per_s" in msg and "\n" not in msg
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_profile_numbers_are_rejected(tmp_path, value):
+    raw = _edgetpu_raw()
+    raw["units"]["tpu"]["bandwidth_bytes_per_s"]["value"] = value
+    f = tmp_path / "nan.json"
+    f.write_text(json.dumps(raw))  # Python writes NaN / Infinity, and reads them back
+    with pytest.raises(LatencyTableError, match="use a finite positive number") as info:
+        load_profile(f)
+    assert "bandwidth_bytes_per_s" in str(info.value) and "\n" not in str(info.value)
+
+
 def test_fact_without_source_is_rejected():
     raw = _edgetpu_raw()
     del raw["units"]["host"]["peak_macs_per_s"]["source"]
