@@ -84,8 +84,44 @@ def save_qat_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Op
         "optimizer": _cpu(optimizer.state_dict()),
         "rng": {"torch": torch.get_rng_state(),
                 "loader": loader_gen.get_state() if loader_gen is not None else torch.zeros(0, dtype=torch.uint8)},
+        "stats": runtime_stats_state(model),
     }
     return atomic_write(path, lambda p: torch.save(payload, p))
+
+
+def _runtime_stats_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Brevitas quantizer parts that collect statistics for their first ``collect_stats_steps`` training
+    steps (``ParameterFromRuntimeStatsScaling``, ``ParameterFromRuntimeZeroPoint``): a step counter and a
+    running ``buffer`` that their ``state_dict`` leaves out."""
+    return {name: m for name, m in model.named_modules()
+            if hasattr(m, "collect_stats_steps") and hasattr(m, "counter")
+            and isinstance(getattr(m, "buffer", None), torch.Tensor)}
+
+
+def runtime_stats_state(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """Where each statistics-collecting quantizer part stands (counter, running buffer, raw value).
+    Loading a state dict ends Brevitas' collection phase at once (it takes the saved value as learned),
+    so a QAT resumed inside that phase would diverge from the uninterrupted run without this."""
+    out = {}
+    for name, m in _runtime_stats_modules(model).items():
+        entry = {"counter": torch.tensor(int(m.counter)), "buffer": m.buffer.detach().cpu().clone()}
+        if isinstance(getattr(m, "value", None), torch.Tensor):
+            entry["value"] = m.value.detach().cpu().clone()
+        out[name] = entry
+    return out
+
+
+def restore_runtime_stats(model: nn.Module, saved: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Put each statistics-collecting part back where :func:`runtime_stats_state` found it."""
+    for name, m in _runtime_stats_modules(model).items():
+        entry = saved.get(name)
+        if entry is None:
+            continue
+        with torch.no_grad():
+            m.buffer.copy_(entry["buffer"].to(m.buffer.device))
+            if "value" in entry:
+                m.value.copy_(entry["value"].to(m.value.device))
+        m.counter = int(entry["counter"])
 
 
 def _cpu(obj: Any) -> Any:
@@ -127,6 +163,7 @@ def load_qat_state(path: str | Path, model: nn.Module, cfg: QATConfig,
         raise CheckpointError(f"{path} was written with other QAT settings ({', '.join(diff)}); resume with the "
                               "same settings or delete it to start over")
     load_state(model, payload["model"], source=str(path))
+    restore_runtime_stats(model, payload.get("stats", {}))  # state files before it: the collection phase ends
     optimizer = make_optimizer(model, cfg.train_config())
     try:
         optimizer.load_state_dict(payload["optimizer"])

@@ -151,6 +151,35 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(small, tmp_path):
             state_path=state)
 
 
+def test_resume_inside_the_statistics_phase_is_exact(small, tmp_path):
+    """From scratch, Brevitas' quantizers collect range statistics for their first 300 steps; a state
+    dict leaves that out (loading one ends the phase), so the QAT state carries it (issue 14)."""
+    space, arch, tr, va = small
+    cfg = QATConfig(epochs=3, progress=False, seed=2, keep_best=False)  # the last epoch, whichever is best
+
+    def scratch():
+        torch.manual_seed(0)
+        return build_model(space, arch)
+
+    full = scratch()
+    qat(full, tr.loader(64, True, 3), va.loader(128, False), cfg)
+    state = tmp_path / "qat-state.pt"
+
+    def stop_after_first(stats):
+        if stats.epoch == 1:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        qat(scratch(), tr.loader(64, True, 3), va.loader(128, False), cfg, state_path=state, on_epoch=stop_after_first)
+    stats = torch.load(state, weights_only=True)["stats"]
+    assert stats and all(0 < int(e["counter"]) < 300 for e in stats.values())  # killed inside the phase
+    resumed = scratch()
+    qat(resumed, tr.loader(64, True, 3), va.loader(128, False), cfg, state_path=state)
+    a, b = full.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
 # ---- finishing API ---------------------------------------------------------------
 def _tiny_run(tmp_path, space, arch):
     """A run directory as a supernet search leaves it (an untrained supernet is enough here)."""
