@@ -20,8 +20,8 @@ def _small_arch(space, w=4, a=8):
 
 
 def _warm(model, x):
-    """Bring every Brevitas quantizer past its statistics-collection phase (as a supernet
-    extraction or a PTQ calibration leaves it), so a resume is bit-exact."""
+    """Bring every Brevitas quantizer past its statistics-collection phase, as a supernet
+    extraction or a PTQ calibration leaves it (a resume inside the phase is tested below)."""
     model.train()
     with torch.no_grad():
         model(x)
