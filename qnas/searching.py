@@ -3,6 +3,7 @@ them, the target's latency model prices them, and the run directory records
 every evaluation as it happens, so a killed search resumes where it stopped."""
 from __future__ import annotations
 
+import math
 import statistics
 import warnings
 from dataclasses import dataclass, field
@@ -289,10 +290,9 @@ def strategy_options(cfg: SearchConfig, space: SearchSpace, evaluator: Callable[
     return opts
 
 
-def _trusted_record(h: Any, space: SearchSpace, run: RunDir) -> bool:
-    """A history record a resumed search may reuse: its arch is valid in the space and is the arch
-    its ``uid`` names, its scores are finite numbers. Anything else was edited or damaged: refused."""
-    import math
+def _check_record(h: Any, space: SearchSpace, run: RunDir) -> None:
+    """Refuse (one line) a history record a resumed search must not reuse: one whose arch is not valid
+    in the space or is not the arch its ``uid`` names, or whose scores are not finite numbers."""
 
     def bad(why: str) -> ConfigError:
         return ConfigError(f"{run.file('history.jsonl')}: record {h.get('index') if isinstance(h, dict) else h!r} "
@@ -310,7 +310,6 @@ def _trusted_record(h: Any, space: SearchSpace, run: RunDir) -> bool:
         v = h[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise bad(f"has {key} {v!r}, not a finite number")
-    return True
 
 
 def run_search(
@@ -330,7 +329,10 @@ def run_search(
     context = StrategyContext(splits=splits, latency=latency, accuracy=evaluator, progress=progress)
     strat = create_strategy(cfg.strategy, space, seed=cfg.seed, budget=cfg.budget, context=context,
                             **strategy_options(cfg, space, evaluator, latency, run))
-    done = {(h["index"], h["uid"]): h for h in (run.read_history() if run else []) if _trusted_record(h, space, run)}
+    history = run.read_history() if run else []
+    for h in history:
+        _check_record(h, space, run)
+    done = {(h["index"], h["uid"]): h for h in history}
     executor = executor_from_config(cfg)
     records: list[dict[str, Any]] = []
     bar = tqdm(total=cfg.n_candidates, desc=f"search ({cfg.strategy})", disable=not progress, unit="arch")
