@@ -33,9 +33,39 @@ class ParityReport:
     """share of samples whose top-1 prediction is identical"""
     max_abs_logit_diff: float
     notes: list[str] = field(default_factory=list)
+    logit_step: float | None = None
+    """the quantization step of the model's logits (None: the model's output is not quantized)"""
+    within_one_step: float | None = None
+    """share of logits within one step of the model's"""
+    max_step_diff: float | None = None
+    """the largest logit difference, in steps"""
+    tie_images: int | None = None
+    """images whose logits differ by more than one step only because a value on a rounding boundary rounded
+    the other way (traced quantizer by quantizer, see :mod:`qnas.exporters.parity`); None: not traced"""
+    tie_logits: int = 0
+    """logits more than one step off on :attr:`tie_images`"""
+    n_logits: int = 0
+
+    @property
+    def faithful_share(self) -> float | None:
+        """Share of logits within one step, the logits of :attr:`tie_images` counted as faithful."""
+        if self.within_one_step is None:
+            return None
+        return min(1.0, self.within_one_step + self.tie_logits / max(1, self.n_logits))
+
+    def step_line(self) -> str | None:
+        """``logits within one step ...`` for reports, or None without a logit step."""
+        if self.within_one_step is None or self.max_step_diff is None:
+            return None
+        line = (f"logits within one quantization step ({self.logit_step:.4g}) of PyTorch: "
+                f"{100 * self.within_one_step:.2f} % (max {self.max_step_diff:.0f} steps)")
+        if self.tie_images:
+            line += (f"; {self.tie_images} image(s) differ more only where a value on a rounding boundary rounds the "
+                     f"other way: {100 * self.faithful_share:.2f} % faithful")
+        return line
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "faithful_share": self.faithful_share}
 
 
 @dataclass
@@ -225,8 +255,12 @@ def create_exporter(name: str, **kwargs: Any) -> Exporter:
     return _REGISTRY[name](**kwargs)
 
 
-def compare_logits(backend: str, ref: torch.Tensor, got: torch.Tensor, labels: torch.Tensor) -> ParityReport:
+def compare_logits(backend: str, ref: torch.Tensor, got: torch.Tensor, labels: torch.Tensor, *,
+                   step: float | None = None) -> ParityReport:
+    """Top-1 agreement and logit differences of ``got`` against ``ref``; with the model's logit
+    ``step``, the share of logits within one step and the largest difference in steps."""
     ref, got = ref.float(), got.float()
+    steps = (ref - got).abs() / step if step else None
     return ParityReport(
         backend=backend,
         n=len(labels),
@@ -234,4 +268,8 @@ def compare_logits(backend: str, ref: torch.Tensor, got: torch.Tensor, labels: t
         export_acc=float((got.argmax(1) == labels).float().mean()),
         agreement=float((ref.argmax(1) == got.argmax(1)).float().mean()),
         max_abs_logit_diff=float((ref - got).abs().max()),
+        logit_step=step,
+        within_one_step=float((steps <= 1.001).double().mean()) if steps is not None else None,
+        max_step_diff=float(steps.max()) if steps is not None else None,
+        n_logits=ref.numel(),
     )

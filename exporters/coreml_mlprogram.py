@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qnas.exporters.base import (Capabilities, CodeCheck, Exporter, ParityReport, compare_logits, import_sdk,
+from qnas.exporters.base import (Capabilities, CodeCheck, Exporter, ParityReport, import_sdk,
                                  quiet_native_output, register)
 from qnas.exporters.activations import check_activation
 from qnas.quant.errors import ExportError
@@ -700,7 +700,7 @@ class CoreMLExporter(Exporter):
             raise ExportError("CoreML prediction needs macOS with coremltools' CoreML runtime; "
                               "on this machine use check_codes() (stored codes and scales vs the model) instead")
         ct = _coremltools()
-        from qnas.exporters.onnx_qcdq import torch_logits
+        from qnas.exporters.parity import model_reference
 
         path = Path(path)
         try:
@@ -711,7 +711,7 @@ class CoreMLExporter(Exporter):
         x = images.detach().cpu().float().numpy()
         got = np.concatenate([mlmodel.predict({INPUT_NAME: x[i:i + 1]})[OUTPUT_NAME].reshape(1, -1)
                               for i in range(len(x))])
-        report = compare_logits(self.name, torch_logits(model, images), torch.from_numpy(got.astype(np.float32)), labels)
+        report = model_reference(model, images).compare(self.name, torch.from_numpy(got.astype(np.float32)), labels)
         report.notes.append("predicted with CoreML on CPU (compute units CPU_ONLY), fp32 compute precision, batch 1")
         return report
 

@@ -6,13 +6,14 @@ import statistics
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from qnas.exporters.base import Exporter, ParityReport, compare_logits, register
+from qnas.exporters.base import Exporter, ParityReport, register
+from qnas.exporters.parity import model_reference, torch_logits  # torch_logits: imported from here before
 from qnas.quant.checkpoint import atomic_write
 from qnas.quant.errors import ExportError
 
@@ -20,7 +21,7 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 
-def ort_session(path: str | Path, threads: int = 1, exact: bool = False) -> Any:
+def ort_session(path: str | Path | bytes, threads: int = 1, exact: bool = False) -> Any:
     """An onnxruntime CPU session. ``exact``: no graph optimizations, so the Q/DQ graph runs as written
     (float math between quantize/dequantize pairs, like the PyTorch model); by default onnxruntime fuses
     Q/DQ patterns into integer kernels whose fixed-point requantization can round differently."""
@@ -33,9 +34,39 @@ def ort_session(path: str | Path, threads: int = 1, exact: bool = False) -> Any:
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts,
+                                    providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise ExportError(f"onnxruntime cannot load {path} ({str(e).splitlines()[0][:160]}); re-export the model") from None
+        where = "the graph" if isinstance(path, bytes) else path
+        raise ExportError(f"onnxruntime cannot load {where} ({str(e).splitlines()[0][:160]}); re-export the model") from None
+
+
+def ort_activation_codes(path: str | Path) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+    """``images -> codes``: the integer codes of every activation QuantizeLinear of the file (after its
+    Clip, in QCDQ form), in graph order, from the exact graph with those tensors added as outputs."""
+    import onnx
+
+    m = onnx.load(str(path))
+    initializers = {i.name for i in m.graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for n in m.graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    names = []
+    for n in m.graph.node:
+        if n.op_type != "QuantizeLinear" or n.input[0] in initializers:  # weights are stored, not quantized here
+            continue
+        after = consumers.get(n.output[0], [])
+        names.append(after[0].output[0] if len(after) == 1 and after[0].op_type == "Clip" else n.output[0])
+    first = len(m.graph.output)
+    m.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
+    session = ort_session(m.SerializeToString(), exact=True)
+
+    def codes(images: torch.Tensor) -> list[torch.Tensor]:
+        name = session.get_inputs()[0].name
+        outs = session.run(None, {name: images.numpy().astype(np.float32)})[first:]
+        return [torch.from_numpy(o.astype(np.float32)) for o in outs]
+    return codes
 
 
 def run_ort(session: Any, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -46,27 +77,19 @@ def run_ort(session: Any, images: torch.Tensor, batch_size: int = 256) -> torch.
 
 
 @torch.no_grad()
-def torch_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """The model's logits in eval mode (its train/eval mode is restored)."""
-    was_training = model.training
-    model.eval()
-    try:
-        return torch.cat([model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
-    finally:
-        model.train(was_training)
-
-
 def verify_in_ort(backend: str, path: str | Path, model: nn.Module, images: torch.Tensor,
                   labels: torch.Tensor) -> ParityReport:
     """Run an exported ONNX file in onnxruntime and compare it with the PyTorch model.
 
     Parity is checked on the graph as written (``exact``: what the file specifies, the same on every
     CPU); the agreement of onnxruntime's default, integer-fused execution is added as a note."""
-    ref = torch_logits(model, images)
-    report = compare_logits(backend, ref, run_ort(ort_session(path, exact=True), images), labels)
-    fused = compare_logits(backend, ref, run_ort(ort_session(path), images), labels)
+    ref = model_reference(model, images)
+    report = ref.compare(backend, run_ort(ort_session(path, exact=True), images), labels, ort_activation_codes(path))
+    fused = ref.compare(backend, run_ort(ort_session(path), images), labels)
+    steps = (f", logits within one step {100 * fused.within_one_step:.2f} % (max {fused.max_step_diff:.0f} steps)"
+             if fused.within_one_step is not None else "")
     report.notes.append(f"onnxruntime's default (integer-fused) execution on this CPU: {100 * fused.agreement:.2f} % "
-                        f"identical predictions, max |dlogit| {fused.max_abs_logit_diff:.3g}")
+                        f"identical predictions, max |dlogit| {fused.max_abs_logit_diff:.3g}{steps}")
     return report
 
 

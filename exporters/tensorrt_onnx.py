@@ -386,11 +386,11 @@ class TensorRTOnnxExporter(Exporter):
         violations = check_tensorrt_qdq(path)
         report = verify_in_ort(self.name, path, model, images, labels)
         out_scale = output_scale(onnx.load(str(path)))
-        if out_scale is not None:
-            report.notes.append(f"max |dlogit| = {report.max_abs_logit_diff / out_scale:.3g} output-scale units "
-                                f"(scale {out_scale:g})")
-        else:
-            report.notes.append(f"max |dlogit| = {report.max_abs_logit_diff:.3g} absolute (output is float, no output scale)")
+        if out_scale is None:
+            report.notes.append("the graph's output is float (no output DequantizeLinear)")
+        elif report.logit_step and abs(out_scale / report.logit_step - 1) > 1e-6:
+            report.notes.append(f"the file's output scale {out_scale:g} differs from the model's logit step "
+                                f"{report.logit_step:g}")
         report.notes.append("conformant TensorRT Q/DQ graph" if not violations
                             else f"NOT TensorRT-conformant: {violations[0]} (+{len(violations) - 1} more)")
         report.notes.append("numerics checked with onnxruntime (CPU) on the exact graph TensorRT parses; "

@@ -61,14 +61,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from itertools import groupby
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qnas.exporters.base import (Capabilities, CodeCheck, Exporter, ParityReport, compare_logits, import_sdk,
+from qnas.exporters.base import (Capabilities, CodeCheck, Exporter, ParityReport, import_sdk,
                                  quiet_native_output, register)
 from qnas.exporters.activations import check_activation
 from qnas.quant.bn_fold import bn_fold
@@ -548,6 +548,75 @@ def run_tflite(path: str | Path, images: torch.Tensor, threads: int = 1) -> torc
     return torch.from_numpy(np.stack(res))
 
 
+def tflite_activation_codes(path: str | Path, model: nn.Module) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+    """``images -> codes``: the integer codes (``q - zero_point``, in PyTorch's NCHW layout) of the int8 tensor
+    holding each activation quantizer's output, one list entry per quantizer of ``model`` in execution order.
+
+    A quantizer's tensor is the next op output in op order with its scale and size; where ops that keep the
+    scale follow on it (the MINIMUM/MAXIMUM clamping a sub-8-bit range), the last of them. Quantizers with no
+    such tensor get none, which the caller sees as a count mismatch."""
+    from qnas.exporters.parity import quantizer_inputs
+
+    mod = sys.modules.get("ai_edge_litert.interpreter") or import_sdk("ai_edge_litert.interpreter", EXTRA)
+    try:
+        it = mod.Interpreter(model_path=str(path), num_threads=1, experimental_preserve_all_tensors=True,
+                             experimental_op_resolver_type=mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        it.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        raise ExportError(f"ai-edge-litert cannot load {path} ({str(e).splitlines()[0][:160]}); re-export the model") from None
+    details = {t["index"]: t for t in it.get_tensor_details()}
+    ops = ops_of(it)
+    inp, qin = it.get_input_details()[0], io_quantization(it.get_input_details()[0])
+    shape = tuple(inp["shape"])
+
+    def int8_scale(index: int) -> float | None:
+        d = details[index]
+        scales = d["quantization_parameters"]["scales"]
+        return float(scales[0]) if d["dtype"] == np.int8 and len(scales) == 1 else None
+
+    # tensors in the order they are produced: the input (an int8 input holds input_quant's codes), then op outputs
+    produced = [(int(inp["index"]), -1)] + [(o.outputs[0], k) for k, o in enumerate(ops) if o.outputs]
+
+    def find(scale: float, size: int, start: int) -> tuple[int, int] | None:
+        for pos in range(start, len(produced)):
+            index, k = produced[pos]
+            s = int8_scale(index)
+            if s is not None and abs(s / scale - 1) < 1e-5 and int(np.prod(details[index]["shape"])) == size:
+                # follow ops that keep the scale (the clamp of a sub-8-bit range) to the last of them
+                while (pos + 1 < len(produced) and index in ops[produced[pos + 1][1]].inputs
+                       and int8_scale(produced[pos + 1][0]) == s
+                       and int(np.prod(details[produced[pos + 1][0]]["shape"])) == size):
+                    pos += 1
+                    index = produced[pos][0]
+                return pos, index
+        return None
+
+    def codes(images: torch.Tensor) -> list[torch.Tensor]:
+        ref = quantizer_inputs(model, images[:1])
+        tensors, start = [], 0
+        for q in ref:
+            hit = find(q.scale, q.codes[0].numel(), start) if q.scale else None
+            if hit is None:
+                return [torch.empty(0) for _ in tensors]  # cannot trace: the caller reports a count mismatch
+            start, index = hit[0] + 1, hit[1]
+            tensors.append((index, tuple(q.codes.shape[1:])))
+        out: list[list[torch.Tensor]] = [[] for _ in tensors]
+        for x in images:
+            a = x.reshape(shape).numpy().astype(np.float32)
+            if qin is not None:
+                a = np.clip(np.rint(a / qin[0]) + qin[1], INT8_MIN, INT8_MAX).astype(np.int8)
+            it.set_tensor(inp["index"], a)
+            it.invoke()
+            for j, (index, torch_shape) in enumerate(tensors):
+                zp = int(details[index]["quantization_parameters"]["zero_points"][0])
+                q = torch.from_numpy(it.get_tensor(index).astype(np.float32) - zp)
+                if len(torch_shape) == 3:  # NHWC -> CHW
+                    q = q.reshape(torch_shape[1], torch_shape[2], torch_shape[0]).permute(2, 0, 1)
+                out[j].append(q.reshape(torch_shape))
+        return [torch.stack(t) for t in out]
+    return codes
+
+
 def measure_latency_ms(path: str | Path, input_shape: tuple[int, ...], threads: int = 1,
                        warmup: int = 10, repeats: int = 50) -> float:
     """Median ai-edge-litert latency (ms) of one inference at ``input_shape`` (the file's batch size)."""
@@ -780,19 +849,17 @@ class TFLiteLitertExporter(Exporter):
         return path, _layer_report(ref, path, self.int8_io)
 
     def verify(self, path: str | Path, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> ParityReport:
-        from qnas.exporters.onnx_qcdq import torch_logits
+        from qnas.exporters.parity import model_reference
 
         got = run_tflite(path, images)
-        report = compare_logits(self.name, torch_logits(model, images), got, labels)
+        report = model_reference(model, images).compare(self.name, got, labels, tflite_activation_codes(path, model))
         it = interpreter(path, delegates=False)
         out = it.get_output_details()[0]
         q = io_quantization(out)
         scale = q[0] if q is not None else _dequantize_scale(it, out)
-        if scale:
-            report.notes.append(f"max |dlogit| = {report.max_abs_logit_diff / scale:.3g} output-scale units "
-                                f"(scale {scale:g})")
-        else:
-            report.notes.append(f"max |dlogit| = {report.max_abs_logit_diff:.3g} absolute")
+        if scale and report.logit_step and abs(scale / report.logit_step - 1) > 1e-6:
+            report.notes.append(f"the file's output scale {scale:g} differs from the model's logit step "
+                                f"{report.logit_step:g}")
         report.notes.append(f"run with ai-edge-litert {getattr(import_sdk('ai_edge_litert', EXTRA), '__version__', '')} "
                             f"interpreter, {'int8' if q is not None else 'float'} input/output")
         off = max((o.max_offset_steps for o in grid_offsets(model)), default=0.0)

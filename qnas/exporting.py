@@ -59,7 +59,8 @@ class ExportResult:
             out.append(f"verify ({p.backend}, {p.n} test images): identical predictions {100 * p.agreement:.2f} %, "
                        f"acc torch {100 * p.torch_acc:.2f} % / file {100 * p.export_acc:.2f} %, "
                        f"max |dlogit| {p.max_abs_logit_diff:.4g}")
-            out += [f"  {n}" for n in p.notes]
+            step = p.step_line()
+            out += ([f"  {step}"] if step else []) + [f"  {n}" for n in p.notes]
         if self.codes:
             c = self.codes
             out.append(f"stored codes and scales: {'equal to the model' if c.ok else 'DIFFER from the model'} "
@@ -106,16 +107,41 @@ def require_finite(model: torch.nn.Module, where: str) -> None:
                               "finish the model again, e.g. with a lower learning rate")
 
 
+MIN_AGREEMENT = 0.995
+"""the share of test images on which an exported file must predict the model's class"""
+MIN_WITHIN_STEP = 0.999
+"""the share of logits an exported file must reproduce within one quantization step"""
+
+
+def check_parity(parity: ParityReport, path: str | Path, min_agreement: float = MIN_AGREEMENT,
+                 min_within_step: float = MIN_WITHIN_STEP) -> None:
+    """Raise :class:`ExportError` (one line) when the file at ``path`` is not faithful: top-1
+    agreement below ``min_agreement``, or fewer than ``min_within_step`` of its logits within one
+    quantization step of the model's, counting images a rounding tie explains as faithful
+    (:attr:`ParityReport.faithful_share`, :mod:`qnas.exporters.parity`)."""
+    if parity.agreement < min_agreement:
+        raise ExportError(f"{path} agrees with PyTorch on only {100 * parity.agreement:.2f} % of the test split "
+                          f"(< {100 * min_agreement:.1f} %); the file was written but is not faithful")
+    share = parity.faithful_share
+    if share is not None and share < min_within_step:
+        raise ExportError(f"{path}: only {100 * share:.2f} % of logits lie within one quantization step of PyTorch's "
+                          f"(< {100 * min_within_step:.2f} %, max {parity.max_step_diff:.0f} steps); the file was "
+                          f"written but is not faithful (--min-within-step sets the bar)")
+
+
 def export_model(model_or_run: str | Path | LoadedModel, backend: str, out: str | Path, *,
                  target_profile: str | None = "default", allow_upcast: bool = False, verify: bool = True,
-                 overwrite: bool = False, min_agreement: float = 0.995, measure_latency: bool = True,
+                 overwrite: bool = False, min_agreement: float = MIN_AGREEMENT,
+                 min_within_step: float = MIN_WITHIN_STEP, measure_latency: bool = True,
                  options: dict[str, Any] | None = None) -> ExportResult:
     """Export a qnas checkpoint (``model.pt`` or a run directory) with ``backend``.
 
     Raises :class:`ExportError` before writing anything when the target
     cannot run the model as searched (unless ``allow_upcast``), and after
     writing when the file's predictions agree with PyTorch on less than
-    ``min_agreement`` of the test split or its stored codes differ."""
+    ``min_agreement`` of the test split, fewer than ``min_within_step`` of its logits lie
+    within one quantization step of the model's (:func:`check_parity`), or its stored codes
+    differ."""
     loaded = model_or_run if isinstance(model_or_run, LoadedModel) else load_model(model_or_run)
     require_finite(loaded.model, str(model_or_run) if not isinstance(model_or_run, LoadedModel) else "the model")
     out = Path(out)
@@ -161,9 +187,8 @@ def export_model(model_or_run: str | Path | LoadedModel, backend: str, out: str 
     if measure_latency:
         result.latency_ms = exporter.measure_latency_ms(path, tuple(example.shape))
 
-    if result.parity is not None and result.parity.agreement < min_agreement:
-        raise ExportError(f"{path} agrees with PyTorch on only {100 * result.parity.agreement:.2f} % of the test split "
-                          f"(< {100 * min_agreement:.1f} %); the file was written but is not faithful")
+    if result.parity is not None:
+        check_parity(result.parity, path, min_agreement, min_within_step)
     if result.codes is not None and not result.codes.ok:
         first = result.codes.mismatches[0] if result.codes.mismatches else "no weight tensors found"
         raise ExportError(f"{path}: stored codes/scales differ from the model ({first}); the file was written but "

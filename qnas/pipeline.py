@@ -8,6 +8,7 @@ from typing import Any
 from qnas.arch import Arch
 from qnas.exporters import create_exporter
 from qnas.exporters.onnx_qcdq import measure_latency_ms
+from qnas.exporting import check_parity
 from qnas.finishing import finish_qat, resolve_source
 from qnas.options import DemoConfig, QATFinishOptions, default_out, demo_search_config
 from qnas.rundir import RunDir
@@ -63,11 +64,12 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
         exporter = create_exporter("onnx")
         onnx_path = exporter.export(model, test_ds.images[:1], run.file("model.onnx"), overwrite=True)
         parity = exporter.verify(onnx_path, model, test_ds.images, test_ds.labels)
+        check_parity(parity, onnx_path)
         measured = measure_latency_ms(onnx_path, (1, space.config.in_channels, arch.resolution, arch.resolution))
 
         report = {
             "run_dir": str(run.path),
-            "target": sc.target,
+            "target": result.target,
             "torch_device": sc.torch_device,
             "latency_kind": sc.latency_kind,
             "strategy": sc.strategy,
@@ -89,6 +91,8 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
             "test_acc_onnx": parity.export_acc,
             "identical_predictions": parity.agreement,
             "max_abs_logit_diff": parity.max_abs_logit_diff,
+            "logits_within_one_step": parity.within_one_step,
+            "max_logit_step_diff": parity.max_step_diff,
             "predicted_latency_ms": round(float(latency.predict(space.plan(arch))), 6),
             "measured_ort_latency_ms": round(measured, 4),
             "mmacs": chosen["mmacs"],
@@ -103,6 +107,13 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
 
 def _target(r: dict[str, Any]) -> str:
     return r.get("target", r.get("device", "?"))  # reports written before the rename say "device"
+
+
+def _step_line(r: dict[str, Any]) -> list[str]:
+    if r.get("logits_within_one_step") is None:  # a report written before logit steps were counted
+        return []
+    return [f"  logits within 1 step   {100 * r['logits_within_one_step']:.2f} %  "
+            f"(max {r['max_logit_step_diff']:.0f} steps)"]
 
 
 def _search_acc(r: dict[str, Any]) -> str:
@@ -124,6 +135,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"  test acc (PyTorch)     {100 * r['test_acc_torch']:.2f} %",
         f"  test acc (ONNX, ORT)   {100 * r['test_acc_onnx']:.2f} %",
         f"  identical predictions  {100 * r['identical_predictions']:.2f} %  (max |dlogit| {r['max_abs_logit_diff']:.2g})",
+        *_step_line(r),
         f"  predicted latency      {r['predicted_latency_ms']:.4g} ms ({_target(r)}, {r.get('latency_kind', 'analytic')} model)",
         f"  measured ORT latency   {r['measured_ort_latency_ms']:.4g} ms (1 thread, batch 1, median)",
         f"  time                   search {r['seconds']['search']} s, finish {r['seconds']['finish']} s, "

@@ -33,7 +33,8 @@ def cmd_export(a: argparse.Namespace) -> int:
     refuse_existing(a.report, a.overwrite, "--report")  # before the export, not after it
     options = {k: v for k, v in (("opset", getattr(a, "opset", None)), ("int8_io", getattr(a, "int8_io", None)))
                if v is not None}
-    given = {"min_agreement": a.min_agreement} if a.min_agreement is not None else {}  # else export_model's default
+    given = {k: v for k, v in (("min_agreement", a.min_agreement), ("min_within_step", a.min_within_step))
+             if v is not None}  # else export_model's defaults
     result = export_model(a.model, a.backend, a.out, target_profile=a.target_profile, allow_upcast=a.allow_upcast,
                           verify=a.verify, overwrite=a.overwrite, options=options, **given)
     print("\n".join(result.lines()))
@@ -66,6 +67,9 @@ def add_export_parser(sub: Any) -> argparse.ArgumentParser:
                              "runtime exists here (default: on)")
         eo.add_argument("--min-agreement", type=fraction,
                         help="fail below this share of identical predictions (default 0.995)")
+        eo.add_argument("--min-within-step", type=fraction,
+                        help="fail below this share of logits within one quantization step of PyTorch's, images "
+                             "whose difference a rounding tie explains counted as faithful (default 0.999)")
         eo.add_argument("--report", metavar="JSON", help="also write the export report as JSON")
         if backend in ("onnx", "tensorrt"):
             eo.add_argument("--opset", type=int, help="ONNX opset (default 13)")

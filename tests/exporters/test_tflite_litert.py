@@ -62,7 +62,9 @@ def test_verify_runs_on_the_digits_test_split(trained_digits_model, digits_split
     assert report.n == len(test) == 359
     assert report.torch_acc > 0.8
     assert report.agreement >= 0.995  # the bar `qnas export` holds every file to
-    assert any("output-scale units" in n for n in report.notes)
+    assert report.logit_step == pytest.approx(float(model.logit_quant.act_quant.scale()))
+    assert report.tie_images is not None and report.faithful_share >= 0.999  # traced through LiteRT's tensors
+    assert not any("differs from the model's logit step" in n for n in report.notes)
 
 
 def test_int8_io_has_int8_input_and_output(trained_digits_model, digits_splits, int8_io_export, float_io_export):
