@@ -1,5 +1,6 @@
 """Kill a real ``qnas finish qat`` process at several points, rerun the same command, and get the
 uninterrupted run's model bit for bit (issue 14: resume reproduces the uninterrupted result)."""
+import json
 import os
 import signal
 import subprocess
@@ -73,3 +74,41 @@ def test_killed_finish_resumes_to_the_uninterrupted_model(arch_file, uninterrupt
     got = load_checkpoint(out)[0]
     assert got.keys() == uninterrupted.keys()
     assert [k for k in got if not torch.equal(got[k], uninterrupted[k])] == []
+
+
+# ---- search ----------------------------------------------------------------------
+SEARCH = ["--accuracy", "train", "--epochs", "1", "--candidates", "4", "--batch", "1", "--seed", "3", "--no-progress"]
+
+
+def _timeless(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "train_seconds"} for r in records]
+
+
+def _records(run: Path) -> list[dict]:
+    lines = (run / "history.jsonl").read_text().splitlines()
+    return sorted(_timeless([json.loads(line) for line in lines if line.strip()]), key=lambda r: r["index"])
+
+
+def test_killed_search_resumes_to_the_uninterrupted_records(tmp_path):
+    full = tmp_path / "full"
+    subprocess.run([sys.executable, "-m", "qnas", "search", *SEARCH, "--out", str(full)], check=True, env=_env(),
+                   capture_output=True, timeout=600)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "qnas", "search", *SEARCH, "--out", str(killed)], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = killed / "history.jsonl"
+    deadline = time.monotonic() + 600
+    while (not history.exists() or len(history.read_text().splitlines()) < 2) and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    recorded = len(history.read_text().splitlines())
+    if proc.returncode == 0 or recorded >= 4:
+        pytest.fail("the search finished before the kill")
+    resumed = subprocess.run([sys.executable, "-m", "qnas", "search", "--resume", str(killed), "--no-progress"],
+                             env=_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-500:]
+    assert _records(killed) == _records(full)
+    front = [json.loads((run / "front.json").read_text()) for run in (killed, full)]
+    assert _timeless(front[0]) == _timeless(front[1])
