@@ -115,10 +115,14 @@ class Arch:
         if len(stem) != 2 or len(head) != 2:
             raise ArchError("arch.stem and arch.head must be [w_bits, a_bits]")
         width = d["width"]
-        if isinstance(width, bool) or not isinstance(width, (int, float)):
-            raise ArchError(f"arch.width must be a number, got {width!r}")
-        return cls(_int(d["resolution"], "resolution"), float(width), tuple(parsed),
-                   (stem[0], stem[1]), (head[0], head[1]))
+        if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 4:
+            raise ArchError(f"arch.width must be a number in (0, 4], got {width!r}")
+        from qnas.space import MAX_RESOLUTION
+
+        resolution = _int(d["resolution"], "resolution")
+        if not 8 <= resolution <= MAX_RESOLUTION:  # every image is resized to it: 100000 px would need terabytes
+            raise ArchError(f"arch.resolution must be from 8 to {MAX_RESOLUTION} px, got {resolution}")
+        return cls(resolution, float(width), tuple(parsed), (stem[0], stem[1]), (head[0], head[1]))
 
     @classmethod
     def from_json(cls, text: str) -> "Arch":

@@ -168,10 +168,8 @@ def export_model(model_or_run: str | Path | LoadedModel, backend: str, out: str 
     result = ExportResult(backend, path, precision=pmap, size_bytes=_size(path))
     if report is not None:
         result.backend_lines = list(report.lines())
-    if pmap is not None:
-        from qnas.latency.analytic import AnalyticLatencyModel
-
-        result.predicted_latency_ms = float(AnalyticLatencyModel(pmap.target).predict(plan))
+    if pmap is not None:  # priced from the same breakdown as the map (a profile given by path included)
+        result.predicted_latency_ms = pmap.latency_ms
 
     if verify:
         assert test is not None

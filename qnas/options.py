@@ -37,6 +37,9 @@ PTQ_INITS: tuple[str, ...] = ("auto", "pretrained")
 
 _Options = TypeVar("_Options")
 
+#: the largest count (epochs, candidates, batch size) an option takes (as :data:`qnas.cli._args.MAX_COUNT`)
+MAX_COUNT = 2**31 - 1
+
 
 def with_fields(options: _Options, changes: Mapping[str, Any]) -> _Options:
     """``options`` with some fields replaced; an unknown field is a one-line error listing the valid ones."""
@@ -53,6 +56,8 @@ def check_latency_target(name: Any) -> None:
     from qnas.latency.profile import PROFILES_DIR, known_profiles
     from qnas.quant.torch_device import is_torch_device_name
 
+    if isinstance(name, str) and not name.strip():  # an empty --target would silently mean the default
+        raise ConfigError(f"the latency target (--target) is empty; choose one of: {', '.join(known_profiles())}")
     if is_torch_device_name(name) and not (PROFILES_DIR / f"{name}.json").is_file():
         raise ConfigError(f"unknown latency target {name!r}; the torch device is --torch-device "
                           f"(latency targets: {', '.join(known_profiles())})")
@@ -98,7 +103,8 @@ def search_budget(config: Mapping[str, Any]) -> "Budget":
     """The hard budget a search config sets (a :class:`SearchConfig`'s fields or a run's ``config.json``)."""
     from qnas.strategies.base import Budget
 
-    return Budget(config.get("latency_budget_ms"), config.get("size_budget_kb"), config.get("memory_budget_kb"))
+    return Budget(config.get("latency_budget_ms"), config.get("size_budget_kb"), config.get("memory_budget_kb"),
+                  config.get("energy_budget_mj"))
 
 
 @target_alias
@@ -134,6 +140,7 @@ class SearchConfig:
     latency_budget_ms: float | None = None
     size_budget_kb: float | None = None
     memory_budget_kb: float | None = None
+    energy_budget_mj: float | None = None  # on targets whose profile gives energy (e.g. bitfusion)
     executor: str = "local"
     threads: int | None = None
     space: dict[str, Any] | None = None
@@ -146,6 +153,21 @@ class SearchConfig:
     # and choose among them by that accuracy (qnas.refining); 0: choose by the search's accuracy
     refine_top: int = 0
     refine_epochs: int = 3
+    # written by the search, not read: how the latency target prices each sub-8-bit width (native, upcast,
+    # host or excluded; TargetProfile.low_bits_summary), so a run's config says what its latencies mean
+    latency_low_bits: dict[str, Any] | None = None
+
+    #: fields that name files: stored absolute, so that ``RUN/config.json`` (and ``--resume RUN``) means the
+    #: same files from any working directory (``strategy_options["predictor"]`` too)
+    PATH_FIELDS = ("data_path", "latency_table", "latency_hybrid", "accuracy_path")
+
+    def __post_init__(self) -> None:
+        # absolute from the start: a config built from relative flags equals the one read back from config.json
+        for name in self.PATH_FIELDS:
+            setattr(self, name, _absolute(getattr(self, name)))
+        if isinstance(self.strategy_options, dict) and "predictor" in self.strategy_options:
+            self.strategy_options = {**self.strategy_options,
+                                     "predictor": _absolute(self.strategy_options["predictor"])}
 
     def validate(self) -> "SearchConfig":
         from qnas.accuracy_sources import accuracy_source
@@ -163,19 +185,22 @@ class SearchConfig:
 
         for name in ("n_candidates", "batch", "epochs", "batch_size", "refine_epochs"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-        if isinstance(self.refine_top, bool) or not isinstance(self.refine_top, int) or self.refine_top < 0:
-            raise ConfigError(f"refine_top must be an integer >= 0, got {self.refine_top!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_COUNT:
+                raise ConfigError(f"{name} must be a positive integer up to 2**31 - 1, got {v!r}")
+        if self.batch_size < 2:
+            raise ConfigError(f"batch_size must be at least 2 (batch norm needs two images), got {self.batch_size}")
+        if isinstance(self.refine_top, bool) or not isinstance(self.refine_top, int) \
+                or not 0 <= self.refine_top <= MAX_COUNT:
+            raise ConfigError(f"refine_top must be an integer >= 0 (at most 2**31 - 1), got {self.refine_top!r}")
         if isinstance(self.supernet_epochs, bool) or not isinstance(self.supernet_epochs, int) \
-                or self.supernet_epochs < 0:  # 0: an untrained supernet (tests)
-            raise ConfigError(f"supernet_epochs must be an integer >= 0, got {self.supernet_epochs!r}")
+                or not 0 <= self.supernet_epochs <= MAX_COUNT:  # 0: an untrained supernet (tests)
+            raise ConfigError(f"supernet_epochs must be an integer >= 0 (at most 2**31 - 1), got {self.supernet_epochs!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= 2**32 - 1:
             raise ConfigError(f"seed must be an integer in [0, 2**32 - 1], got {self.seed!r}")
-        for name in ("latency_budget_ms", "size_budget_kb", "memory_budget_kb"):
+        for name in ("latency_budget_ms", "size_budget_kb", "memory_budget_kb", "energy_budget_mj"):
             v = getattr(self, name)
-            if v is not None and not (isinstance(v, (int, float)) and v > 0):
-                raise ConfigError(f"{name} must be a positive number, got {v!r}")
+            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf")):
+                raise ConfigError(f"{name} must be a positive finite number, got {v!r}")
         accuracy_source(self.accuracy).check(self)
         from qnas.strategies import strategy_names
 
@@ -199,6 +224,16 @@ class SearchConfig:
         if unknown:
             raise ConfigError(f"unknown search config key(s) {unknown}; valid keys: {sorted(known)}")
         return cls(**d).validate()
+
+
+def _absolute(path: Any) -> Any:
+    """``path`` (a non-empty str or PathLike) made absolute against the working directory, as a str; anything
+    else unchanged (validation reports it)."""
+    import os
+
+    if isinstance(path, os.PathLike) or (isinstance(path, str) and path):
+        return os.path.abspath(os.path.expanduser(os.fspath(path)))
+    return path
 
 
 def demo_search_config(**overrides: Any) -> SearchConfig:

@@ -1,6 +1,7 @@
 """The end-to-end slice: search -> finish (QAT, :mod:`qnas.finishing`) -> export ONNX -> verify -> report."""
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict
 from typing import Any
@@ -12,7 +13,8 @@ from qnas.exporting import check_parity
 from qnas.finishing import finish_qat, resolve_source
 from qnas.options import DemoConfig, QATFinishOptions, default_out, demo_search_config
 from qnas.rundir import RunDir
-from qnas.searching import SearchResult, make_latency_model, prepare_data, run_search, space_for
+from qnas.searching import (SearchResult, check_energy_use, make_latency_model, prepare_data, record_low_bit_policy,
+                            run_search, space_for)
 from qnas.space import SearchSpace
 
 __all__ = ["DemoConfig", "default_out", "demo", "demo_search_config", "format_report"]
@@ -32,7 +34,11 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
     splits = prepare_data(sc.data, sc.data_path, sc.seed, sc.stream, space)
     space = space_for(splits, space)
     sc.space = space.to_dict()
+    check_energy_use(sc, latency)
+    policy = record_low_bit_policy(sc, latency, space)
     run = RunDir(cfg.out, overwrite=overwrite)
+    if policy and progress:
+        print(policy, file=sys.stderr)
     # locked while it writes; a demo that fails before its first evaluation leaves nothing
     with run.locked(), run.removed_on_early_failure():
         if sc.latency_kind == "measured":
@@ -137,7 +143,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"  identical predictions  {100 * r['identical_predictions']:.2f} %  (max |dlogit| {r['max_abs_logit_diff']:.2g})",
         *_step_line(r),
         f"  predicted latency      {r['predicted_latency_ms']:.4g} ms ({_target(r)}, {r.get('latency_kind', 'analytic')} model)",
-        f"  measured ORT latency   {r['measured_ort_latency_ms']:.4g} ms (1 thread, batch 1, median)",
+        f"  measured ORT latency   {r['measured_ort_latency_ms']:.4g} ms (1 thread, batch 1, median; "
+        f"predicted / measured {r['predicted_latency_ms'] / r['measured_ort_latency_ms']:.2f})",
         f"  time                   search {r['seconds']['search']} s, finish {r['seconds']['finish']} s, "
         f"total {r['seconds']['total']} s",
         f"  run directory          {r['run_dir']}",

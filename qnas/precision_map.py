@@ -8,6 +8,16 @@ at other bits than searched, or runs it on the host instead of the
 accelerator. Mapping up never changes the values (a 4-bit grid is exactly
 representable in int8); it changes size and speed, which is why exporting a
 mapped model needs the user's consent (``allow_upcast``).
+
+How a layer is priced (:attr:`LayerPrecision.how`): ``native`` (as searched),
+``upcast`` (stored in the wider container the exporter writes and run on the
+accelerator at that container's cost, e.g. 4-bit weights as int8 on the Edge
+TPU), ``host`` (what the accelerator truly cannot run, e.g. float layers on
+the Edge TPU) or ``downcast`` (a float layer on an integer-only target such as
+``bitfusion``, priced at its widest integer width). :attr:`PrecisionMap.latency_ms` is the predicted latency of the
+same breakdown, so the map and the price of the exported file are one result;
+:attr:`PrecisionMap.low_bits` is the target's policy for sub-8-bit widths
+(:meth:`qnas.latency.profile.TargetProfile.low_bits`).
 """
 from __future__ import annotations
 
@@ -40,6 +50,16 @@ class LayerPrecision:
     def mapped(self) -> bool:
         return (self.run_w_bits, self.run_a_bits) != (self.w_bits, self.a_bits) or not self.on_accelerator
 
+    @property
+    def how(self) -> str:
+        """``"native"``, ``"upcast"`` (a wider container on the accelerator), ``"host"`` (host fallback), or
+        ``"downcast"`` (an integer-only target pricing a float layer at its own widest integer width)."""
+        if not self.on_accelerator:
+            return "host"
+        if not self.mapped:
+            return "native"
+        return "downcast" if self.run_w_bits < self.w_bits or self.run_a_bits < self.a_bits else "upcast"
+
     def short(self) -> str:
         return f"{self.layer} w{self.w_bits}a{self.a_bits} -> {self.unit} w{self.run_w_bits}a{self.run_a_bits}"
 
@@ -62,6 +82,10 @@ class PrecisionMap:
 
     target: str
     layers: list[LayerPrecision] = field(default_factory=list)
+    latency_ms: float | None = None
+    """predicted latency of the whole plan on the target, from the breakdown the map was read from"""
+    low_bits: dict[str, dict[str, str]] = field(default_factory=dict)
+    """the target's sub-8-bit policy, ``{op: {"w4": "upcast", ...}}``"""
 
     @property
     def mapped(self) -> list[LayerPrecision]:
@@ -69,11 +93,18 @@ class PrecisionMap:
 
     def lines(self) -> list[str]:
         head = f"precision map on {self.target}: {len(self.mapped)} of {len(self.layers)} layers mapped"
+        hows = [l.how for l in self.mapped]
+        if hows:
+            head += (f" ({hows.count('upcast')} upcast: priced as the wider container on the accelerator; "
+                     f"{hows.count('host')} host fallback"
+                     + (f"; {hows.count('downcast')} float layers priced as integer" if "downcast" in hows else "")
+                     + ")")
         return [head] + [f"  {l}" for l in self.layers]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "mapped": len(self.mapped),
-                "layers": [{**asdict(l), "mapped": l.mapped} for l in self.layers]}
+        return {"target": self.target, "mapped": len(self.mapped), "latency_ms": self.latency_ms,
+                "low_bits": self.low_bits,
+                "layers": [{**asdict(l), "mapped": l.mapped, "how": l.how} for l in self.layers]}
 
     def require_exact(self, allow_upcast: bool = False) -> None:
         """Refuse (ExportError) a model the target cannot run as searched, unless allowed."""
@@ -99,8 +130,9 @@ def precision_map(plan: NetworkPlan, profile: str | TargetProfile) -> PrecisionM
     model = AnalyticLatencyModel(profile)
     p = model.profile
     quantized = {spec.name for spec in plan.quantized_layers()}
-    out = PrecisionMap(p.name)
-    for cost in model.breakdown(plan):
+    costs = model.breakdown(plan)
+    out = PrecisionMap(p.name, latency_ms=float(sum(c.ms for c in costs)), low_bits=p.low_bits)
+    for cost in costs:
         spec = cost.layer
         if spec.name not in quantized:  # adds and the pool carry no weights of their own
             continue

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +21,7 @@ from qnas.errors import ConfigError, QnasError
 from qnas.executors import executor_from_config
 from qnas.latency import LatencyModel, create_latency_model
 from qnas.options import SearchConfig, target_alias
-from qnas.pareto import most_accurate, pareto_front
+from qnas.pareto import DEFAULT_OBJECTIVES, most_accurate, objective_front
 from qnas.rundir import RunDir
 from qnas.space import SearchSpace, SpaceConfig
 from qnas.strategies import Budget, StrategyContext, create_strategy
@@ -60,7 +61,8 @@ def score_record(space: SearchSpace, arch: Arch, latency: LatencyModel, accuracy
     """The history record of an evaluated arch: its accuracy fields, the budget fields
     (:meth:`Budget.record`, rounded) and its MACs and bit operations."""
     plan = space.plan(arch)
-    costs = Budget.record(plan, latency.predict(plan))
+    energy = energy_model(latency)
+    costs = Budget.record(plan, latency.predict(plan), energy(plan) if energy is not None else None)
     counted = count_costs(plan)
     return {
         "index": index,
@@ -73,7 +75,26 @@ def score_record(space: SearchSpace, arch: Arch, latency: LatencyModel, accuracy
         "size_kb": round(costs["size_kb"], 3),
         "peak_act_kb": round(costs["peak_act_kb"], 3),
         "bitops": counted.bitops,
+        **({"energy_mj": round(costs["energy_mj"], 6)} if "energy_mj" in costs else {}),
     }
+
+
+def energy_model(latency: Any) -> Callable[[Any], float] | None:
+    """``plan -> mJ`` where the latency model's target profile gives energy (an analytic model, or the
+    analytic base of a hybrid one), else None."""
+    for model in (latency, getattr(latency, "base", None)):
+        if model is not None and getattr(model, "has_energy", False) and hasattr(model, "predict_energy"):
+            return model.predict_energy
+    return None
+
+
+def check_energy_use(cfg: SearchConfig, latency: Any) -> None:
+    """Refuse, before anything runs, an energy objective or budget on a target that predicts no energy."""
+    objectives = cfg.strategy_options.get("objectives") or ()
+    if ("energy" in objectives or cfg.energy_budget_mj is not None) and energy_model(latency) is None:
+        raise ConfigError(f"latency target {getattr(latency, 'target', cfg.target)!r} predicts no energy, so "
+                          "'energy' cannot be an objective or a budget; choose a target whose profile gives energy "
+                          "(e.g. --target bitfusion; qnas latency show TARGET)")
 
 
 # ---- results --------------------------------------------------------------
@@ -89,12 +110,14 @@ class SearchResult:
     run_dir: Path | None = None
     evaluator: Any = field(default=None, repr=False)
     budget: Budget = field(default_factory=Budget)
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
+    """what the front is non-dominated in (the strategy's ``objectives``)"""
     #: uid -> refinement entry (``refined_val_acc`` ...) of the archs :meth:`refine` trained further
     refined: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def front(self) -> list[dict[str, Any]]:
-        return pareto_front(self.records)
+        return objective_front(self.records, self.objectives)
 
     def feasible(self) -> list[dict[str, Any]]:
         return [r for r in self.records if self.budget.ok(r)]
@@ -102,7 +125,7 @@ class SearchResult:
     def best(self, latency_ms: float | None = None) -> dict[str, Any]:
         """The most accurate record within ``latency_ms`` (default: the search's budget) and the other budgets."""
         limit = latency_ms if latency_ms is not None else self.budget.latency_ms
-        budget = Budget(limit, self.budget.size_kb, self.budget.peak_act_kb)
+        budget = replace(self.budget, latency_ms=limit)
         refined = [{**r, "refined_val_acc": self.refined[r["uid"]]["refined_val_acc"]} for r in self.records
                    if r["uid"] in self.refined and budget.ok(r)]
         if refined:  # refined archs are chosen by their refined accuracy (see refine())
@@ -131,7 +154,7 @@ class SearchResult:
         lr, threads, torch_device, amp)."""
         from qnas.refining import refine_candidates
 
-        budget = Budget(self.default_budget(), self.budget.size_kb, self.budget.peak_act_kb)
+        budget = replace(self.budget, latency_ms=self.default_budget())
         self.refined = refine_candidates(self.space, self.records, splits, budget, top=top, epochs=epochs,
                                          evaluator=self.evaluator, run=run, progress=progress, **options)
         return self.refined
@@ -320,11 +343,18 @@ def run_search(
     progress: bool = True,
     latency: LatencyModel | None = None,
     evaluator: Callable[[Arch], dict[str, Any]] | None = None,
+    note: str | None = None,
 ) -> SearchResult:
     """Ask the strategy for ``cfg.n_candidates`` archs in batches of ``cfg.batch``, evaluate them
-    (reusing the run's history on resume), price them, and tell the strategy."""
+    (reusing the run's history on resume), price them, and tell the strategy. ``note`` (a line for
+    stderr) is printed once everything is checked and the search loop starts."""
     cfg.validate()
     latency = latency or make_latency_model(cfg.target, cfg.latency_kind, cfg.latency_table, cfg.latency_hybrid, space)
+    from qnas.latency.table import check_space_coverage
+
+    # a table that cannot price every layer of the space is refused now, listing what it lacks, not at the
+    # first arch that needs a missing key (after a supernet's training); what its defaults/fallbacks price is said
+    check_space_coverage(latency, space, log=(lambda m: print(m, file=sys.stderr)) if progress else None)
     evaluator = evaluator or make_evaluator(cfg, space, splits, run, progress)
     context = StrategyContext(splits=splits, latency=latency, accuracy=evaluator, progress=progress)
     strat = create_strategy(cfg.strategy, space, seed=cfg.seed, budget=cfg.budget, context=context,
@@ -335,6 +365,8 @@ def run_search(
     done = {(h["index"], h["uid"]): h for h in history}
     executor = executor_from_config(cfg)
     records: list[dict[str, Any]] = []
+    if note:  # after every input was checked: a refused input prints its one line alone
+        print(note, file=sys.stderr)
     bar = tqdm(total=cfg.n_candidates, desc=f"search ({cfg.strategy})", disable=not progress, unit="arch")
     try:
         while len(records) < cfg.n_candidates:
@@ -359,7 +391,8 @@ def run_search(
     finally:
         bar.close()
         executor.close()
-    result = SearchResult(space, records, cfg.target, run.path if run else None, evaluator, cfg.budget)
+    result = SearchResult(space, records, getattr(latency, "target", None) or cfg.target, run.path if run else None,
+                          evaluator, cfg.budget, tuple(cfg.strategy_options.get("objectives") or DEFAULT_OBJECTIVES))
     if cfg.refine_top and records:
         result.refine(splits, cfg.refine_top, cfg.refine_epochs, run=run, progress=progress, seed=cfg.seed,
                       batch_size=cfg.batch_size, threads=cfg.threads, torch_device=cfg.torch_device, amp=cfg.amp)
@@ -430,6 +463,40 @@ def resume_search(run_dir: str | Path, progress: bool = True) -> SearchResult:
                 resume=True, progress=progress)
 
 
+def record_low_bit_policy(cfg: SearchConfig, latency: Any, space: SearchSpace) -> str | None:
+    """Put how the latency target prices sub-8-bit widths into ``cfg`` and return it as one line to print
+    once the run is under way; refuse a space offering a width the target excludes, before anything runs."""
+    profile = getattr(latency, "profile", None) or getattr(getattr(latency, "base", None), "profile", None)
+    if profile is None or not hasattr(profile, "low_bits_summary"):
+        return None
+    c = space.config
+    excluded = profile.excluded_widths(tuple(c.w_bits) + tuple(c.stem_head_w_bits),
+                                       tuple(c.a_bits) + tuple(c.stem_head_a_bits))
+    if excluded:
+        what = "; ".join(f"{op}: {', '.join(keys)}" for op, keys in excluded.items())
+        raise ConfigError(f"latency target {profile.name} excludes widths the space offers ({what}); "
+                          f"remove them from the space's w_bits/a_bits (qnas latency show {profile.name})")
+    cfg.latency_low_bits = policy = profile.low_bits_summary()["policy"]
+    return f"sub-8-bit widths on {profile.name}: {_policy_text(policy)} (qnas latency show {profile.name})"
+
+
+def _policy_text(policy: dict[str, dict[str, str]]) -> str:
+    """``w2 upcast, w4 native on pwconv, fc (upcast elsewhere), a4 upcast``"""
+    parts = []
+    for key in ("w2", "w4", "a4"):
+        modes: dict[str, list[str]] = {}
+        for op, keys in policy.items():
+            if key in keys:
+                modes.setdefault(keys[key], []).append(op)
+        if len(modes) == 1:
+            parts.append(f"{key} {next(iter(modes))}")
+        elif modes:
+            common = max(modes, key=lambda m: len(modes[m]))
+            rest = ", ".join(f"{m} on {', '.join(ops)}" for m, ops in modes.items() if m != common)
+            parts.append(f"{key} {rest} ({common} elsewhere)")
+    return ", ".join(parts)
+
+
 def _run(cfg: SearchConfig, space: SearchSpace | None, out: str | Path | None, overwrite: bool, resume: bool,
          progress: bool) -> SearchResult:
     from qnas.quant.torch_device import resolve_torch_device, validate_amp
@@ -443,12 +510,18 @@ def _run(cfg: SearchConfig, space: SearchSpace | None, out: str | Path | None, o
     splits = prepare_data(cfg.data, cfg.data_path, cfg.seed, cfg.stream, space)
     space = space_for(splits, space)
     cfg.space = space.to_dict()
+    check_energy_use(cfg, latency)
+    policy = record_low_bit_policy(cfg, latency, space) if not resume else None
     run = RunDir(out, overwrite=overwrite, resume=resume) if out is not None else None
+    note = policy if progress else None
+    if run and resume:  # a damaged history is refused before the run is locked (no lock file left behind)
+        for h in run.read_history():
+            _check_record(h, space, run)
     if run and cfg.latency_kind == "measured":
         latency.cache = run.file("latency_table.json")
     if run is None:
-        return run_search(cfg, space, splits, None, progress, latency)
+        return run_search(cfg, space, splits, None, progress, latency, note=note)
     with run.locked(), run.removed_on_early_failure():
         if not resume:
             run.write_json("config.json", cfg.to_dict())
-        return run_search(cfg, space, splits, run, progress, latency)
+        return run_search(cfg, space, splits, run, progress, latency, note=note)

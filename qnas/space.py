@@ -20,6 +20,12 @@ SUPPORTED_A_BITS = (4, 8)
 SUPPORTED_KERNELS = (3, 5, 7)
 #: the largest input resolution a space may list (mobile spaces use 128-320)
 MAX_RESOLUTION = 1024
+#: the most channels of a layer and blocks of a stage a space may hold (the largest standard spaces use
+#: 1,280 channels and 8 blocks): beyond that a model would not fit in memory, and 10**8 channels hung the search
+MAX_CHANNELS = 16384
+MAX_DEPTH = 100
+#: as many classes as a data set may have (:data:`qnas.data.MAX_CLASSES`)
+MAX_CLASSES = 100_000
 SUPPORTED_STEM_KERNELS = (1, 3, 5, 7)
 #: Bits of the squeeze-excite convs and of the quantizers inside it (not searched).
 SE_BITS = 8
@@ -544,10 +550,10 @@ def _validate_config(c: SpaceConfig) -> None:
         raise ConfigError(f"resolutions must be at most {MAX_RESOLUTION} px, got {max(c.resolutions)}")
     if not c.widths or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= 4 for w in c.widths):
         raise ConfigError(f"widths must be a non-empty list of numbers in (0, 4], got {list(c.widths)}")
-    for name in ("in_channels", "num_classes", "stem_channels"):
+    for name, most in (("in_channels", MAX_CHANNELS), ("num_classes", MAX_CLASSES), ("stem_channels", MAX_CHANNELS)):
         v = getattr(c, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= most:
+            raise ConfigError(f"{name} must be an integer from 1 to {most}, got {v!r}")
     if c.num_classes < 2:
         raise ConfigError(f"num_classes must be >= 2, got {c.num_classes}")
     if c.stem_stride not in (1, 2):
@@ -557,9 +563,11 @@ def _validate_config(c: SpaceConfig) -> None:
     if not c.stages:
         raise ConfigError("stages must list at least one stage")
     for i, s in enumerate(c.stages):
-        if isinstance(s.channels, bool) or not isinstance(s.channels, int) or s.channels < 1:
-            raise ConfigError(f"stages[{i}].channels must be a positive integer, got {s.channels!r}")
+        if isinstance(s.channels, bool) or not isinstance(s.channels, int) or not 1 <= s.channels <= MAX_CHANNELS:
+            raise ConfigError(f"stages[{i}].channels must be an integer from 1 to {MAX_CHANNELS}, got {s.channels!r}")
         ints(f"stages[{i}].depths", s.depths)
+        if max(s.depths) > MAX_DEPTH:
+            raise ConfigError(f"stages[{i}].depths must be at most {MAX_DEPTH} blocks, got {max(s.depths)}")
         if s.stride not in (1, 2):
             raise ConfigError(f"stages[{i}].stride must be 1 or 2, got {s.stride!r}")
         if s.kernels is not None:
@@ -578,8 +586,8 @@ def _validate_config(c: SpaceConfig) -> None:
         act(name, getattr(c, name))
     for name in ("mix_channels", "pre_head_channels"):
         v = getattr(c, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ConfigError(f"{name} must be an integer >= 0 (0: none), got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_CHANNELS:
+            raise ConfigError(f"{name} must be an integer from 0 (none) to {MAX_CHANNELS}, got {v!r}")
     if not isinstance(c.expand1_no_conv, bool):
         raise ConfigError(f"expand1_no_conv must be true or false, got {c.expand1_no_conv!r}")
     for i, r in enumerate(c.exclude):

@@ -52,6 +52,8 @@ def run_parsed(args: argparse.Namespace) -> int:
     input nested too deeply or too large for memory) prints one line and exits 2; anything else one
     line and exits 1. ``--debug`` (or ``QNAS_DEBUG=1``) lets the traceback through instead."""
     warnings.filterwarnings("ignore", message=".*fast_hadamard_transform.*")
+    # torch.load(weights_only=True) warns before refusing a plain pickle; the refusal is the one line
+    warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
     debug = bool(getattr(args, "debug", False) or os.environ.get("QNAS_DEBUG"))
     try:
         return int(args.func(args) or 0)

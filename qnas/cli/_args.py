@@ -19,12 +19,24 @@ LATENCY_KINDS = ["analytic", "table", "measured", "hybrid"]
 
 
 def positive_float(v: str) -> float:
+    """A finite number > 0 (NaN and infinity refused: a budget of inf or nan would switch it off)."""
     try:
         f = float(v)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {v!r}") from None
-    if not f > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {v!r}")
+    if not 0 < f < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {v!r}")
+    return f
+
+
+def non_negative_float(v: str) -> float:
+    """A finite number >= 0."""
+    try:
+        f = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {v!r}") from None
+    if not 0 <= f < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {v!r}")
     return f
 
 
@@ -49,16 +61,24 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 #: numpy and torch both take seeds in [0, 2**32 - 1] everywhere (torch.manual_seed refuses more than 64 bits)
 MAX_SEED = 2**32 - 1
+#: the largest count (epochs, candidates, batch size ...) a flag takes: beyond it numpy, torch and
+#: itertools overflow (2**70 raised deep inside a DataLoader) or the run would never end
+MAX_COUNT = 2**31 - 1
 
 
-def _int_in(v: str, what: str, lo: int, hi: int | None = None, unit: str = "") -> int:
+def _int_in(v: str, what: str, lo: int, hi: int | None = MAX_COUNT, unit: str = "") -> int:
     """``v`` as an integer in [lo, hi] (no upper bound when ``hi`` is None), else an argparse error."""
     try:
         i = int(v)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer{what and ' ' + what}, got {v!r}") from None
     if i < lo or (hi is not None and i > hi):
-        span = f">= {lo}" if hi is None else f"from {lo} to {hi}{unit}"
+        if hi is None or (hi == MAX_COUNT and i < lo):
+            span = f">= {lo}"
+        elif hi == MAX_COUNT:
+            span = f"from {lo} to {hi} (2**31 - 1)"
+        else:
+            span = f"from {lo} to {hi}{unit}"
         raise argparse.ArgumentTypeError(f"expected {'a ' + what if what else 'an integer'} {span}, got {v}")
     return i
 
@@ -76,15 +96,48 @@ def resolution_int(v: str) -> int:
 
 
 def non_negative_int(v: str) -> int:
+    """An integer from 0 to :data:`MAX_COUNT`."""
     return _int_in(v, "", 0)
 
 
+def positive_int(v: str) -> int:
+    """An integer from 1 to :data:`MAX_COUNT`."""
+    return _int_in(v, "", 1)
+
+
+def thread_count(v: str) -> int:
+    """A thread count: an integer from 1 to 1024."""
+    return _int_in(v, "thread count", 1, 1024)
+
+
+def batch_size_int(v: str) -> int:
+    """A training batch size: an integer from 2 (batch norm needs two images) to :data:`MAX_COUNT`."""
+    return _int_in(v, "batch size", 2)
+
+
 def refuse_existing(path: str | None, overwrite: bool, flag: str) -> None:
-    """Refuse (one line) before any work an output file that exists, unless ``--force`` was given."""
+    """Refuse (one line) before any work an output file that exists, unless ``--force`` was given, or
+    that cannot be written (:func:`check_out_parent`)."""
     from pathlib import Path
 
+    check_out_parent(path, flag)
     if path and Path(path).exists() and not overwrite:
         raise ConfigError(f"{path} exists; choose another {flag} or pass --force to overwrite it")
+
+
+def check_out_parent(path: str | None, flag: str) -> None:
+    """Refuse (one line) before any work an output path under a regular file (``mine.txt/model.pt``):
+    writing it would fail only after the work."""
+    from pathlib import Path
+
+    if not path:
+        return
+    for parent in Path(path).expanduser().absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{flag} {path} lies under {parent}, which is a file, not a directory; "
+                                  f"choose another {flag}")
+            return
 
 
 def json_object(text: str | None, flag: str, example: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Sequence
 
-from qnas.cli._args import OneLineErrorParser, resolution_int, seed_int
+from qnas.cli._args import OneLineErrorParser, non_negative_int, positive_int, resolution_int, seed_int
 from qnas.dataset_kinds import DATASET_KINDS
 
 __all__ = ["add_calib_parser", "build_parser", "cmd_calib_build", "cmd_calib_show", "main"]
@@ -41,7 +41,7 @@ def cmd_calib_show(a: argparse.Namespace) -> int:
 def _add_build_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--from", dest="source", required=True, choices=list(DATASET_KINDS), help="data set kind")
     b.add_argument("src", nargs="?", metavar="SRC", help="data location (none for digits)")
-    b.add_argument("--n", type=int, default=512, help="number of images (default 512), split evenly over classes")
+    b.add_argument("--n", type=positive_int, default=512, help="number of images (default 512), split evenly over classes")
     b.add_argument("--out", required=True, help="calibration file to write (.npz)")
     res = b.add_mutually_exclusive_group()
     res.add_argument("--resolution", type=resolution_int, help="image size the model takes (default: the data's own)")
@@ -52,8 +52,8 @@ def _add_build_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--seed", type=seed_int, default=0, help="sampling seed (default 0)")
     b.add_argument("--split", default="train", choices=["train", "val"],
                    help="part of the seeded split to draw from (default train; test is never used)")
-    b.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split (default 0, as search uses)")
-    b.add_argument("--min-per-class", type=int, default=1, help="fail unless every class gets this many images")
+    b.add_argument("--split-seed", type=seed_int, default=0, help="seed of the train/val/test split (default 0, as search uses)")
+    b.add_argument("--min-per-class", type=non_negative_int, default=1, help="fail unless every class gets this many images")
     b.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
 

@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from qnas.cli._args import add_command_group, positive_float
+from qnas.cli._args import add_command_group, positive_float, positive_int
 
 __all__ = ["add_diagnose_parser", "cmd_diagnose_clipping"]
 
@@ -72,8 +72,8 @@ def add_diagnose_parser(sub: Any) -> argparse.ArgumentParser:
     c.add_argument("--calib", metavar="NPZ", help="run these calibration images instead of the model's data set")
     c.add_argument("--split", default="val", choices=["train", "val", "test"],
                    help="split of the checkpoint's data set to run (default val)")
-    c.add_argument("--batches", type=int, default=10, help="at most this many batches (default 10)")
-    c.add_argument("--batch-size", type=int, default=128, help="images per batch (default 128)")
+    c.add_argument("--batches", type=positive_int, default=10, help="at most this many batches (default 10)")
+    c.add_argument("--batch-size", type=positive_int, default=128, help="images per batch (default 128)")
     c.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     c.add_argument("--force", dest="overwrite", action="store_true", help="overwrite --json if it exists")
     c.add_argument("--max-logits", type=positive_float, metavar="PCT",

@@ -6,14 +6,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from qnas.cli._args import (add_command_group, add_data_args, add_force_progress, add_torch_device_args,
-                            non_negative_int, option_fields, seed_int)
+from qnas.cli._args import (add_command_group, add_data_args, add_force_progress, add_torch_device_args, batch_size_int,
+                            check_out_parent, fraction, non_negative_int, option_fields, positive_float, positive_int,
+                            seed_int)
 from qnas.options import INITS, PTQ_INITS, PTQ_METHODS, TEACHERS, PTQFinishOptions, QATFinishOptions
 
 __all__ = ["add_finish_parser", "cmd_finish"]
 
 
 def cmd_finish(a: argparse.Namespace) -> int:
+    check_out_parent(a.out, "--out")  # before the training, not after it
     if a.finish_method == "qat":
         qat_options = QATFinishOptions(**option_fields(QATFinishOptions, a)).validate()
         from qnas.finishing import finish_qat
@@ -42,8 +44,8 @@ def _add_common(p: argparse.ArgumentParser, float_epochs: int | None) -> None:
     p.add_argument("--space", metavar="YAML", help="search-space config (default: the run's, else the embedded one)")
     add_data_args(p, None, "default: the run's, else digits")
     p.add_argument("--seed", type=seed_int, help="split and training seed (default: the run's, else 0)")
-    p.add_argument("--batch-size", type=int, help="training batch size (default: the run's, else 64)")
-    p.add_argument("--float-epochs", type=int, default=float_epochs,
+    p.add_argument("--batch-size", type=batch_size_int, help="training batch size (default: the run's, else 64)")
+    p.add_argument("--float-epochs", type=non_negative_int, default=float_epochs,
                    help="float training epochs when the run has no weights")
     p.add_argument("--pretrained", metavar="PATH",
                    help="start from this float state_dict (torch.save(model.state_dict(), PATH)) instead of the "
@@ -66,18 +68,18 @@ def add_finish_parser(subparsers: Any) -> argparse.ArgumentParser:
                                     "resumable (rerun the same command after an interruption).")
     _add_common(q, qat.float_epochs)
     q.add_argument("--epochs", type=non_negative_int, default=qat.epochs, help="QAT epochs (default %(default)s)")
-    q.add_argument("--lr", type=float, default=qat.lr, help="peak learning rate (default %(default)s)")
+    q.add_argument("--lr", type=positive_float, default=qat.lr, help="peak learning rate (default %(default)s)")
     q.add_argument("--teacher", default=qat.teacher, choices=list(TEACHERS),
                    help="float teacher: the supernet's largest subnet, the same arch trained in float, none, or "
                         "auto (supernet if the run has one, else float)")
     q.add_argument("--init", default=qat.init, choices=list(INITS),
                    help="start from the run's weights (supernet), PTQ of the float weights, scratch, or PTQ "
                         "of the --pretrained file's weights (pretrained; auto picks it when --pretrained is given)")
-    q.add_argument("--kd-weight", type=float, default=qat.kd_weight,
+    q.add_argument("--kd-weight", type=fraction, default=qat.kd_weight,
                    help="distillation weight alpha (default %(default)s)")
-    q.add_argument("--kd-temperature", type=float, default=qat.kd_temperature,
+    q.add_argument("--kd-temperature", type=positive_float, default=qat.kd_temperature,
                    help="distillation temperature (default %(default)s)")
-    q.add_argument("--early-stop", type=int, metavar="N", default=qat.early_stop,
+    q.add_argument("--early-stop", type=positive_int, metavar="N", default=qat.early_stop,
                    help="stop after N epochs without a better validation accuracy (default: off); the model always "
                         "keeps the weights of its best epoch on validation")
     q.set_defaults(func=cmd_finish)

@@ -5,14 +5,30 @@ Per layer, on the unit and at the precision it really executes at::
     ms = max(MACs / (peak[compute] * eff[op] * precision_eff[compute]),
              bytes_moved / bandwidth) * 1e3 + overhead_ms
 
-    bytes_moved = weights * w_exec/8 + int32 bias
-                + (input [x2 for add] + output activations) * a_exec/8
+    bytes_moved = weights * w_exec/8 * (1 + weight_overhead) + int32 bias
+                + input [x2 for add] * a_exec/8
+                + output * (output_bytes_per_elem of a conv/fc unit, else a_exec/8)
 
 ``w_exec`` is the weight width of the native entry that runs the layer: a
 weight-only format (CoreML's w4a16, TensorRT's int4 weight-only GEMM) moves
-packed low-bit weights but computes at its ``compute`` precision; a precision
-that falls back moves weights in the container of what it falls back to.
-add and pool have no MACs, so they are memory-bound.
+packed low-bit weights but computes at its ``compute`` precision;
+``weight_overhead`` is that entry's block scales (TensorRT INT4: one fp16 scale
+per 64 weights). A precision that falls back moves weights in the container of
+what it falls back to: a 4-bit layer the Edge TPU exporter stores as int8 is
+priced exactly as the int8 layer (an *upcast*, on the accelerator), a float
+layer it cannot run at all as a host fallback. ``output_bytes_per_elem`` is for
+accelerators that spill wide partial sums (BitFusion: 32-bit, written and read
+back). add and pool have no MACs, so they are memory-bound.
+
+So the price of a plan is the price of the file the exporter writes for the
+target (:mod:`qnas.precision_map` maps the same way), and the search
+(``AnalyticLatencyModel(target).predict``), ``qnas latency predict`` and the
+export report's "predicted latency on TARGET" are one number.
+
+Energy (:meth:`AnalyticLatencyModel.energy_breakdown`, for profiles whose units
+carry an ``energy`` fact): per layer, in mJ::
+
+    compute_w[compute] * t_compute + pj_per_byte * bytes_moved + static_w * t_layer
 
 Across the network (:meth:`AnalyticLatencyModel.breakdown`): moving an
 activation between units costs ``transfer``; with ``sticky_host_fallback``
@@ -24,6 +40,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from qnas.errors import QnasError
 from qnas.latency.base import LatencyModel, LayerCost, as_layers, inherit_weightless_bits
 from qnas.latency.profile import ExecPrecision, TargetProfile, load_profile, precision_key
 from qnas.quant.plan import WEIGHTED_OPS
@@ -48,11 +65,18 @@ def activation_bytes(layer: Any, a_bits: int) -> float:
     return (n_in + layer.out_elems) * a_bits / 8
 
 
-def bytes_moved(layer: Any, w_bits: int, a_bits: int) -> float:
-    wb = weight_count(layer) * w_bits / 8
-    if layer.op in WEIGHTED_OPS:
-        wb += layer.cout * _BIAS_BYTES
-    return wb + activation_bytes(layer, a_bits)
+def bytes_moved(layer: Any, w_bits: int, a_bits: int, weight_overhead: float = 0.0,
+                output_bytes_per_elem: float | None = None) -> float:
+    """Bytes a layer moves at ``w_bits``/``a_bits``: packed weights (plus ``weight_overhead`` of them for
+    block scales), the int32 bias, its input and output activations (a conv/fc's outputs at
+    ``output_bytes_per_elem`` each when given: wide partial sums)."""
+    wb = weight_count(layer) * w_bits / 8 * (1.0 + weight_overhead)
+    if layer.op not in WEIGHTED_OPS:
+        return wb + activation_bytes(layer, a_bits)
+    wb += layer.cout * _BIAS_BYTES
+    if output_bytes_per_elem is None:
+        return wb + activation_bytes(layer, a_bits)
+    return wb + layer.in_elems * a_bits / 8 + layer.out_elems * output_bytes_per_elem
 
 
 class AnalyticLatencyModel(LatencyModel):
@@ -68,17 +92,23 @@ class AnalyticLatencyModel(LatencyModel):
         return self.profile.name
 
     # -- one layer ----------------------------------------------------------------
-    def unit_cost(self, layer: "LayerSpec", exe: ExecPrecision) -> tuple[float, str, str]:
-        """(ms, compute precision key, bound) of a layer run natively at ``exe``."""
+    def _roofline(self, layer: "LayerSpec", exe: ExecPrecision) -> tuple[float, float, float, str]:
+        """(compute seconds, bytes moved, memory seconds, compute precision key) at ``exe``."""
         unit = self.profile.units[exe.unit]
         entry = self.profile.native_entry_for(layer, exe)
         compute_s = layer.macs / unit.throughput(layer.op, entry.compute) if layer.macs else 0.0
-        memory_s = bytes_moved(layer, entry.w_bits, entry.a_bits) / unit.bandwidth_bytes_per_s
+        nbytes = bytes_moved(layer, entry.w_bits, entry.a_bits, entry.weight_overhead, unit.output_bytes_per_elem)
+        return compute_s, nbytes, nbytes / unit.bandwidth_bytes_per_s, entry.compute
+
+    def unit_cost(self, layer: "LayerSpec", exe: ExecPrecision) -> tuple[float, str, str]:
+        """(ms, compute precision key, bound) of a layer run natively at ``exe``."""
+        unit = self.profile.units[exe.unit]
+        compute_s, _, memory_s, compute = self._roofline(layer, exe)
         roof_ms = max(compute_s, memory_s) * 1e3
         bound = "compute" if compute_s >= memory_s else "memory"
         if unit.overhead_ms > roof_ms:
             bound = "overhead"
-        return roof_ms + unit.overhead_ms, entry.compute, bound
+        return roof_ms + unit.overhead_ms, compute, bound
 
     def layer_cost(self, layer: "LayerSpec", unit: str | None = None) -> LayerCost:
         """Cost of one layer on its own, resolved from ``unit`` (default: primary)."""
@@ -129,6 +159,31 @@ class AnalyticLatencyModel(LatencyModel):
             if p.per_inference_overhead_ms:
                 costs[0] = _with_io(costs[0], p.per_inference_overhead_ms)
         return costs
+
+    # -- energy -------------------------------------------------------------------
+    @property
+    def has_energy(self) -> bool:
+        """Whether every unit of the profile carries an ``energy`` fact."""
+        return all(u.energy is not None for u in self.profile.units.values())
+
+    def energy_breakdown(self, plan: "PlanLike") -> list[float]:
+        """Energy of each layer of :meth:`breakdown` (same order, same unit and precision), in mJ."""
+        out = []
+        for c in self.breakdown(plan):
+            energy = self.profile.units[c.unit].energy
+            if energy is None:
+                raise QnasError(f"latency target {self.target!r} gives no energy for unit {c.unit!r} "
+                                f"(units.{c.unit}.energy in {self.profile.path or 'its profile'}); energy cannot "
+                                "be predicted on it")
+            compute_s, nbytes, _, compute = self._roofline(c.layer, ExecPrecision(c.unit, c.w_bits, c.a_bits))
+            joules = (energy.compute_watts(compute) * compute_s + energy.pj_per_byte * 1e-12 * nbytes
+                      + energy.static_w * c.ms * 1e-3)
+            out.append(joules * 1e3)
+        return out
+
+    def predict_energy(self, plan: "PlanLike") -> float:
+        """Batch-1 energy of the whole network in mJ (profiles with ``energy`` facts)."""
+        return float(sum(self.energy_breakdown(plan)))
 
     def describe(self, plan: "PlanLike") -> str:
         """A human-readable per-layer table (for CLIs and debugging)."""

@@ -36,7 +36,9 @@ class LayerCost:
     layer and the output transfer charged to the last). ``w_bits``/``a_bits``
     are the precision it executes at, ``compute`` the MAC precision key,
     ``native`` whether the requested precision runs as-is on the primary unit,
-    ``bound`` one of "compute", "memory", "overhead"."""
+    ``bound`` one of "compute", "memory", "overhead". ``note`` says how the cost was
+    obtained when it is not the model's own price of that exact layer (a latency
+    table's fallback rule or default, :mod:`qnas.latency.table`); empty otherwise."""
 
     layer: Any
     ms: float
@@ -47,6 +49,7 @@ class LayerCost:
     native: bool
     bound: str
     io_ms: float = 0.0
+    note: str = ""
 
     @property
     def fallback(self) -> bool:
@@ -125,6 +128,12 @@ class LatencyModel(abc.ABC):
         return [LayerCost(l, float(self.layer_ms(l)), "default", l.w_bits, l.a_bits,
                           f"w{l.w_bits}a{l.a_bits}", True, "compute")
                 for l in inherit_weightless_bits(as_layers(plan))]
+
+    def describe(self, plan: "PlanLike") -> str:
+        """A human-readable per-layer table of :meth:`breakdown` (for ``qnas latency predict --breakdown``)."""
+        from qnas.latency.report import format_breakdown
+
+        return format_breakdown(self.breakdown(plan))
 
     def predict(self, plan: "PlanLike") -> float:
         """Batch-1 latency of the whole network in ms."""

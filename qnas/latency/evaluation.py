@@ -54,21 +54,32 @@ def sample_archs(space: "SearchSpace", n: int, seed: int, *, unique: bool = Fals
 # ---- predict ---------------------------------------------------------------------------
 @dataclass
 class LatencyPrediction:
-    """An arch's predicted latency on a latency ``target``, with its counted costs."""
+    """An arch's predicted latency on a latency ``target`` (for a table: the target its ``meta`` names),
+    with its counted costs. ``approximated``: how many of its ``n_layers`` layers a table priced by a
+    fallback rule / by a default instead of their own entry (``{"fallback": n, "default": m}``)."""
 
     arch: "Arch"
     target: str
     kind: str
     latency_ms: float
     costs: "Costs"
-    breakdown: str | None = None  # the predictor's per-layer table, when asked for and it has one
+    breakdown: str | None = None  # the predictor's per-layer table, when asked for
+    approximated: dict[str, int] = field(default_factory=dict)
+    n_layers: int = 0
 
     def lines(self) -> list[str]:
         c = self.costs
-        return ([self.breakdown] if self.breakdown is not None else []) + [
+        out = ([self.breakdown] if self.breakdown is not None else []) + [
             self.arch.describe(),
             f"predicted latency on {self.target} ({self.kind}): {self.latency_ms:.4g} ms   ({c.mmacs:.3g} M MACs, "
             f"{c.size_kb:.1f} KB, peak activations {c.peak_activation_bytes / 1024:.1f} KB)"]
+        if self.approximated:
+            how = [f"{self.approximated['fallback']} by a fallback rule (another entry's bits)"
+                   if "fallback" in self.approximated else "",
+                   f"{self.approximated['default']} by a table default" if "default" in self.approximated else ""]
+            out.append(f"priced without their own table entry: {' and '.join(h for h in how if h)}, of "
+                       f"{self.n_layers} layers" + ("" if self.breakdown is not None else " (--breakdown shows which)"))
+        return out
 
 
     #: Deprecated name of :attr:`target`.
@@ -83,14 +94,21 @@ def predict_latency(arch: Any, target: str | None = None, kind: str = "analytic"
     files). ``device`` is the deprecated name of ``target``."""
     from qnas.costs import count_costs
     from qnas.latency.factory import create_latency_model
+    from qnas.latency.report import approximation_counts, format_breakdown
+    from qnas.latency.table import check_plan_coverage
     from qnas.rundir import resolve_arch
 
     target = target_or_device("predict_latency", target, device, default="cpu-ort")
     found = resolve_arch(arch, space)
     model = create_latency_model(target, kind=kind, table=table, hybrid=hybrid, space=found.space)
     plan = found.space.plan(found.arch)
-    text = model.describe(plan) if breakdown and hasattr(model, "describe") else None
-    return LatencyPrediction(found.arch, target, kind, float(model.predict(plan)), count_costs(plan), text)
+    check_plan_coverage(model, plan)  # every key the arch lacks, in one line, before pricing anything
+    costs = model.breakdown(plan)
+    text = None
+    if breakdown:
+        text = model.describe(plan) if hasattr(model, "describe") else format_breakdown(costs)
+    return LatencyPrediction(found.arch, getattr(model, "target", None) or target, kind, float(model.predict(plan)),
+                             count_costs(plan), text, approximation_counts(costs), len(costs))
 
 
 # ---- measure ---------------------------------------------------------------------------

@@ -4,7 +4,8 @@ A latency target (``--target``) is the hardware/runtime a network's latency is
 predicted for, named by its profile (``edgetpu``, ``cpu-ort`` ...); it is not
 the torch device a search trains on (``--torch-device``).
 
-A profile is a versioned JSON data file (``schema_version`` 1) loaded with
+A profile is a versioned JSON data file (``schema_version`` 2; version 1 files,
+which use none of the fields marked "v2" below, still load) loaded with
 :mod:`json` (never pickle). Every number in it is a *fact*::
 
     {"value": ..., "source": "where it comes from", "confidence": "rough"}
@@ -13,7 +14,7 @@ so each figure carries its citation and how much to trust it.
 
 Layout (see ``profiles/edgetpu.json`` for a complete example)::
 
-    schema_version            1
+    schema_version            2 (or 1)
     name, description         strings
     primary_unit              the unit a layer is first offered to
     host_unit                 optional: the unit "host" fallbacks run on
@@ -22,23 +23,48 @@ Layout (see ``profiles/edgetpu.json`` for a complete example)::
     per_inference_overhead_ms fact, float: fixed cost per inference
     transfer                  optional fact {bytes_per_s, latency_ms, include_model_io}:
                               cost of moving an activation between units
+    low_bits                  v2, optional fact {op or "*": mode, or {"w4": mode, "a4": mode ...}}:
+                              what the target does with each sub-8-bit width (keys
+                              ``LOW_BIT_KEYS``), one of ``LOW_BIT_MODES``:
+                              "native" (runs at those bits, at least for some shapes,
+                              priced with its gain), "upcast" (stored and run in a wider
+                              container on the same unit, priced as that container: what
+                              the exporter writes), "host" (priced as a host fallback),
+                              "exclude" (the target cannot run it at all: pricing it is an
+                              error, a search space for this target must not offer it).
+                              Every mode but "exclude" must agree with the fallback rules
+                              (the loader checks); ops left out get the mode the rules imply.
     units.<name>:
       peak_macs_per_s         fact {precision key: MAC/s}, e.g. {"w8a8": 2e12}
       efficiency              fact {op: fraction of peak}, all six ops
       precision_efficiency    optional fact {precision key: extra factor}
       bandwidth_bytes_per_s   fact, float
       overhead_ms             fact, float: per-layer fixed cost
+      output_bytes_per_elem   v2, optional fact, float: bytes a conv/fc moves per output
+                              element (default: its activation bits / 8); BitFusion
+                              writes and reads back 32-bit partial sums (8)
+      energy                  v2, optional fact {"compute_w": W or {compute precision: W},
+                              "pj_per_byte": pJ, "static_w": W}: layer energy =
+                              compute_w * time the MAC array is busy + pj_per_byte *
+                              bytes moved + static_w * layer time
       native                  fact, list of {"prec": "w4a16", "compute": "w16a16",
-                              "ops": [...], "k": [1], "stride": [1], "min_cout": 33}
+                              "ops": [...], "k": [1], "stride": [1], "min_cout": 33,
+                              "weight_overhead": 0.0625}
                               (compute defaults to prec; ops defaults to all;
                               weights are moved at the native entry's w bits, so
                               a weight-only format like CoreML's w4a16 moves
-                              4-bit weights but runs fp16 MACs)
+                              4-bit weights but runs fp16 MACs; v2 ``weight_overhead``:
+                              extra weight bytes as a fraction of the packed weights,
+                              e.g. one fp16 scale per block of 64 int4 weights = 0.0625)
       fallback                fact {key: target}: what a precision the unit cannot
                               execute runs as. Keys: "w4a8" (exact pair), "a4"
                               (any weight bits), "w2" (any activation bits), "*"
                               (anything). Targets: a key of the same kind
-                              ("w8a8", "a8", "w8") or "host".
+                              ("w8a8", "a8", "w8") or "host". A target on the same
+                              unit is an *upcast* (the exporter's wider container, e.g.
+                              a 4-bit grid stored as int8 for the Edge TPU) and is priced
+                              as that container; "host" is only for what the unit truly
+                              cannot run (float layers on an int8 accelerator).
 
 Precision keys are ``w{w_bits}a{a_bits}``; 32 means float32, 16 on a float
 unit means fp16. Bit widths between grid points are rounded *up* to
@@ -61,18 +87,34 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterable, NamedTuple
 
 from qnas.errors import LatencyTableError, QnasError, UnknownTargetError
 from qnas.latency._compat import module_getattr
 from qnas.quant.plan import OP_KINDS, WEIGHTLESS_OPS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: the profile schema versions this qnas reads (a version 1 file uses none of the version 2 fields)
+READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)
+#: the keys a profile and each of its units may have
+PROFILE_KEYS = frozenset({"schema_version", "name", "description", "units", "primary_unit", "host_unit",
+                          "sticky_host_fallback", "per_inference_overhead_ms", "transfer", "low_bits"})
+UNIT_KEYS = frozenset({"description", "peak_macs_per_s", "efficiency", "precision_efficiency", "bandwidth_bytes_per_s",
+                       "overhead_ms", "native", "fallback", "output_bytes_per_elem", "energy"})
 OPS = OP_KINDS  # the layer kinds a profile prices (defined with the plan)
 W_GRID: tuple[int, ...] = (2, 4, 8, 16, 32)
 A_GRID: tuple[int, ...] = (4, 8, 16, 32)
 CONFIDENCE_LEVELS: tuple[str, ...] = ("rough", "estimated", "documented", "measured")
 HOST = "host"
+#: what a target does with a bit width below its native 8 bits (see ``low_bits`` in the module doc)
+LOW_BIT_MODES: tuple[str, ...] = ("native", "upcast", "host", "exclude")
+#: the sub-8-bit widths on the grids, the keys of a profile's low-bits policy
+LOW_BIT_KEYS: tuple[str, ...] = (tuple(f"w{b}" for b in W_GRID if b < 8)
+                                 + tuple(f"a{b}" for b in A_GRID if b < 8))
+#: layer shapes (k, stride, cout) the low-bits policy is probed on: both sides of every shape
+#: condition a shipped profile uses (Hexagon's int4: 1x1, stride 1, more than 32 outputs)
+_PROBE_SHAPES: tuple[tuple[int, int, int], ...] = (
+    (1, 1, 16), (1, 1, 64), (1, 1, 1024), (1, 2, 64), (3, 1, 64), (3, 2, 16), (5, 1, 256), (7, 2, 1024))
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 
@@ -132,6 +174,8 @@ class NativeEntry:
     k: tuple[int, ...] | None = None
     stride: tuple[int, ...] | None = None
     min_cout: int | None = None
+    weight_overhead: float = 0.0
+    """extra weight bytes (block scales, zero points) as a fraction of the packed weight bytes"""
 
     def applies(self, op: str, k: int, stride: int, cout: int | None) -> bool:
         if op not in self.ops:
@@ -143,6 +187,57 @@ class NativeEntry:
         if self.min_cout is not None and (cout is None or cout < self.min_cout):
             return False
         return True
+
+    def condition(self) -> str:
+        """The layer shapes this entry is limited to, in words ("" for every shape)."""
+        where = []
+        if self.k is not None:
+            where.append(f"k in {list(self.k)}")
+        if self.stride is not None:
+            where.append(f"stride in {list(self.stride)}")
+        if self.min_cout is not None:
+            where.append(f"cout >= {self.min_cout}")
+        return ", ".join(where)
+
+
+@dataclass(frozen=True)
+class UnitEnergy:
+    """Energy of a unit: ``compute_w[compute] * t_compute + pj_per_byte * bytes + static_w * t_layer``
+    (watts, picojoules per byte moved, seconds)."""
+
+    compute_w: dict[str, float]
+    """watts while the MAC array is busy, by compute precision key (``"*"``: any)"""
+    pj_per_byte: float
+    static_w: float = 0.0
+
+    def compute_watts(self, compute: str) -> float:
+        if compute in self.compute_w:
+            return self.compute_w[compute]
+        return self.compute_w.get("*", 0.0)
+
+
+@dataclass(frozen=True)
+class LowBits:
+    """What a target does with one sub-8-bit width (``key``, e.g. ``"w4"``) of one op kind."""
+
+    op: str
+    key: str
+    mode: str
+    """one of :data:`LOW_BIT_MODES`"""
+    when: str = ""
+    """for "native": the native entries (and their shape conditions) that run it, "" if every shape"""
+    otherwise: tuple[str, ...] = ()
+    """what it runs as where it is not native (``"w8a8"``, ``"host w8a8"``), sorted"""
+    declared: bool = False
+    """the profile states the mode (with a source) rather than leaving it to the fallback rules"""
+
+    def __str__(self) -> str:
+        other = ", ".join(self.otherwise)
+        if self.mode == "native":
+            return f"{self.key} native" + (f" as {self.when}; elsewhere runs as {other}" if self.when else "")
+        if self.mode == "exclude":
+            return f"{self.key} excluded (the target cannot run it)"
+        return f"{self.key} {self.mode} (runs as {other})"
 
 
 @dataclass(frozen=True, eq=False)
@@ -156,6 +251,9 @@ class UnitProfile:
     overhead_ms: float
     native: tuple[NativeEntry, ...]
     fallback: dict[str, str]
+    output_bytes_per_elem: float | None = None
+    """bytes a conv/fc moves per output element; None: its activation bits / 8"""
+    energy: UnitEnergy | None = None
 
     def native_entry(self, op: str, w_bits: int, a_bits: int, k: int = 1, stride: int = 1,
                      cout: int | None = None) -> NativeEntry | None:
@@ -203,6 +301,8 @@ class TargetProfile:
     facts: dict[str, Fact] = field(repr=False)
     path: str | None = None
     schema_version: int = SCHEMA_VERSION
+    #: the profile's declared ``low_bits`` modes, ``{op: {key: mode}}`` (empty: all left to the rules)
+    low_bits_declared: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
 
     # -- construction -------------------------------------------------------------
     @classmethod
@@ -222,6 +322,11 @@ class TargetProfile:
         """Every step from the requested precision to the one that executes (last)."""
         if op not in OPS:
             raise QnasError(f"unknown layer op {op!r}; use one of {', '.join(OPS)}")
+        excluded = self.excluded(op, w_bits, a_bits)
+        if excluded:
+            raise LatencyTableError(
+                f"latency target {self.name!r} cannot run {op} at {excluded} (its profile's low_bits excludes it: "
+                f"{self._where()}); search a space without {excluded} for this target, or pick another target")
         unit = unit or self.primary_unit
         if unit not in self.units:
             raise QnasError(f"profile {self.name!r} has no unit {unit!r}; its units are {', '.join(self.units)}")
@@ -285,8 +390,115 @@ class TargetProfile:
         """Every fact in the profile by its dotted path, with source and confidence."""
         return dict(self.facts)
 
+    # -- sub-8-bit widths ---------------------------------------------------------
+    def excluded(self, op: str, w_bits: int, a_bits: int) -> str | None:
+        """The low-bits key (``"w4"``, ``"a4"``) under which the profile excludes this precision, else None."""
+        if not self._excluding_ops():
+            return None
+        policy = self.low_bits_declared.get(op, {})
+        keys = [f"a{round_bits(a_bits, A_GRID, 'a_bits')}"]
+        if op not in WEIGHTLESS_OPS:
+            keys.insert(0, f"w{round_bits(w_bits, W_GRID, 'w_bits')}")
+        return next((k for k in keys if policy.get(k) == "exclude"), None)
+
+    def _excluding_ops(self) -> frozenset:
+        ops = self.__dict__.get("_excluding_ops_cache")
+        if ops is None:
+            ops = frozenset(op for op, policy in self.low_bits_declared.items() if "exclude" in policy.values())
+            object.__setattr__(self, "_excluding_ops_cache", ops)
+        return ops
+
+    def excluded_widths(self, w_bits: Iterable[int], a_bits: Iterable[int]) -> dict[str, list[str]]:
+        """``{op: ["w2", ...]}``: the widths among ``w_bits``/``a_bits`` (e.g. a search space's) that the
+        profile excludes, per op kind; empty when a space offers nothing the target excludes. A search
+        checks this before its first evaluation and drops or refuses those widths."""
+        keys = ({f"w{round_bits(w, W_GRID, 'w_bits')}" for w in w_bits}
+                | {f"a{round_bits(a, A_GRID, 'a_bits')}" for a in a_bits})
+        out: dict[str, list[str]] = {}
+        for op, policy in self.low_bits_declared.items():
+            hit = sorted(k for k, mode in policy.items() if mode == "exclude" and k in keys)
+            if hit:
+                out[op] = hit
+        return out
+
+    def low_bits_detail(self) -> dict[str, dict[str, LowBits]]:
+        """For every op and sub-8-bit width (``LOW_BIT_KEYS``; weightless ops: activation widths only),
+        whether the target runs it natively, as an upcast, on the host, or excludes it. Derived from the
+        native entries and fallback rules (the same resolution the latency model prices with), so it
+        cannot disagree with the predicted latency; declared modes are checked against it at load."""
+        cached = self.__dict__.get("_low_bits_cache")
+        if cached is None:
+            cached = {op: {key: self._derive_low_bits(op, key) for key in _low_bit_keys(op)} for op in OPS}
+            object.__setattr__(self, "_low_bits_cache", cached)
+        return cached
+
+    @property
+    def low_bits(self) -> dict[str, dict[str, str]]:
+        """``{op: {"w2": mode, "w4": mode, "a4": mode}}``, modes from :data:`LOW_BIT_MODES`: what a search
+        for this target prices a sub-8-bit width as (see :meth:`low_bits_detail`)."""
+        return {op: {k: r.mode for k, r in keys.items()} for op, keys in self.low_bits_detail().items()}
+
+    def low_bits_summary(self) -> dict[str, Any]:
+        """JSON-ready record of :attr:`low_bits` for a run's config: ``{"target", "policy", "detail"}``."""
+        return {"target": self.name, "policy": self.low_bits,
+                "detail": {op: {k: str(r) for k, r in keys.items()} for op, keys in self.low_bits_detail().items()}}
+
+    def low_bits_lines(self) -> list[str]:
+        """One line per op kind: how each sub-8-bit width is priced on this target."""
+        out = [f"sub-8-bit widths on {self.name} (native: priced with its gain; upcast: priced as the wider "
+               f"container the exporter writes; host: priced as a host fallback; excluded: not searchable):"]
+        for op, keys in self.low_bits_detail().items():
+            out.append(f"  {op:<7} " + "; ".join(str(r) for r in keys.values()))
+        return out
+
+    def _derive_low_bits(self, op: str, key: str) -> LowBits:
+        declared = self.low_bits_declared.get(op, {}).get(key)
+        if declared == "exclude":
+            return LowBits(op, key, "exclude", declared=True)
+        bits = int(key[1:])
+        unit = self.units[self.primary_unit]
+        entries = [e for e in unit.native if op in e.ops]
+        if op in WEIGHTLESS_OPS:
+            probes = [(bits, bits)]
+        elif key.startswith("w"):  # at every integer activation width the unit runs this op at
+            acts = {e.a_bits for e in entries}
+            probes = [(bits, a) for a in sorted({a for a in acts if a <= 16} or acts)] or [(bits, 8)]
+        else:  # with the narrowest weights of 8 bits or more the unit runs this op at
+            probes = [(min((e.w_bits for e in entries if e.w_bits >= 8), default=8), bits)]
+        outcomes: set[str] = set()
+        runs_as: set[str] = set()
+        for w, a in probes:
+            if self.excluded(op, w, a):  # e.g. w4 probed at a4 where a4 is excluded
+                continue
+            for k, stride, cout in _PROBE_SHAPES:
+                if op == "fc" and (k, stride) != (1, 1):
+                    continue
+                exe = self.resolve_precision(op, w, a, k=k, stride=stride, cout=cout)
+                on_unit = exe.unit == self.primary_unit
+                same = exe.w_bits == bits if key.startswith("w") else exe.a_bits == bits
+                if on_unit and same:
+                    outcomes.add("native")
+                    continue
+                outcomes.add("upcast" if on_unit else "host")
+                runs_as.add(precision_key(exe.w_bits, exe.a_bits) if on_unit
+                            else f"{exe.unit} {precision_key(exe.w_bits, exe.a_bits)}")
+        if not outcomes:  # every way to run it is excluded
+            return LowBits(op, key, "exclude", declared=declared is not None)
+        mode = next(m for m in ("native", "upcast", "host") if m in outcomes)
+        when = ""
+        if mode == "native":
+            native = [e for e in entries
+                      if (e.w_bits == bits if key.startswith("w") else e.a_bits == bits)]
+            if runs_as or any(e.condition() for e in native):
+                when = "; ".join(e.prec + (f" where {e.condition()}" if e.condition() else "") for e in native)
+        return LowBits(op, key, mode, when, tuple(sorted(runs_as)), declared=declared is not None)
+
     def _where(self) -> str:
         return self.path or repr(self.name)
+
+
+def _low_bit_keys(op: str) -> tuple[str, ...]:
+    return tuple(k for k in LOW_BIT_KEYS if op not in WEIGHTLESS_OPS or k.startswith("a"))
 
 
 # -- loading ------------------------------------------------------------------------
@@ -356,6 +568,13 @@ class _Parser:
     def __init__(self, origin: str):
         self.origin = origin
         self.facts: dict[str, Fact] = {}
+        self.version = SCHEMA_VERSION
+
+    def v2(self, field_path: str) -> None:
+        """Refuse a version 2 field in a file that says it is version 1."""
+        if self.version < 2:
+            raise self.fail(f"'{field_path}' needs schema_version 2 (the file says {self.version})",
+                            "set schema_version to 2")
 
     def fail(self, what: str, fix: str) -> LatencyTableError:
         return LatencyTableError(f"latency target profile {self.origin}: {what}; {fix}")
@@ -416,10 +635,15 @@ class _Parser:
     def parse(self, data: Any) -> TargetProfile:
         if not isinstance(data, dict):
             raise self.fail("top level is not a JSON object", "the file must hold one profile object")
+        unknown = sorted(set(data) - PROFILE_KEYS)
+        if unknown:  # a misspelt key would silently not apply
+            raise self.fail(f"unknown key(s) {unknown}", f"use only {', '.join(sorted(PROFILE_KEYS))}")
         version = self.get(data, "schema_version", "")
-        if version != SCHEMA_VERSION:
-            raise self.fail(f"schema_version is {version!r}, this qnas reads {SCHEMA_VERSION}",
+        if isinstance(version, bool) or version not in READABLE_SCHEMA_VERSIONS:
+            readable = " and ".join(map(str, READABLE_SCHEMA_VERSIONS))
+            raise self.fail(f"schema_version is {version!r}, this qnas reads {readable}",
                             "convert the profile or upgrade qnas")
+        self.version = version
         name = self.get(data, "name", "")
         if not isinstance(name, str) or not name:
             raise self.fail("'name' is not a non-empty string", "give the profile a name")
@@ -446,18 +670,67 @@ class _Parser:
             transfer = Transfer(self.fact(t, "bytes_per_s", "transfer.", "positive"),
                                 self.fact(t, "latency_ms", "transfer.", "nonneg"),
                                 self.fact(t, "include_model_io", "transfer.", "bool"))
+        declared = self.parse_low_bits(data) if "low_bits" in data else {}
         profile = TargetProfile(name=name, description=description, primary_unit=primary, host_unit=host,
                                 sticky_host_fallback=sticky, per_inference_overhead_ms=overhead,
                                 transfer=transfer, units=units, facts=self.facts,
                                 path=None if self.origin.startswith("<") else self.origin,
-                                schema_version=version)
+                                schema_version=version, low_bits_declared=declared)
         self.check_resolution(profile)
+        self.check_low_bits(profile)
         return profile
+
+    def parse_low_bits(self, data: dict) -> dict[str, dict[str, str]]:
+        self.v2("low_bits")
+        raw = data["low_bits"]
+        self.meta_check(raw, "low_bits")
+        value = raw["value"]
+        if not isinstance(value, dict) or not value:
+            raise self.fail("'low_bits.value' is not a non-empty object",
+                            'map op kinds (or "*") to a mode or to {"w4": mode, "a4": mode}')
+        modes = ", ".join(LOW_BIT_MODES)
+        out: dict[str, dict[str, str]] = {}
+        # "*" first, then the op kinds it stands for, each overriding what came before
+        for op in sorted(value, key=lambda o: o != "*"):
+            rule = value[op]
+            if op != "*" and op not in OPS:
+                raise self.fail(f"'low_bits.value' has key {op!r}", f"use op names ({', '.join(OPS)}) or '*'")
+            if isinstance(rule, str):
+                rule = dict.fromkeys(LOW_BIT_KEYS, rule)
+            if not isinstance(rule, dict) or not rule:
+                raise self.fail(f"'low_bits.value.{op}' is {rule!r}", f"give a mode ({modes}) or an object of them")
+            for key, mode in rule.items():
+                if key not in LOW_BIT_KEYS:
+                    raise self.fail(f"'low_bits.value.{op}' has key {key!r}",
+                                    f"use the sub-8-bit widths {', '.join(LOW_BIT_KEYS)}")
+                if mode not in LOW_BIT_MODES:
+                    raise self.fail(f"'low_bits.value.{op}.{key}' is {mode!r}", f"use one of {modes}")
+                for target in (OPS if op == "*" else (op,)):
+                    if key in _low_bit_keys(target):
+                        out.setdefault(target, {})[key] = mode
+        self.facts["low_bits"] = Fact(value, raw["source"], raw["confidence"])
+        return out
+
+    def check_low_bits(self, profile: TargetProfile) -> None:
+        """A declared mode (other than "exclude") must be what the fallback rules price."""
+        detail = profile.low_bits_detail()
+        for op, keys in profile.low_bits_declared.items():
+            for key, mode in keys.items():
+                derived = detail[op][key]
+                if mode != "exclude" and derived.mode != mode:
+                    raise self.fail(
+                        f"low_bits says {op} {key} is {mode!r} but the native entries and fallback rules price it as "
+                        f"{derived.mode!r} ({derived})",
+                        "make the fallback rules match (an upcast maps to a wider width on the same unit, 'host' "
+                        "sends it to the host unit) or correct low_bits")
 
     def parse_unit(self, uname: str, raw: Any) -> UnitProfile:
         p = f"units.{uname}."
         if not isinstance(raw, dict):
             raise self.fail(f"'units.{uname}' is not an object", "describe the unit's throughput, bandwidth and precisions")
+        unknown = sorted(set(raw) - UNIT_KEYS)
+        if unknown:
+            raise self.fail(f"'units.{uname}' has unknown key(s) {unknown}", f"use only {', '.join(sorted(UNIT_KEYS))}")
         peak = self.fact(raw, "peak_macs_per_s", p, "prec_map")
         eff = self.fact(raw, "efficiency", p, "op_map")
         prec_eff = self.fact(raw, "precision_efficiency", p, "prec_map", required=False) or {}
@@ -467,7 +740,40 @@ class _Parser:
         native = self.parse_native(uname, native_raw, peak)
         fb_raw = self.get(raw, "fallback", p)
         fallback = self.parse_fallback(uname, fb_raw)
-        return UnitProfile(uname, raw.get("description", ""), peak, eff, prec_eff, bw, overhead, native, fallback)
+        out_bytes = None
+        if "output_bytes_per_elem" in raw:
+            self.v2(f"{p}output_bytes_per_elem")
+            out_bytes = self.fact(raw, "output_bytes_per_elem", p, "positive")
+        energy = None
+        if "energy" in raw:
+            self.v2(f"{p}energy")
+            energy = self.parse_energy(uname, raw["energy"], peak)
+        return UnitProfile(uname, raw.get("description", ""), peak, eff, prec_eff, bw, overhead, native, fallback,
+                           out_bytes, energy)
+
+    def parse_energy(self, uname: str, raw: Any, peak: dict[str, float]) -> UnitEnergy:
+        where = f"units.{uname}.energy"
+        self.meta_check(raw, where)
+        value = raw["value"]
+        if not isinstance(value, dict) or "compute_w" not in value or "pj_per_byte" not in value:
+            raise self.fail(f"'{where}.value' lacks compute_w or pj_per_byte",
+                            'write {"compute_w": watts, "pj_per_byte": pJ, "static_w": watts}')
+        bad = [k for k in value if k not in ("compute_w", "pj_per_byte", "static_w")]
+        if bad:
+            raise self.fail(f"'{where}.value' has key {bad[0]!r}", "use compute_w, pj_per_byte and static_w")
+        cw = value["compute_w"]
+        if isinstance(cw, dict):
+            for k in cw:
+                if k != "*" and k not in peak:
+                    raise self.fail(f"'{where}.value.compute_w' has key {k!r}",
+                                    f"use compute precisions of units.{uname}.peak_macs_per_s or '*'")
+            compute_w = {k: self.check(v, "nonneg", f"{where}.value.compute_w.{k}") for k, v in cw.items()}
+        else:
+            compute_w = {"*": self.check(cw, "nonneg", f"{where}.value.compute_w")}
+        energy = UnitEnergy(compute_w, self.check(value["pj_per_byte"], "nonneg", f"{where}.value.pj_per_byte"),
+                            self.check(value.get("static_w", 0.0), "nonneg", f"{where}.value.static_w"))
+        self.facts[where] = Fact(value, raw["source"], raw["confidence"])
+        return energy
 
     def parse_native(self, uname: str, raw: Any, peak: dict[str, float]) -> tuple[NativeEntry, ...]:
         where = f"units.{uname}.native"
@@ -499,7 +805,11 @@ class _Parser:
             k = tuple(e["k"]) if "k" in e else None
             stride = tuple(e["stride"]) if "stride" in e else None
             min_cout = e.get("min_cout")
-            entries.append(NativeEntry(prec, wb, ab, compute, ops, k, stride, min_cout))
+            overhead = 0.0
+            if "weight_overhead" in e:
+                self.v2(f"{w}.weight_overhead")
+                overhead = self.check(e["weight_overhead"], "nonneg", f"{w}.weight_overhead")
+            entries.append(NativeEntry(prec, wb, ab, compute, ops, k, stride, min_cout, overhead))
         self.facts[where] = Fact(value, raw["source"], raw["confidence"])
         return tuple(entries)
 
@@ -547,6 +857,8 @@ class _Parser:
                 for k, stride, cout in ((1, 1, 64), (3, 2, 16)):
                     for w in W_GRID:
                         for a in A_GRID:
+                            if profile.excluded(op, w, a):
+                                continue
                             profile.fallback_chain(op, w, a, k=k, stride=stride, cout=cout, unit=unit)
 
 

@@ -36,6 +36,47 @@ Lines starting with ``#`` are comments; qnas writes the metadata as one
 ``# meta: {json}`` comment line before the header, and reads it back when
 present. Extra columns are ignored.
 
+Defaults and fallback rules (optional, still version 1)
+--------------------------------------------------------
+A published or hand-made table rarely has every key a search space produces
+(no stem, classifier, pool or residual-add rows; some bit pairs missing). Two
+optional top-level fields price those keys instead of failing::
+
+    "defaults":  {"stem": 0.30, "head": 0.08, "pool": 0.001, "add": 0.0005},
+    "fallbacks": [{"a_bits": 4, "use_a_bits": 8},
+                  {"op": "fc", "w_bits": 2, "use_w_bits": 4, "scale": 1.0, "note": "..."}]
+
+A key is priced by, in this order:
+
+1. its own entry;
+2. a ``fallbacks`` rule: a rule *matches* a key when every key field it names
+   (``op``, ``cin`` ... ``a_bits``) has that value (a rule naming none matches
+   every key); the key is then looked up with each ``use_<field>`` replaced, and
+   that entry's ms times ``scale`` (default 1) is the price. Rules are tried in
+   file order; a key they lead to that has no entry may itself be rewritten by
+   the rules, up to :data:`MAX_FALLBACK_STEPS` rules in a chain (shortest chain
+   first). ``{"a_bits": 4, "use_a_bits": 8}`` prices a missing A4 layer at its
+   A8 entry; ``{"use_w_bits": 32, "use_a_bits": 32}`` prices every bit width at
+   a float table's entry;
+3. a ``defaults`` value in ms: first by the layer's role in a qnas network (its
+   name: ``stem``, ``head`` -- the classifier --, ``mix``, ``pre_head``), then by
+   its op (``conv``, ``dwconv``, ``pwconv``, ``fc``, ``add``, ``pool``, ``mul``).
+   A default is a fixed cost whatever the layer's shape and bits.
+
+Every price obtained by 2 or 3 is said: ``qnas latency predict`` counts those
+layers (and ``--breakdown`` marks each), ``qnas latency check-table`` and a
+search print how many keys of the space they price. A key none of 1-3 prices
+is *missing*: ``qnas latency check-table`` lists them all, and a search or a
+prediction with the table refuses before its first evaluation. In a CSV table
+the two fields are ``# defaults: {json}`` and ``# fallbacks: [json]`` comment
+lines. The schema version stays 1: a reader that ignores the two fields (qnas
+before them) prices every entry the same and fails on the keys they would have
+filled, it never prices anything differently.
+
+Published tables in other formats (APQ's BitFusion dict, nn-Meter kernel CSVs,
+any CSV with shape columns) are converted by :mod:`qnas.latency.importers`
+(``qnas latency import``).
+
 All ``meta`` fields are optional; unknown ones are kept. ``device`` is the
 latency target the table was measured on (a target profile name such as
 ``cpu-ort``, or a CPU model), never a torch device; the field keeps its old
@@ -53,13 +94,14 @@ import csv
 import io
 import json
 import math
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, get_args
 
 from qnas.errors import LatencyTableError
 from qnas.latency._compat import deprecated_device_property, target_or_device, warn_renamed
-from qnas.latency.base import LatencyModel, as_layers, inherit_weightless_bits
+from qnas.latency.base import LatencyModel, LayerCost, as_layers, inherit_weightless_bits
 from qnas.quant.plan import LayerSpec, OpKind
 
 if TYPE_CHECKING:
@@ -81,6 +123,15 @@ META_FIELDS = (TARGET_META_KEY, "runtime", "threads", "created", "qnas_version",
 Key = tuple  # (op, cin, cout, hw, k, stride, groups, w_bits, a_bits)
 
 _FIX = "re-measure it with `qnas latency measure` or fix the file"
+_KEY_INDEX = {f: i for i, f in enumerate(KEY_FIELDS)}
+#: Layer roles a table default may name: the name of that layer in a qnas network plan.
+DEFAULT_ROLES = ("stem", "head", "mix", "pre_head")
+#: Every name a ``defaults`` field may carry: a role, then the op kinds.
+DEFAULT_NAMES = DEFAULT_ROLES + OPS
+#: The most fallback rules one lookup chains (see the module docstring).
+MAX_FALLBACK_STEPS = 4
+_RULE_KEYS = KEY_FIELDS + tuple(f"use_{f}" for f in KEY_FIELDS) + ("scale", "note")
+_RULES_DOC = "see the schema in qnas/latency/table.py"
 
 
 def _qnas_version() -> str:
@@ -173,19 +224,183 @@ def _check_key(key: Any, where: str) -> Key:
     return (op,) + tuple(_int_field(v, f, where) for f, v in zip(KEY_FIELDS[1:], key[1:]))
 
 
+def _rule_value(name: str, v: Any, where: str) -> Any:
+    if name == "op":
+        if v not in OPS:
+            raise LatencyTableError(f"{where}: op={v!r} is not one of {list(OPS)}; {_RULES_DOC}")
+        return v
+    return _int_field(v, name, where)
+
+
+@dataclass(frozen=True)
+class FallbackRule:
+    """Price a key that has no entry at another key's entry: a key whose fields equal ``match`` is
+    looked up with the fields of ``use`` replaced, its ms times ``scale``."""
+
+    match: tuple[tuple[str, Any], ...]
+    use: tuple[tuple[str, Any], ...]
+    scale: float = 1.0
+    note: str = ""
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "fallback rule") -> "FallbackRule":
+        if isinstance(d, FallbackRule):
+            return d
+        if not isinstance(d, Mapping):
+            raise LatencyTableError(f"{where} is a {type(d).__name__}, expected an object such as "
+                                    f'{{"a_bits": 4, "use_a_bits": 8}}; {_RULES_DOC}')
+        unknown = sorted(set(d) - set(_RULE_KEYS))
+        if unknown:
+            raise LatencyTableError(f"{where} has unknown field(s) {unknown}; a rule names key fields to match "
+                                    f"({', '.join(KEY_FIELDS)}), use_<field> values and optionally scale/note")
+        match = tuple((f, _rule_value(f, d[f], where)) for f in KEY_FIELDS if f in d)
+        use = tuple((f, _rule_value(f, d[f"use_{f}"], where)) for f in KEY_FIELDS if f"use_{f}" in d)
+        if not use:
+            raise LatencyTableError(f"{where} has no use_<field>: say what a matching key is priced at, "
+                                    f'e.g. {{"a_bits": 4, "use_a_bits": 8}}; {_RULES_DOC}')
+        scale = d.get("scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+            raise LatencyTableError(f"{where}: scale={scale!r} must be a finite number > 0")
+        note = d.get("note", "")
+        if not isinstance(note, str):
+            raise LatencyTableError(f"{where}: note must be a string, got {type(note).__name__}")
+        return cls(match, use, float(scale), note)
+
+    def matches(self, key: Key) -> bool:
+        return all(key[_KEY_INDEX[f]] == v for f, v in self.match)
+
+    def apply(self, key: Key) -> Key:
+        k = list(key)
+        for f, v in self.use:
+            k[_KEY_INDEX[f]] = v
+        return tuple(k)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = dict(self.match)
+        d.update({f"use_{f}": v for f, v in self.use})
+        if self.scale != 1.0:
+            d["scale"] = self.scale
+        if self.note:
+            d["note"] = self.note
+        return d
+
+    def describe(self) -> str:
+        """``a_bits=4 -> a_bits=8`` (``any -> ...`` for a rule that matches every key; ``x0.9`` for a scale)."""
+        src = ", ".join(f"{f}={v}" for f, v in self.match) or "any"
+        dst = ", ".join(f"{f}={v}" for f, v in self.use)
+        return f"{src} -> {dst}" + (f" x{self.scale:g}" if self.scale != 1.0 else "")
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """How a table prices one layer key: ``how`` is ``entry`` (its own), ``fallback`` (``priced_key``'s
+    entry, by the rules in ``note``) or ``default`` (a fixed cost, named in ``note``)."""
+
+    ms: float
+    how: str
+    key: Key
+    priced_key: Key | None
+    note: str = ""
+
+
+def _check_defaults(defaults: Any, where: str) -> dict[str, float]:
+    if not isinstance(defaults, Mapping):
+        raise LatencyTableError(f"{where}: defaults must be an object of name -> ms "
+                                f'(e.g. {{"pool": 0.001}}), got {type(defaults).__name__}')
+    out = {}
+    for name, ms in defaults.items():
+        if name not in DEFAULT_NAMES:
+            raise LatencyTableError(f"{where}: default {name!r} names no layer role or op; use one of "
+                                    f"{list(DEFAULT_NAMES)}")
+        out[name] = _ms_field(ms, f"{where} default {name!r}")
+    return out
+
+
+def _role(layer: Any) -> str | None:
+    name = getattr(layer, "name", None)
+    return name if name in DEFAULT_ROLES else None
+
+
+_UNSET = object()
+
+
+@dataclass
+class TableCoverage:
+    """Which distinct layer keys (of a search space or an arch) a table prices, and how."""
+
+    table: "LatencyTable"
+    n_keys: int
+    by_entry: int = 0
+    by_fallback: list = field(default_factory=list)  # [(layer, Pricing)]
+    by_default: list = field(default_factory=list)  # [(layer, Pricing)]
+    missing: list = field(default_factory=list)  # [layer]
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    def rule_counts(self) -> dict[str, int]:
+        """How many keys each fallback chain / default priced, most first."""
+        counts: dict[str, int] = {}
+        for _, p in self.by_fallback + self.by_default:
+            counts[p.note] = counts.get(p.note, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+    def summary(self, what: str = "the search space") -> str:
+        """One line: how many keys of ``what`` are priced and how."""
+        priced = self.n_keys - len(self.missing)
+        head = (f"latency table {self.table.name} prices {priced} of {self.n_keys} distinct layer keys of {what}"
+                if self.missing else
+                f"latency table {self.table.name} prices all {self.n_keys} distinct layer keys of {what}")
+        how = [f"{self.by_entry} by entry"]
+        if self.by_fallback:
+            how.append(f"{len(self.by_fallback)} by fallback rule")
+        if self.by_default:
+            how.append(f"{len(self.by_default)} by default")
+        if self.missing:
+            how.append(f"{len(self.missing)} missing")
+        return f"{head} ({', '.join(how)})"
+
+    def missing_lines(self, limit: int | None = 50) -> list[str]:
+        """One line per missing key (with a layer that has it), the first ``limit`` (None/0: all),
+        then how many more there are."""
+        shown = self.missing if not limit else self.missing[:limit]
+        out = [f"  {format_key(_as_key(l))}" + (f"   e.g. layer {l.name}" if getattr(l, "name", None) else "")
+               for l in shown]
+        if len(self.missing) > len(shown):
+            out.append(f"  ... and {len(self.missing) - len(shown)} more")
+        return out
+
+    def refusal(self, what: str = "the search space", hint: str | None = None) -> str:
+        """The one-line error for an incomplete table: the count, the first keys, where to see all."""
+        first = "; ".join(format_key(_as_key(l)) for l in self.missing[:2])
+        more = f" and {len(self.missing) - 2} more" if len(self.missing) > 2 else ""
+        hint = hint or f"list every one with `qnas latency check-table [--space SPACE.yaml] {self.table.name}`"
+        return (f"latency table {self.table.name} cannot price {len(self.missing)} of the {self.n_keys} distinct "
+                f"layer keys of {what} (no entry, fallback rule or default), e.g. {first}{more}; {hint}, then "
+                "measure them, import a table that has them, or give the table defaults/fallbacks "
+                "(schema in qnas/latency/table.py)")
+
+
 class LatencyTable(Mapping):
     """Per-layer latencies (ms) keyed by ``LayerSpec.key()``, plus metadata.
 
     >>> table = load_table("my-target.json")
-    >>> table.lookup(layer)            # LatencyTableError naming the key if missing
+    >>> table.lookup(layer)            # LatencyTableError naming the key if nothing prices it
+    >>> table.price(layer)             # Pricing (entry / fallback / default) or None
     >>> table.save("copy.csv")         # refuses to overwrite unless overwrite=True
 
     ``entries`` is a mapping (or iterable of pairs) from a key tuple or a
-    ``LayerSpec`` to ms. It is a read-only mapping; build new tables with
-    :meth:`with_entries` or :meth:`merge`."""
+    ``LayerSpec`` to ms; ``defaults`` (name -> ms) and ``fallbacks`` (rules, as
+    dicts or :class:`FallbackRule`) price keys without an entry (module
+    docstring). As a mapping it holds the entries only (``in``, ``[]``,
+    ``len``); :meth:`lookup` and :meth:`price` apply the rules. It is
+    read-only; build new tables with :meth:`with_entries`, :meth:`with_rules`
+    or :meth:`merge`."""
 
     def __init__(self, entries: Mapping | Iterable[tuple[Any, float]] = (), meta: Mapping[str, Any] | None = None,
-                 source: str | None = None):
+                 source: str | None = None, *, defaults: Mapping[str, float] | None = None,
+                 fallbacks: Iterable[Any] = ()):
         if source is None:  # a new table: stamp created / qnas_version unless given
             self.meta: dict[str, Any] = _stamped(meta or {})
         else:  # a loaded table keeps its own metadata (no invented "created")
@@ -202,6 +417,13 @@ class LatencyTable(Mapping):
                 raise LatencyTableError(f"{where}: key {format_key(key)} appears twice with different ms "
                                         f"({self._ms[key]} and {v}); keep one entry per key")
             self._ms[key] = v
+        self.defaults: dict[str, float] = _check_defaults(defaults or {}, where)
+        if isinstance(fallbacks, (str, bytes, Mapping)) or not isinstance(fallbacks, Iterable):
+            raise LatencyTableError(f"{where}: fallbacks must be a list of rules, got {type(fallbacks).__name__}; "
+                                    f"{_RULES_DOC}")
+        self.fallbacks: tuple[FallbackRule, ...] = tuple(
+            FallbackRule.from_dict(r, f"{where} fallbacks[{i}]") for i, r in enumerate(fallbacks))
+        self._priced: dict[tuple[Key, str | None], Pricing | None] = {}
 
     # ---- Mapping ---------------------------------------------------------------
     def __getitem__(self, k: Any) -> float:
@@ -220,7 +442,8 @@ class LatencyTable(Mapping):
         return len(self._ms)
 
     def __eq__(self, other: Any) -> bool:
-        return isinstance(other, LatencyTable) and self._ms == other._ms
+        return (isinstance(other, LatencyTable) and self._ms == other._ms and self.defaults == other.defaults
+                and self.fallbacks == other.fallbacks)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -237,23 +460,113 @@ class LatencyTable(Mapping):
     device = deprecated_device_property()
 
     def __repr__(self) -> str:
-        return f"LatencyTable({len(self)} entries, target={self.target!r}, source={self.source!r})"
+        rules = (f", {len(self.defaults)} defaults, {len(self.fallbacks)} fallback rules"
+                 if self.defaults or self.fallbacks else "")
+        return f"LatencyTable({len(self)} entries{rules}, target={self.target!r}, source={self.source!r})"
+
+    @property
+    def has_rules(self) -> bool:
+        """Whether the table carries defaults or fallback rules."""
+        return bool(self.defaults or self.fallbacks)
 
     # ---- lookups -----------------------------------------------------------------
-    def lookup(self, layer: Any) -> float:
-        """ms of one layer (a ``LayerSpec`` or a key tuple); :class:`LatencyTableError` if absent."""
+    def price(self, layer: Any) -> Pricing | None:
+        """How one layer (a ``LayerSpec`` or a key tuple) is priced: by its entry, a fallback rule or a
+        default (module docstring); None when nothing prices it. A default by role needs the
+        ``LayerSpec`` (its name)."""
         key = _as_key(layer)
-        try:
-            return self._ms[key]
-        except KeyError:
+        role = _role(layer)
+        memo = self._priced.get((key, role), _UNSET)
+        if memo is not _UNSET:
+            return memo  # type: ignore[return-value]
+        found = self._price(key, role)
+        self._priced[(key, role)] = found
+        return found
+
+    def _price(self, key: Key, role: str | None) -> Pricing | None:
+        ms = self._ms.get(key)
+        if ms is not None:
+            return Pricing(ms, "entry", key, key)
+        if self.fallbacks:
+            found = self._fallback(key)
+            if found is not None:
+                return found
+        for name in ((role,) if role else ()) + (key[0],):
+            if name in self.defaults:
+                return Pricing(self.defaults[name], "default", key, None, f"default {name}")
+        return None
+
+    def _fallback(self, key: Key) -> Pricing | None:
+        """The shortest chain of fallback rules (rule order breaking ties) from ``key`` to an entry."""
+        frontier: list[tuple[Key, float, tuple[FallbackRule, ...]]] = [(key, 1.0, ())]
+        seen = {key}
+        for _ in range(MAX_FALLBACK_STEPS):
+            nxt = []
+            for k, scale, path in frontier:
+                for rule in self.fallbacks:
+                    if not rule.matches(k):
+                        continue
+                    new = rule.apply(k)
+                    if new in seen:
+                        continue
+                    seen.add(new)
+                    s, p = scale * rule.scale, path + (rule,)
+                    if new in self._ms:
+                        return Pricing(self._ms[new] * s, "fallback", key, new,
+                                       "fallback " + "; ".join(r.describe() for r in p))
+                    nxt.append((new, s, p))
+            if not nxt:
+                break
+            frontier = nxt
+        return None
+
+    def resolve(self, layer: Any) -> Pricing:
+        """:meth:`price`, or :class:`LatencyTableError` naming the key when nothing prices it."""
+        found = self.price(layer)
+        if found is None:
+            key = _as_key(layer)
             what = f"layer {layer.name!r} " if isinstance(layer, LayerSpec) else ""
+            rules = ", fallback rule or default" if self.has_rules else ""
             raise LatencyTableError(
-                f"latency table {self.name} has no entry for {what}key {format_key(key)}; measure it with "
-                "`qnas latency measure` (qnas.latency.layer_measure) or import a table that covers this search space"
-            ) from None
+                f"latency table {self.name} has no entry{rules} for {what}key {format_key(key)}; measure it with "
+                "`qnas latency measure` (qnas.latency.layer_measure), import a table that covers this search space, "
+                "or give the table a default or fallback rule (schema in qnas/latency/table.py)")
+        return found
+
+    def lookup(self, layer: Any) -> float:
+        """ms of one layer (a ``LayerSpec`` or a key tuple) by its entry, a fallback rule or a default;
+        :class:`LatencyTableError` if none prices it."""
+        return self.resolve(layer).ms
+
+    def coverage(self, layers: Iterable[Any]) -> TableCoverage:
+        """How the distinct keys of ``layers`` (e.g. :func:`space_layer_keys`) are priced."""
+        cov = TableCoverage(self, 0)
+        seen: set = set()
+        for l in layers:
+            k = (_as_key(l), _role(l))
+            if k in seen:
+                continue
+            seen.add(k)
+            cov.n_keys += 1
+            p = self.price(l)
+            if p is None:
+                cov.missing.append(l)
+            elif p.how == "entry":
+                cov.by_entry += 1
+            elif p.how == "fallback":
+                cov.by_fallback.append((l, p))
+            else:
+                cov.by_default.append((l, p))
+        return cov
+
+    def unpriced(self, layers: Iterable[Any]) -> list:
+        """The layers (or keys) of ``layers`` that neither an entry, a fallback rule nor a default prices,
+        first occurrence of each key."""
+        return self.coverage(layers).missing
 
     def missing(self, layers: Iterable[Any]) -> list:
-        """The layers (or keys) of ``layers`` that have no entry, first occurrence of each key."""
+        """The layers (or keys) of ``layers`` that have no entry of their own (defaults and fallback rules
+        aside), first occurrence of each key; see :meth:`unpriced` for what nothing prices."""
         seen: set[Key] = set()
         out = []
         for l in layers:
@@ -269,7 +582,17 @@ class LatencyTable(Mapping):
         new = LatencyTable(entries, source=self.source)
         merged = dict(self._ms)
         merged.update(new._ms)
-        return LatencyTable(merged, meta=self.meta, source=self.source)
+        return LatencyTable(merged, meta=self.meta, source=self.source, defaults=self.defaults,
+                            fallbacks=self.fallbacks)
+
+    def with_rules(self, defaults: Mapping[str, float] | None = None, fallbacks: Iterable[Any] | None = None, *,
+                   replace: bool = False) -> "LatencyTable":
+        """A copy with ``defaults`` added to (``replace``: instead of) the table's, and ``fallbacks``
+        appended to (``replace``: instead of) its rules."""
+        d = dict(defaults or {}) if replace else {**self.defaults, **(defaults or {})}
+        rules = [FallbackRule.from_dict(r, f"{self.name} fallbacks[{i}]") for i, r in enumerate(fallbacks or ())]
+        f = tuple(rules) if replace else self.fallbacks + tuple(r for r in rules if r not in self.fallbacks)
+        return LatencyTable(self._ms, meta=self.meta, source=self.source, defaults=d, fallbacks=f)
 
     def merge(self, other: "LatencyTable", prefer: str = "other", allow_mixed_targets: bool = False, *,
               allow_mixed_devices: bool | None = None) -> "LatencyTable":
@@ -298,19 +621,31 @@ class LatencyTable(Mapping):
             meta[TARGET_META_KEY] = t2
         note = f"merged with {other.source or 'a table'} ({len(other)} entries)"
         meta["notes"] = f"{meta.get('notes') or ''}; {note}".lstrip("; ")
-        return LatencyTable(merged, meta=meta, source=None)
+        first, second = (self, other) if prefer == "other" else (other, self)
+        defaults = {**first.defaults, **second.defaults}
+        fallbacks = second.fallbacks + tuple(r for r in first.fallbacks if r not in second.fallbacks)
+        return LatencyTable(merged, meta=meta, source=None, defaults=defaults, fallbacks=fallbacks)
 
     # ---- serialisation -------------------------------------------------------------
     def sorted_items(self) -> list[tuple[Key, float]]:
         return sorted(self._ms.items(), key=lambda kv: kv[0])
 
+    def _rules_dict(self) -> dict[str, Any]:
+        """The ``defaults`` / ``fallbacks`` fields, only those the table has (files without them are unchanged)."""
+        out: dict[str, Any] = {}
+        if self.defaults:
+            out["defaults"] = dict(self.defaults)
+        if self.fallbacks:
+            out["fallbacks"] = [r.to_dict() for r in self.fallbacks]
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, "version": VERSION, "meta": dict(self.meta),
+        return {"schema": SCHEMA, "version": VERSION, "meta": dict(self.meta), **self._rules_dict(),
                 "entries": [dict(zip(COLUMNS, k + (ms,))) for k, ms in self.sorted_items()]}
 
     def to_json(self) -> str:
-        head = json.dumps({"schema": SCHEMA, "version": VERSION, "meta": self.meta}, indent=1, allow_nan=False,
-                          default=str)
+        head = json.dumps({"schema": SCHEMA, "version": VERSION, "meta": self.meta, **self._rules_dict()}, indent=1,
+                          allow_nan=False, default=str)
         rows = [json.dumps(dict(zip(COLUMNS, k + (ms,))), allow_nan=False) for k, ms in self.sorted_items()]
         body = ",\n  ".join(rows)
         return head[:-2] + ',\n "entries": [' + ("\n  " + body + "\n " if rows else "") + "]\n}\n"
@@ -319,6 +654,8 @@ class LatencyTable(Mapping):
         buf = io.StringIO()
         buf.write("# " + SCHEMA + f" version {VERSION}\n")
         buf.write("# meta: " + json.dumps(self.meta, allow_nan=False, default=str) + "\n")
+        for name, value in self._rules_dict().items():
+            buf.write(f"# {name}: " + json.dumps(value, allow_nan=False) + "\n")
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(COLUMNS)
         for k, ms in self.sorted_items():
@@ -392,15 +729,30 @@ def _parse_json(text: str, where: str) -> LatencyTable:
         if missing:
             raise LatencyTableError(f"{w} lacks field(s) {missing}; every entry needs {list(COLUMNS)}")
         pairs.append((_check_key(tuple(e[f] for f in KEY_FIELDS), w), _ms_field(e["ms"], w)))
-    return LatencyTable(pairs, meta=meta, source=where)
+    fallbacks = doc.get("fallbacks", [])
+    if not isinstance(fallbacks, list):
+        raise LatencyTableError(f"{where}: fallbacks must be a list of rules, got {type(fallbacks).__name__}; "
+                                f"{_RULES_DOC}")
+    return LatencyTable(pairs, meta=meta, source=where, defaults=doc.get("defaults") or {}, fallbacks=fallbacks)
 
 
 def _parse_csv(text: str, where: str) -> LatencyTable:
     meta: dict[str, Any] = {}
+    rules: dict[str, Any] = {}
     lines = []
     for n, line in enumerate(text.splitlines(), 1):
         s = line.strip()
         if s.startswith("#"):
+            for name, kind in (("defaults", dict), ("fallbacks", list)):
+                if s.startswith(f"# {name}:"):
+                    try:
+                        rules[name] = json.loads(s[len(f"# {name}:"):])
+                    except json.JSONDecodeError:
+                        raise LatencyTableError(f"{where} line {n}: the '# {name}:' comment is not valid JSON; "
+                                                f"fix it or delete the line ({_RULES_DOC})") from None
+                    if not isinstance(rules[name], kind):
+                        raise LatencyTableError(f"{where} line {n}: the '# {name}:' comment must be a JSON "
+                                                f"{'object' if kind is dict else 'list'}; {_RULES_DOC}")
             if s.startswith("# meta:"):
                 try:
                     m = json.loads(s[len("# meta:"):])
@@ -431,12 +783,15 @@ def _parse_csv(text: str, where: str) -> LatencyTable:
             raise LatencyTableError(f"{w} has {len(row)} fields, the header has {len(header)}; {_FIX}")
         key = (row[col["op"]].strip(),) + tuple(row[col[f]] for f in KEY_FIELDS[1:])
         pairs.append((_check_key(key, w), _ms_field(row[col["ms"]], w)))
-    return LatencyTable(pairs, meta=meta, source=where)
+    return LatencyTable(pairs, meta=meta, source=where, defaults=rules.get("defaults") or {},
+                        fallbacks=rules.get("fallbacks") or [])
 
 
 class TableLatencyModel(LatencyModel):
     """Sum of per-layer table entries (add/pool at their consumer's bits, see
-    :func:`~qnas.latency.base.inherit_weightless_bits`)."""
+    :func:`~qnas.latency.base.inherit_weightless_bits`); a key without an entry is priced by the table's
+    fallback rules or defaults, said in each :class:`~qnas.latency.base.LayerCost`'s ``note``. Its
+    :attr:`target` is the one the table's ``meta`` names."""
 
     kind = "table"
 
@@ -453,6 +808,21 @@ class TableLatencyModel(LatencyModel):
 
     def layer_ms(self, layer: LayerSpec) -> float:
         return self.table.lookup(layer)
+
+    def breakdown(self, plan: Any) -> list[LayerCost]:
+        """Per-layer costs: ``unit`` "table", ``w_bits``/``a_bits`` the bits of the entry that priced the
+        layer (another entry's, for a fallback), ``native`` False and ``note`` set when a fallback rule or a
+        default priced it."""
+        out = []
+        for l in inherit_weightless_bits(as_layers(plan)):
+            p = self.table.price(l)
+            if p is None:  # nothing in the table: layer_ms raises (or, in a subclass, measures it)
+                ms = float(self.layer_ms(l))
+                p = self.table.price(l) or Pricing(ms, "entry", l.key(), l.key())
+            wb, ab = (p.priced_key[7], p.priced_key[8]) if p.priced_key is not None else (l.w_bits, l.a_bits)
+            out.append(LayerCost(l, float(p.ms), "table", wb, ab, f"w{wb}a{ab}", p.how == "entry", "table",
+                                 note=p.note))
+        return out
 
     def vectorized(self, space: "SearchSpace"):
         """A :class:`~qnas.latency.vectorized.VectorizedTablePredictor` of this table over ``space``."""
@@ -489,5 +859,48 @@ def space_layer_keys(space: "SearchSpace", archs: Iterable["Arch"] | None = None
     return list(seen.values())
 
 
-__all__ = ["COLUMNS", "KEY_FIELDS", "LatencyTable", "SCHEMA", "TARGET_META_KEY", "TableLatencyModel", "VERSION",
-           "load_table", "meta_target", "plan_layer_keys", "space_layer_keys"]
+def table_of(model: Any) -> LatencyTable | None:
+    """The latency table that prices ``model``'s layers without measuring missing ones: a
+    :class:`TableLatencyModel`'s, or that of a hybrid's table base; None for any other model (analytic,
+    or ``measured``, which times what its table lacks)."""
+    seen = 0
+    while model is not None and seen < 8:
+        if getattr(model, "kind", None) == "measured":
+            return None
+        if isinstance(model, TableLatencyModel):
+            return model.table
+        model, seen = getattr(model, "base", None), seen + 1
+    return None
+
+
+def check_space_coverage(model: Any, space: "SearchSpace", *, log: Any = None,
+                         what: str = "the search space") -> TableCoverage | None:
+    """Before a search evaluates anything: refuse (:class:`LatencyTableError`, one line with the count,
+    the first keys and the command that lists them all) a table ``model`` that cannot price every
+    distinct layer key ``space`` can produce; ``log`` (e.g. ``print``) gets one line saying how many keys
+    fallback rules and defaults price. Models without a table (analytic, measured) pass: returns None."""
+    table = table_of(model)
+    if table is None:
+        return None
+    cov = table.coverage(space_layer_keys(space))
+    if cov.missing:
+        raise LatencyTableError(cov.refusal(what))
+    if log is not None and (cov.by_fallback or cov.by_default):
+        log(cov.summary(what))
+    return cov
+
+
+def check_plan_coverage(model: Any, plan: Any, *, what: str = "this arch") -> TableCoverage | None:
+    """:func:`check_space_coverage` for the layers of one network ``plan`` (``qnas latency predict``)."""
+    table = table_of(model)
+    if table is None:
+        return None
+    cov = table.coverage(plan_layer_keys([plan]))
+    if cov.missing:
+        raise LatencyTableError(cov.refusal(what))
+    return cov
+
+
+__all__ = ["COLUMNS", "DEFAULT_NAMES", "DEFAULT_ROLES", "FallbackRule", "KEY_FIELDS", "LatencyTable", "Pricing",
+           "SCHEMA", "TARGET_META_KEY", "TableCoverage", "TableLatencyModel", "VERSION", "check_plan_coverage",
+           "check_space_coverage", "load_table", "meta_target", "plan_layer_keys", "space_layer_keys", "table_of"]

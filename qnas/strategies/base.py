@@ -31,23 +31,35 @@ class Budget:
     latency_ms: float | None = None
     size_kb: float | None = None
     peak_act_kb: float | None = None
+    energy_mj: float | None = None
+    """batch-1 energy in mJ, on latency targets whose profile gives energy (``qnas latency show``)"""
 
-    KEYS: ClassVar[tuple[str, ...]] = ("latency_ms", "size_kb", "peak_act_kb")
+    KEYS: ClassVar[tuple[str, ...]] = ("latency_ms", "size_kb", "peak_act_kb", "energy_mj")
 
     @staticmethod
-    def record(plan: "NetworkPlan", latency_ms: float) -> dict[str, float]:
-        """What a budget reads of an arch: its predicted ``latency_ms``, and the ``size_kb`` and
-        ``peak_act_kb`` its layer plan (``space.plan(arch)``) counts; unrounded."""
+    def record(plan: "NetworkPlan", latency_ms: float, energy_mj: float | None = None) -> dict[str, float]:
+        """What a budget reads of an arch: its predicted ``latency_ms`` (and ``energy_mj`` where the
+        target predicts energy), and the ``size_kb`` and ``peak_act_kb`` its layer plan
+        (``space.plan(arch)``) counts; unrounded."""
         costs = count_costs(plan)
-        return {"latency_ms": float(latency_ms), "size_kb": costs.size_kb,
-                "peak_act_kb": costs.peak_activation_bytes / 1024}
+        out = {"latency_ms": float(latency_ms), "size_kb": costs.size_kb,
+               "peak_act_kb": costs.peak_activation_bytes / 1024}
+        if energy_mj is not None:
+            out["energy_mj"] = float(energy_mj)
+        return out
 
     def violation(self, record: dict[str, Any]) -> float:
-        """Sum of relative overshoots (0 when every constraint holds)."""
+        """Sum of relative overshoots (0 when every constraint holds). A limit on a field the record
+        lacks (energy on a target without energy) is an error, not a pass."""
         v = 0.0
         for key in self.KEYS:
             limit = getattr(self, key)
-            if limit is not None and record[key] > limit:
+            if limit is None:
+                continue
+            if key not in record:
+                raise ConfigError(f"a budget on {key} needs records that have it; the latency target gives no "
+                                  f"{key.split('_')[0]} (choose a target whose profile has energy, e.g. bitfusion)")
+            if record[key] > limit:
                 v += (record[key] - limit) / limit
         return v
 
@@ -71,12 +83,18 @@ class Strategy(ABC):
     """Proposes archs and learns from their scores. Deterministic for a seed."""
 
     name = ""
+    prices_energy: ClassVar[bool] = True
+    """whether the strategy judges budgets on the evaluated records (which carry ``energy_mj``), so an
+    energy budget holds; False for strategies that price candidates themselves by latency"""
 
     def __init__(self, space: SearchSpace, seed: int = 0, budget: Budget | None = None,
                  context: StrategyContext | None = None, **options: Any):
         self.space = space
         self.seed = seed
         self.budget = budget or Budget()
+        if self.budget.energy_mj is not None and not self.prices_energy:
+            raise ConfigError(f"strategy {self.name!r} cannot hold an energy budget (it prices archs by latency "
+                              "alone); use nsga2, nsga3 or random with --energy-mj")
         self.context = context or StrategyContext()
         self.rng = np.random.default_rng(seed)
         if options:

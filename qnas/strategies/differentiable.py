@@ -770,6 +770,8 @@ class DifferentiableStrategy(Strategy):
     sampled from the final distribution (all within the budget when one is
     set); later asks return further samples. ``tell`` is ignored."""
 
+    prices_energy = False
+
     name = "differentiable"
 
     def __init__(self, space: SearchSpace, seed: int = 0, budget: Budget | None = None,

@@ -56,21 +56,13 @@ import numpy as np
 
 from qnas.arch import Arch
 from qnas.errors import ConfigError, QnasError
+from qnas.pareto import OBJECTIVES  # objective name -> (record key, sign): pymoo minimises sign * value
 from qnas.space import SearchSpace
 from qnas.strategies.base import Budget, Strategy, register_strategy
 from qnas.strategies.ofa import OFAEvolutionStrategy  # noqa: F401  (importing it registers "ofa")
 
-#: objective name -> (record key, sign): pymoo minimises ``sign * record[key]``
-OBJECTIVES: dict[str, tuple[str, float]] = {
-    "accuracy": ("val_acc", -1.0),
-    "latency": ("latency_ms", 1.0),
-    "size": ("size_kb", 1.0),
-    "peak_memory": ("peak_act_kb", 1.0),
-    "mmacs": ("mmacs", 1.0),
-    "bitops": ("bitops", 1.0),
-}
 #: budget fields that become pymoo inequality constraints, in this order
-CONSTRAINTS = ("latency_ms", "size_kb", "peak_act_kb")
+CONSTRAINTS = ("latency_ms", "size_kb", "peak_act_kb", "energy_mj")
 OPERATORS = ("space", "sbx")
 
 

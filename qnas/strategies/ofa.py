@@ -195,6 +195,8 @@ class OFAEvolutionStrategy(Strategy):
     budget, with a new seed, once its candidates are all asked), ``refit``.
     Every asked arch meets the budget *as predicted* by ``latency``."""
 
+    prices_energy = False
+
     name = "ofa"
 
     def __init__(self, space: SearchSpace, seed: int = 0, budget: Budget | None = None, *, accuracy: Any = None,

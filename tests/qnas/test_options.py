@@ -82,7 +82,8 @@ def test_budget_record_and_the_pick_within_budget():
     plan = space.plan(space.sample(0))
     rec = Budget.record(plan, 0.25)
     costs = count_costs(plan)
-    assert set(rec) == set(Budget.KEYS) and rec["latency_ms"] == 0.25
+    assert set(rec) == set(Budget.KEYS) - {"energy_mj"} and rec["latency_ms"] == 0.25  # no energy given
+    assert Budget.record(plan, 0.25, 1.5)["energy_mj"] == 1.5
     assert rec["size_kb"] == costs.size_kb and rec["peak_act_kb"] == costs.peak_activation_bytes / 1024
     assert Budget(latency_ms=0.2).violation(rec) == pytest.approx(0.25)
     assert Budget(size_kb=rec["size_kb"]).ok(rec)

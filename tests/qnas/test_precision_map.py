@@ -42,13 +42,13 @@ def test_uniform_int8_runs_unmapped_everywhere_it_is_native():
         pm.require_exact()  # no error
 
 
-def test_edgetpu_sends_everything_after_the_first_unsupported_layer_to_the_host():
+def test_edgetpu_runs_sub_8_bit_layers_upcast_on_the_tpu():
+    """What the TFLite exporter writes with --allow-upcast is all int8, and that runs on the TPU."""
     pm = precision_map(SPACE.plan(MIXED), "edgetpu")
-    layers = pm.layers
-    first = next(i for i, l in enumerate(layers) if (l.w_bits, l.a_bits) != (8, 8))
-    assert all(l.on_accelerator for l in layers[:first])
-    assert all(l.unit == "host" and l.mapped for l in layers[first:])  # sticky host fallback
-    assert by_layer(pm)["s0.b0.project"].run_a_bits == 8  # 4-bit activations run as int8 on the host
+    assert all(l.on_accelerator for l in pm.layers)
+    low = [l for l in pm.layers if (l.w_bits, l.a_bits) != (8, 8)]
+    assert low and all(l.mapped and l.how == "upcast" for l in low) and set(pm.mapped) == set(low)
+    assert by_layer(pm)["s0.b0.project"].run_a_bits == 8  # 4-bit activations run as int8
 
 
 def test_coreml_keeps_low_bit_weights_but_maps_4bit_activations():

@@ -19,11 +19,12 @@ from qnas.latency import (
     latency_model_kinds,
     load_profile,
 )
-from qnas.latency.profile import A_GRID, PROFILES_DIR, W_GRID
+from qnas.latency.profile import A_GRID, PROFILES_DIR, SCHEMA_VERSION, W_GRID
 from qnas.latency.reference_nets import mobilenet_v1, mobilenet_v2
 from qnas.quant.plan import BlockPlan, LayerSpec, NetworkPlan
 
-EXPECTED_PROFILES = {"cpu-ort", "edgetpu", "hexagon-htp", "ethos-u", "tensorrt-orin", "tensorrt-a100", "coreml-ane"}
+EXPECTED_PROFILES = {"cpu-ort", "edgetpu", "hexagon-htp", "ethos-u", "tensorrt-orin", "tensorrt-a100", "coreml-ane",
+                     "bitfusion"}
 
 # One layer per op kind, plus shapes on both sides of Hexagon's int4 condition.
 SHAPES = {
@@ -61,7 +62,7 @@ def test_known_profiles_are_the_shipped_ones():
 def test_every_profile_loads_with_citations(name):
     p = load_profile(name)
     assert isinstance(p, TargetProfile)
-    assert p.name == name and p.schema_version == 1
+    assert p.name == name and p.schema_version == SCHEMA_VERSION
     assert p.primary_unit in p.units
     facts = p.citations()
     assert facts, "a profile without facts"
@@ -162,14 +163,15 @@ def test_looping_fallback_rules_are_rejected_at_load():
 
 @pytest.mark.parametrize("target,args,kw,expected", [
     ("edgetpu", ("conv", 8, 8), {}, ("tpu", 8, 8)),
-    ("edgetpu", ("conv", 4, 8), {}, ("host", 8, 8)),
-    ("edgetpu", ("pwconv", 8, 4), {}, ("host", 8, 8)),
+    ("edgetpu", ("conv", 4, 8), {}, ("tpu", 8, 8)),     # upcast: the exporter writes int8, the TPU runs it
+    ("edgetpu", ("pwconv", 8, 4), {}, ("tpu", 8, 8)),
     ("edgetpu", ("conv", 32, 32), {}, ("host", 32, 32)),
     ("hexagon-htp", ("pwconv", 4, 8), dict(k=1, stride=1, cout=64), ("htp", 4, 8)),
     ("hexagon-htp", ("pwconv", 4, 8), dict(k=1, stride=1, cout=32), ("htp", 8, 8)),
     ("hexagon-htp", ("pwconv", 4, 8), dict(k=1, stride=2, cout=64), ("htp", 8, 8)),
     ("hexagon-htp", ("dwconv", 4, 8), dict(k=3, stride=1, cout=64), ("htp", 8, 8)),
-    ("hexagon-htp", ("fc", 2, 4), dict(cout=10), ("htp", 4, 8)),
+    ("hexagon-htp", ("fc", 2, 4), dict(cout=10), ("htp", 8, 8)),  # int4 fc needs > 32 outputs
+    ("hexagon-htp", ("fc", 2, 4), dict(cout=64), ("htp", 4, 8)),
     ("hexagon-htp", ("dwconv", 2, 4), dict(k=3), ("htp", 8, 8)),
     ("hexagon-htp", ("conv", 4, 16), dict(k=1, stride=1, cout=64), ("htp", 4, 16)),
     ("ethos-u", ("conv", 4, 8), {}, ("npu", 8, 8)),
@@ -215,6 +217,8 @@ def test_non_native_bits_never_cheaper_than_their_fallback(models, name, shape):
 
 def test_host_fallback_is_never_cheaper_even_with_a_fast_host():
     raw = _edgetpu_raw()
+    raw["units"]["tpu"]["fallback"]["value"] = {"*": "host"}  # a TPU that cannot run W4 even as int8
+    raw.pop("low_bits", None)
     raw["units"]["host"]["peak_macs_per_s"]["value"] = {"w8a8": 1e15, "w32a32": 1e15}
     raw["units"]["host"]["bandwidth_bytes_per_s"]["value"] = 1e15
     raw["units"]["host"]["overhead_ms"]["value"] = 0.0
@@ -277,24 +281,26 @@ def test_ethos_sub8bit_weights_give_no_speedup(models):
 # -- whole networks ---------------------------------------------------------------------
 
 def test_edgetpu_fallback_sends_the_rest_of_the_network_to_the_host(models):
+    """A float layer cannot run on the TPU: it and everything after it run on the host (sub-8-bit
+    layers are upcast to int8 and stay on the TPU, test_one_latency.py)."""
     m = models["edgetpu"]
     net = mobilenet_v2()
     mid = next(i for i, l in enumerate(net) if i >= len(net) // 2 and l.op == "pwconv")
     mixed = list(net)
-    mixed[mid] = _bits(net[mid], 4, 8)
+    mixed[mid] = _bits(net[mid], 32, 32)
     base_bd, mixed_bd = m.breakdown(net), m.breakdown(mixed)
     assert all(c.unit == "tpu" for c in base_bd)
     assert all(c.unit == "tpu" for c in mixed_bd[:mid])
     assert all(c.unit == "host" for c in mixed_bd[mid:])
     assert not any(c.native for c in mixed_bd[mid:])
-    assert (mixed_bd[mid].w_bits, mixed_bd[mid].a_bits) == (8, 8)  # W4 has no int4 kernel on the host either
+    assert (mixed_bd[mid].w_bits, mixed_bd[mid].a_bits) == (32, 32)
     assert all((c.w_bits, c.a_bits) == (8, 8) for c in mixed_bd[mid + 1:])
     assert mixed_bd[mid].io_ms > 0  # the activation crosses USB
     base_ms, mixed_ms = m.predict(net), m.predict(mixed)
     assert mixed_ms > 3 * base_ms
     # the same layer alone in W4A8 at the very end costs far less than in the middle
     tail = list(net)
-    tail[-1] = _bits(net[-1], 4, 8)
+    tail[-1] = _bits(net[-1], 32, 32)
     assert base_ms < m.predict(tail) < mixed_ms
 
 
@@ -381,6 +387,6 @@ def test_predict_accepts_a_single_layer_and_rejects_junk(models):
 def test_profiles_are_loaded_without_pickle_and_are_plain_json():
     for name in EXPECTED_PROFILES:
         raw = json.loads((PROFILES_DIR / f"{name}.json").read_text())
-        assert raw["schema_version"] == 1
+        assert raw["schema_version"] == SCHEMA_VERSION
         again = TargetProfile.from_dict(copy.deepcopy(raw))
         assert again.name == name
