@@ -29,6 +29,7 @@ OBJECTIVES: dict[str, tuple[str, float]] = {
     "latency": ("latency_ms", 1.0),
     "size": ("size_kb", 1.0),
     "peak_memory": ("peak_act_kb", 1.0),
+    "memory": ("peak_act_kb", 1.0),  # the same, by the name budgets use (--memory-kb)
     "mmacs": ("mmacs", 1.0),
     "bitops": ("bitops", 1.0),
     "energy": ("energy_mj", 1.0),
