@@ -528,19 +528,23 @@ def io_quantization(detail: dict[str, Any]) -> tuple[float, int] | None:
     return float(scale), int(zp)
 
 
+def invoke_on(it: Any, inp: dict[str, Any], image: torch.Tensor, qin: tuple[float, int] | None) -> None:
+    """Run the interpreter on one image (quantized first when the input is int8, ``qin``)."""
+    a = image.reshape(tuple(inp["shape"])).numpy().astype(np.float32)
+    if qin is not None:
+        a = np.clip(np.rint(a / qin[0]) + qin[1], INT8_MIN, INT8_MAX).astype(np.int8)
+    it.set_tensor(inp["index"], a)
+    it.invoke()
+
+
 def run_tflite(path: str | Path, images: torch.Tensor, threads: int = 1) -> torch.Tensor:
     """Float logits of a .tflite (float or int8 IO) on ``images``, one sample at a time."""
     it = interpreter(path, threads)
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     qin, qout = io_quantization(inp), io_quantization(out)
-    shape = tuple(inp["shape"])
     res = []
     for x in images:
-        a = x.reshape(shape).numpy().astype(np.float32)
-        if qin is not None:
-            a = np.clip(np.rint(a / qin[0]) + qin[1], INT8_MIN, INT8_MAX).astype(np.int8)
-        it.set_tensor(inp["index"], a)
-        it.invoke()
+        invoke_on(it, inp, x, qin)
         y = it.get_tensor(out["index"]).astype(np.float32)
         if qout is not None:
             y = (y - qout[1]) * qout[0]
@@ -567,7 +571,6 @@ def tflite_activation_codes(path: str | Path, model: nn.Module) -> Callable[[tor
     details = {t["index"]: t for t in it.get_tensor_details()}
     ops = ops_of(it)
     inp, qin = it.get_input_details()[0], io_quantization(it.get_input_details()[0])
-    shape = tuple(inp["shape"])
 
     def int8_scale(index: int) -> float | None:
         d = details[index]
@@ -602,11 +605,7 @@ def tflite_activation_codes(path: str | Path, model: nn.Module) -> Callable[[tor
             tensors.append((index, tuple(q.codes.shape[1:])))
         out: list[list[torch.Tensor]] = [[] for _ in tensors]
         for x in images:
-            a = x.reshape(shape).numpy().astype(np.float32)
-            if qin is not None:
-                a = np.clip(np.rint(a / qin[0]) + qin[1], INT8_MIN, INT8_MAX).astype(np.int8)
-            it.set_tensor(inp["index"], a)
-            it.invoke()
+            invoke_on(it, inp, x, qin)
             for j, (index, torch_shape) in enumerate(tensors):
                 zp = int(details[index]["quantization_parameters"]["zero_points"][0])
                 q = torch.from_numpy(it.get_tensor(index).astype(np.float32) - zp)
