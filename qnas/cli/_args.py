@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from dataclasses import fields
-from typing import Any
+from typing import Any, Callable
 
 from qnas.dataset_kinds import DATASET_KINDS, path_kinds
 from qnas.errors import ConfigError
@@ -18,26 +18,25 @@ from qnas.errors import ConfigError
 LATENCY_KINDS = ["analytic", "table", "measured", "hybrid"]
 
 
-def positive_float(v: str) -> float:
-    """A finite number > 0 (NaN and infinity refused: a budget of inf or nan would switch it off)."""
+def _float(v: str, ok: Callable[[float], bool], expected: str) -> float:
+    """``v`` as a float for which ``ok`` holds, else an argparse error naming what was ``expected``."""
     try:
         f = float(v)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {v!r}") from None
-    if not 0 < f < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {v!r}")
+    if not ok(f):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {v!r}")
     return f
+
+
+def positive_float(v: str) -> float:
+    """A finite number > 0 (NaN and infinity refused: a budget of inf or nan would switch it off)."""
+    return _float(v, lambda f: 0 < f < float("inf"), "a positive finite number")
 
 
 def non_negative_float(v: str) -> float:
     """A finite number >= 0."""
-    try:
-        f = float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {v!r}") from None
-    if not 0 <= f < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {v!r}")
-    return f
+    return _float(v, lambda f: 0 <= f < float("inf"), "a finite number >= 0")
 
 
 def fraction(v: str) -> float:

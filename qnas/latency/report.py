@@ -16,13 +16,7 @@ def format_profile(p: TargetProfile) -> str:
     for name, u in p.units.items():
         lines.append(f"  unit {name}: {u.description}")
         for e in u.native:
-            where = []
-            if e.k is not None:
-                where.append(f"k in {list(e.k)}")
-            if e.stride is not None:
-                where.append(f"stride in {list(e.stride)}")
-            if e.min_cout is not None:
-                where.append(f"cout >= {e.min_cout}")
+            where = [e.condition()] if e.condition() else []
             if e.weight_overhead:
                 where.append(f"weight bytes +{100 * e.weight_overhead:g} % (block scales)")
             cond = f" where {', '.join(where)}" if where else ""
