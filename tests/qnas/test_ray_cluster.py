@@ -19,6 +19,9 @@ print(ctx.address_info["address"], flush=True)
 sys.stdin.read()  # until the test closes stdin
 ray.shutdown()
 """
+# one worker runs every test that starts Ray (pytest -n 2 --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("ray")
+
 SMALL = dict(n_candidates=3, batch=3, accuracy="zero-cost", progress=False)
 
 

@@ -102,6 +102,8 @@ def test_resume_needs_a_run(tmp_path):
         resume_search(tmp_path)
 
 
+# one worker runs every test that starts Ray (pytest -n 2 --dist loadgroup), so no two local clusters meet
+@pytest.mark.xdist_group("ray")
 def test_ray_executor_gives_identical_results(finished_run, tmp_path):
     pytest.importorskip("ray")  # a dev dependency: present on CI, so this never skips there
     _, local = finished_run
