@@ -20,7 +20,7 @@ accepts a file (``--space mobilenetv3-large``).
 ``cifar-small``        a small 32x32, 10-class space for CIFAR-like data
 =====================  ==========================================================
 
-Bit widths are the default space's: weights {2, 4, 8}, activations {4, 8},
+Bit widths are the default space's (a space may offer any of 2-8 / 4-8): weights {2, 4, 8}, activations {4, 8},
 stem, head, feature-mix conv and pre-classifier at 8 bits, squeeze-excite at 8 bits.
 """
 from __future__ import annotations

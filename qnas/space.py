@@ -15,8 +15,14 @@ from qnas.genes import GeneLayout, skip_allowed
 from qnas.quant.naming import block_path
 from qnas.quant.plan import ACTIVATIONS, BlockPlan, LayerSpec, NetworkPlan, SEPlan
 
-SUPPORTED_W_BITS = (2, 4, 8)
-SUPPORTED_A_BITS = (4, 8)
+#: the bit widths a space offers unless it says otherwise
+DEFAULT_W_BITS = (2, 4, 8)
+DEFAULT_A_BITS = (4, 8)
+#: what a space may offer: weights any of 2-8 bits, activations any of 4-8 (every exporter stores a width in
+#: the nearest container its format has, int8/int4/2-bit LUT, with the exact grid of the width; below 4-bit
+#: activations the accuracy of these small networks collapses and no target runs them)
+ALLOWED_W_BITS = tuple(range(2, 9))
+ALLOWED_A_BITS = tuple(range(4, 9))
 SUPPORTED_KERNELS = (3, 5, 7)
 #: the largest input resolution a space may list (mobile spaces use 128-320)
 MAX_RESOLUTION = 1024
@@ -85,8 +91,8 @@ class SpaceConfig:
     kernels: tuple[int, ...] = SUPPORTED_KERNELS
     expands: tuple[int, ...] = (3, 4, 6)
     allow_skip: bool = False
-    w_bits: tuple[int, ...] = SUPPORTED_W_BITS
-    a_bits: tuple[int, ...] = SUPPORTED_A_BITS
+    w_bits: tuple[int, ...] = DEFAULT_W_BITS
+    a_bits: tuple[int, ...] = DEFAULT_A_BITS
     # First and last layer stay 8-bit unless the space widens these.
     stem_head_w_bits: tuple[int, ...] = (8,)
     stem_head_a_bits: tuple[int, ...] = (8,)
@@ -533,13 +539,14 @@ def _validate_config(c: SpaceConfig) -> None:
         if len(set(vals)) != len(vals):
             raise ConfigError(f"{name} has duplicates: {list(vals)}")
 
-    for name, supported in (("w_bits", SUPPORTED_W_BITS), ("a_bits", SUPPORTED_A_BITS),
-                            ("stem_head_w_bits", SUPPORTED_W_BITS), ("stem_head_a_bits", SUPPORTED_A_BITS)):
+    for name, allowed in (("w_bits", ALLOWED_W_BITS), ("a_bits", ALLOWED_A_BITS),
+                          ("stem_head_w_bits", ALLOWED_W_BITS), ("stem_head_a_bits", ALLOWED_A_BITS)):
         vals = getattr(c, name)
         ints(name, vals)
-        bad = [b for b in vals if b not in supported]
+        bad = [b for b in vals if b not in allowed]
         if bad:
-            raise ConfigError(f"{name} contains unsupported bit width(s) {bad}; supported: {list(supported)}")
+            raise ConfigError(f"{name} contains unsupported bit width(s) {bad}; a space may offer any of "
+                              f"{allowed[0]}-{allowed[-1]} bits")
     ints("kernels", c.kernels)
     bad = [k for k in c.kernels if k not in SUPPORTED_KERNELS]
     if bad:

@@ -411,8 +411,9 @@ def test_to_dict_is_plain_json_data(space):
 
 @pytest.mark.parametrize("d, words", [
     ({"bogus": 1}, ["bogus", "unknown"]),
-    ({"w_bits": [2, 3, 8]}, ["w_bits", "3"]),
-    ({"a_bits": [2, 8]}, ["a_bits", "2"]),
+    ({"w_bits": [1, 3, 8]}, ["w_bits", "[1]", "2-8"]),
+    ({"w_bits": [2, 9]}, ["w_bits", "[9]"]),
+    ({"a_bits": [2, 8]}, ["a_bits", "2", "4-8"]),
     ({"kernels": [3, 4]}, ["kernels", "4"]),
     ({"stages": []}, ["stages"]),
     ({"stages": [{"channels": 16, "depths": [1], "stride": 3}]}, ["stride", "3"]),
@@ -445,8 +446,23 @@ def test_config_errors_direct_dataclass():
         SearchSpace(SpaceConfig(stages=()))
     with pytest.raises(ConfigError):
         SearchSpace(SpaceConfig(stages=(StageConfig(16, (1,), 3),)))
-    with pytest.raises(ConfigError):
-        SearchSpace(SpaceConfig(w_bits=(3,)))
+    with pytest.raises(ConfigError, match="any of 2-8 bits"):
+        SearchSpace(SpaceConfig(w_bits=(1,)))
+    with pytest.raises(ConfigError, match="any of 4-8 bits"):
+        SearchSpace(SpaceConfig(a_bits=(3,)))
+    with pytest.raises(ConfigError, match="any of 2-8 bits"):
+        SearchSpace(SpaceConfig(stem_head_w_bits=(9,)))
+
+
+def test_a_space_may_offer_any_weight_width_2_to_8_and_activation_width_4_to_8():
+    space = SearchSpace(SpaceConfig(w_bits=(3, 5, 6, 7), a_bits=(5, 6, 7), stem_head_w_bits=(6,),
+                                    stem_head_a_bits=(6,)))
+    arch = space.sample(0)
+    space.validate(arch)
+    assert {b for blk in arch.blocks() for b in blk.w_bits} <= {3, 5, 6, 7}
+    layers = space.plan(arch).layers()
+    assert {l.w_bits for l in layers if l.op in ("conv", "dwconv", "pwconv", "fc")} <= {3, 5, 6, 7}
+    assert SearchSpace.from_dict(space.to_dict()).config == space.config
 
 
 def test_from_dict_rejects_non_mapping():

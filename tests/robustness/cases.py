@@ -301,7 +301,7 @@ FIXTURES: dict[str, tuple[str, Callable[[Path], None] | None]] = {
     "yaml_syntax": ("syntax.yaml", _text("stages: [\n")),
     "yaml_list": ("list.yaml", _text("- 1\n- 2\n")),
     "yaml_string": ("string.yaml", _text("just a sentence\n")),
-    "yaml_bits3": ("bits3.yaml", _text("w_bits: [3, 8]\n")),
+    "yaml_bits3": ("bits3.yaml", _text("a_bits: [3, 8]\n")),  # activations: 4-8 bits only
     "yaml_abits": ("abits.yaml", _text("a_bits: [1]\n")),
     "yaml_res_huge": ("res.yaml", _text("resolutions: [100000]\n")),
     "yaml_res_neg": ("resneg.yaml", _text("resolutions: [-16]\n")),
@@ -363,7 +363,7 @@ FIXTURES: dict[str, tuple[str, Callable[[Path], None] | None]] = {
     "run_cfg_unknown": ("rununknown", _run_dir({"nosuch": 1})),
     "run_cfg_target": ("runtarget", _run_dir({"target": "nosuch"})),
     "run_cfg_strategy": ("runstrategy", _run_dir({"strategy": "nosuch"})),
-    "run_cfg_space_bad": ("runspace", _run_dir({"space": {"w_bits": [3]}})),
+    "run_cfg_space_bad": ("runspace", _run_dir({"space": {"w_bits": [9]}})),
     "run_cfg_data": ("rundata", _run_dir({"data": "nosuch"})),
     "run_history_binary": ("runhistbin", _run_dir(history=GARBAGE)),
     "run_history_dir": ("runhistdir", _run_dir(history_dir=True)),

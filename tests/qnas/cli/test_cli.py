@@ -41,9 +41,9 @@ def test_entry_point_exit_code_and_one_line_error(tmp_path):
 
 def test_bad_space_configs(tmp_path, capsys):
     bad_bits = tmp_path / "bits.yaml"
-    bad_bits.write_text("w_bits: [3, 8]\n")
+    bad_bits.write_text("a_bits: [3, 8]\n")
     code, _, err = run_cli(capsys, "search", "--space", str(bad_bits), "--out", str(tmp_path / "r1"))
-    assert_one_line_error(code, err, "w_bits", "[2, 4, 8]")
+    assert_one_line_error(code, err, "a_bits", "[3]", "4-8 bits")
     broken = tmp_path / "broken.yaml"
     broken.write_text("stages: [\n")
     code, _, err = run_cli(capsys, "search", "--space", str(broken), "--out", str(tmp_path / "r2"))
