@@ -23,6 +23,8 @@ and a predicted-vs-measured scatter PNG next to it.
 
     python bench/latency_fidelity.py                          # 150 fit + 120 eval (~15-25 min on 2 cores)
     python bench/latency_fidelity.py --n-fit 20 --n-eval 15   # a quick trial
+    python bench/latency_fidelity.py --space ofa-mbv3 --resolution 224 --n-fit 15 --n-eval 15 \
+        --passes 2 --table-passes 2 --noise-check 8           # 224-px ImageNet-sized archs (~15 min)
 
 Measurements are cached (``--cache``) and reused when CPU, onnxruntime
 version and thread count match; the per-layer table is cached as well
@@ -74,8 +76,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-table", action="store_true", help="skip the per-layer table (analytic base only)")
     p.add_argument("--hybrid-out", type=Path, default=RESULTS / "latency_fidelity_hybrid.json",
                    help="the fitted hybrid model (JSON)")
+    p.add_argument("--space", default=None,
+                   help="search space: a preset name (ofa-mbv3 ...) or YAML file (default: the digits space); "
+                        "result and cache files then default to names carrying it")
+    p.add_argument("--resolution", type=int, default=None, help="fix every arch to this input resolution")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
+    if a.space or a.resolution:  # keep the digits-space results and caches apart from this space's
+        tag = "_" + "_".join(x for x in (Path(a.space).stem if a.space else "digits",
+                                         f"r{a.resolution}" if a.resolution else "") if x)
+        for name in ("out", "cache", "table_cache", "hybrid_out"):
+            path = getattr(a, name)
+            if path == p.get_default(name):
+                setattr(a, name, path.with_name(path.stem + tag + path.suffix))
     if a.n_fit < 5 or a.n_eval < 2:
         p.error("--n-fit must be >= 5 and --n-eval >= 2")
     if min(a.threads, a.repeats, a.rounds, a.passes, a.chunk) < 1 or a.warmup < 0 or a.noise_check < 0:
@@ -237,7 +250,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     timer = Timer()
     t0 = time.perf_counter()
-    space = SearchSpace()
+    space = SearchSpace.from_yaml(args.space) if args.space else SearchSpace()
+    if args.resolution:
+        from dataclasses import replace
+
+        space = SearchSpace(replace(space.config, resolutions=(args.resolution,)))
     progress = not args.no_progress
     if args.n_eval < 100:
         print(f"note: --n-eval {args.n_eval} < 100; DESIGN.md §3 asks for >= 100 held-out archs in a real report")

@@ -35,7 +35,8 @@ class ExportResult:
     latency_ms: float | None = None
     """measured here, in the runtime that exists (onnxruntime, LiteRT), batch 1, 1 thread"""
     predicted_latency_ms: float | None = None
-    """on the target profile (analytic model)"""
+    """on the target, by the latency model a search uses by default there (``latency_kind``)"""
+    latency_kind: str | None = None
     size_bytes: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -46,7 +47,8 @@ class ExportResult:
             "parity": self.parity.to_dict() if self.parity else None,
             "codes": self.codes.to_dict() if self.codes else None,
             "backend_report": self.backend_lines, "latency_ms": self.latency_ms,
-            "predicted_latency_ms": self.predicted_latency_ms, "notes": self.notes,
+            "predicted_latency_ms": self.predicted_latency_ms, "latency_kind": self.latency_kind,
+            "notes": self.notes,
         }
 
     def lines(self) -> list[str]:
@@ -69,7 +71,8 @@ class ExportResult:
         if self.latency_ms is not None:
             out.append(f"measured latency here: {self.latency_ms:.4g} ms (batch 1, 1 thread, median)")
         if self.predicted_latency_ms is not None and self.precision:
-            out.append(f"predicted latency on {self.precision.target}: {self.predicted_latency_ms:.4g} ms")
+            out.append(f"predicted latency on {self.precision.target}: {self.predicted_latency_ms:.4g} ms "
+                       f"({self.latency_kind or 'analytic'} model)")
         return out + self.notes
 
 
@@ -129,6 +132,19 @@ def check_parity(parity: ParityReport, path: str | Path, min_agreement: float = 
                           f"written but is not faithful (--min-within-step sets the bar)")
 
 
+def _predicted_latency(plan: Any, pmap: PrecisionMap) -> tuple[float | None, str]:
+    """The latency a default search prices this model at on the map's target (``--latency auto``): this machine's
+    measured table on ``cpu-ort``, else the profile's model, priced from the same breakdown as the map (a
+    profile given by path included)."""
+    from qnas.latency.machine_cache import resolve_latency_kind
+
+    if resolve_latency_kind("auto", pmap.target) == "measured":
+        from qnas.latency import create_latency_model
+
+        return float(create_latency_model(pmap.target, kind="measured").predict(plan)), "measured"
+    return pmap.latency_ms, "analytic"
+
+
 def export_model(model_or_run: str | Path | LoadedModel, backend: str, out: str | Path, *,
                  target_profile: str | None = "default", allow_upcast: bool = False, verify: bool = True,
                  overwrite: bool = False, min_agreement: float = MIN_AGREEMENT,
@@ -168,8 +184,8 @@ def export_model(model_or_run: str | Path | LoadedModel, backend: str, out: str 
     result = ExportResult(backend, path, precision=pmap, size_bytes=_size(path))
     if report is not None:
         result.backend_lines = list(report.lines())
-    if pmap is not None:  # priced from the same breakdown as the map (a profile given by path included)
-        result.predicted_latency_ms = pmap.latency_ms
+    if pmap is not None:
+        result.predicted_latency_ms, result.latency_kind = _predicted_latency(plan, pmap)
 
     if verify:
         assert test is not None

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SearchConfig", "DemoConfig", "demo_search_config", "default_out", "search_budget", "FinishOptions",
            "QATFinishOptions", "PTQFinishOptions", "TEACHERS", "INITS", "PTQ_INITS", "PTQ_METHODS", "with_fields",
-           "check_latency_target", "target_alias"]
+           "check_latency_target", "checked_latency_kind", "target_alias"]
 
 #: ``teacher`` values of a QAT finish.
 TEACHERS: tuple[str, ...] = ("auto", "float", "supernet", "none")
@@ -61,6 +61,18 @@ def check_latency_target(name: Any) -> None:
     if is_torch_device_name(name) and not (PROFILES_DIR / f"{name}.json").is_file():
         raise ConfigError(f"unknown latency target {name!r}; the torch device is --torch-device "
                           f"(latency targets: {', '.join(known_profiles())})")
+
+
+def checked_latency_kind(kind: Any, target: str, table: str | None = None, hybrid: str | None = None) -> str:
+    """``kind`` checked against the latency model kinds, with ``auto`` resolved for ``target``
+    (:func:`~qnas.latency.machine_cache.resolve_latency_kind`), so a run's config says what priced it."""
+    from qnas.latency import latency_model_kinds
+    from qnas.latency.machine_cache import resolve_latency_kind
+
+    if kind not in latency_model_kinds():
+        raise ConfigError(f"unknown latency model kind {kind!r} (--latency); valid kinds: "
+                          f"{', '.join(latency_model_kinds())}")
+    return resolve_latency_kind(kind, target, table, hybrid)
 
 
 def target_alias(cls: type) -> type:
@@ -123,7 +135,7 @@ class SearchConfig:
     data_path: str | None = None
     stream: bool = False  # read the data lazily from disk (qnas.streaming) instead of loading it whole
     target: str = "cpu-ort"
-    latency_kind: str = "analytic"
+    latency_kind: str = "auto"  # resolved by validate(): measured on cpu-ort, else analytic (or table/hybrid)
     latency_table: str | None = None
     latency_hybrid: str | None = None
     strategy: str = "random"
@@ -173,6 +185,8 @@ class SearchConfig:
         from qnas.accuracy_sources import accuracy_source
 
         check_latency_target(self.target)
+        self.latency_kind = checked_latency_kind(self.latency_kind, self.target, self.latency_table,
+                                                 self.latency_hybrid)
         validate_run_device(self.torch_device, self.amp)
         if self.ray_address is not None and self.executor != "ray":
             raise ConfigError(f"ray_address (--ray-address) needs executor='ray' (--executor ray), got {self.executor!r}")

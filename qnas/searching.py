@@ -26,7 +26,7 @@ from qnas.rundir import RunDir
 from qnas.space import SearchSpace, SpaceConfig
 from qnas.strategies import Budget, StrategyContext, create_strategy
 
-__all__ = ["SearchConfig", "SearchResult", "make_latency_model", "make_evaluator", "obtain_supernet", "prepare_data",
+__all__ = ["SearchConfig", "SearchResult", "keep_latency_table", "make_latency_model", "make_evaluator", "obtain_supernet", "prepare_data",
            "resume_search", "run_search", "score_record", "search", "search_from_config", "space_for",
            "strategy_options", "train_supernet_run"]
 
@@ -39,13 +39,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'qnas.searching' has no attribute {name!r}")
 
 
-def make_latency_model(target: str | None = None, kind: str = "analytic", table: str | None = None,
+def make_latency_model(target: str | None = None, kind: str = "auto", table: str | None = None,
                        hybrid: str | None = None, space: SearchSpace | None = None, *,
                        device: str | None = None) -> LatencyModel:
     """The predictor a search prices candidates with on the latency ``target`` (a device profile):
     ``analytic`` (the profile's roofline), ``table`` (a per-layer table measured on the target),
     ``measured`` (time layers on this machine, cpu-ort only), ``hybrid`` (table or analytic plus a learned
-    whole-model correction, ``hybrid`` = its JSON file). ``device`` is the deprecated name of ``target``."""
+    whole-model correction, ``hybrid`` = its JSON file), or ``auto`` (the default: ``measured`` on ``cpu-ort``
+    with this machine's cached table, else ``table``/``hybrid`` when their file is given, else ``analytic``;
+    :func:`~qnas.latency.machine_cache.resolve_latency_kind`). ``device`` is the deprecated name of ``target``."""
     if device is not None:
         warnings.warn("make_latency_model(device=...) is deprecated; pass target=... (the latency target)",
                       DeprecationWarning, stacklevel=2)
@@ -55,6 +57,13 @@ def make_latency_model(target: str | None = None, kind: str = "analytic", table:
     target = target or "cpu-ort"
     check_latency_target(target)
     return create_latency_model(target, kind=kind, table=table, hybrid=hybrid, space=space)
+
+
+def keep_latency_table(latency: LatencyModel, run: RunDir) -> None:
+    """A measured latency model keeps a copy of its table in the run (``latency_table.json``): the numbers
+    the run's latencies came from, whatever later happens to the machine's cache."""
+    if hasattr(latency, "keep_copy"):
+        latency.keep_copy(run.file("latency_table.json"))
 
 
 def score_record(space: SearchSpace, arch: Arch, latency: LatencyModel, accuracy: dict[str, Any], index: int) -> dict[str, Any]:
@@ -354,7 +363,10 @@ def run_search(
 
     # a table that cannot price every layer of the space is refused now, listing what it lacks, not at the
     # first arch that needs a missing key (after a supernet's training); what its defaults/fallbacks price is said
-    check_space_coverage(latency, space, log=(lambda m: print(m, file=sys.stderr)) if progress else None)
+    log = (lambda m: print(m, file=sys.stderr)) if progress else None
+    check_space_coverage(latency, space, log=log)
+    if hasattr(latency, "prepare"):  # a measured table times the space's layers once per machine, up front
+        latency.prepare(space, log=log)
     evaluator = evaluator or make_evaluator(cfg, space, splits, run, progress)
     context = StrategyContext(splits=splits, latency=latency, accuracy=evaluator, progress=progress)
     strat = create_strategy(cfg.strategy, space, seed=cfg.seed, budget=cfg.budget, context=context,
@@ -416,7 +428,7 @@ def search(
     out: str | Path | None = None,
     overwrite: bool = False,
     progress: bool = True,
-    latency_kind: str = "analytic",
+    latency_kind: str = "auto",
     latency_table: str | None = None,
     latency_hybrid: str | None = None,
     **options: Any,
@@ -517,11 +529,10 @@ def _run(cfg: SearchConfig, space: SearchSpace | None, out: str | Path | None, o
     if run and resume:  # a damaged history is refused before the run is locked (no lock file left behind)
         for h in run.read_history():
             _check_record(h, space, run)
-    if run and cfg.latency_kind == "measured":
-        latency.cache = run.file("latency_table.json")
     if run is None:
         return run_search(cfg, space, splits, None, progress, latency, note=note)
     with run.locked(), run.removed_on_early_failure():
         if not resume:
             run.write_json("config.json", cfg.to_dict())
+        keep_latency_table(latency, run)
         return run_search(cfg, space, splits, run, progress, latency, note=note)

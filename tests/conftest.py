@@ -1,9 +1,17 @@
+import os
+import tempfile
 import warnings
 
 import pytest
 import torch
 
 warnings.filterwarnings("ignore", message=".*fast_hadamard_transform.*")
+
+# The default latency kind ("auto") is this machine's measured table on cpu-ort: timings, which would make
+# search results depend on the machine's load. Tests price with the analytic profile unless they opt in
+# (tests/qnas/latency/test_machine_cache.py), and never touch the user's ~/.cache.
+os.environ.setdefault("QNAS_AUTO_LATENCY", "analytic")
+os.environ.setdefault("QNAS_CACHE_DIR", tempfile.mkdtemp(prefix="qnas-test-cache-"))
 
 
 @pytest.fixture(scope="session")

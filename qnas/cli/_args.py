@@ -15,7 +15,7 @@ from typing import Any, Callable
 from qnas.dataset_kinds import DATASET_KINDS, path_kinds
 from qnas.errors import ConfigError
 
-LATENCY_KINDS = ["analytic", "table", "measured", "hybrid"]
+LATENCY_KINDS = ["auto", "analytic", "table", "measured", "hybrid"]
 
 
 def _float(v: str, ok: Callable[[float], bool], expected: str) -> float:
@@ -184,11 +184,13 @@ def add_data_args(p: argparse.ArgumentParser, default: str | None, help_default:
                         "loading it whole: for data sets larger than memory (imagefolder, cifar10, uncompressed npz)")
 
 
-def add_latency_args(p: argparse.ArgumentParser, default: str = "analytic") -> None:
+def add_latency_args(p: argparse.ArgumentParser, default: str = "auto") -> None:
     p.add_argument("--latency", dest="latency_kind", default=default, choices=LATENCY_KINDS,
-                   help="latency predictor: the device profile's roofline (default), a per-layer table measured on "
-                        "the device (--latency-table), measured here on demand (cpu-ort only), or hybrid "
-                        "(table/analytic + learned correction, --latency-hybrid)")
+                   help="latency predictor: auto (default: on cpu-ort, this machine's measured table, timed once "
+                        "and cached in ~/.cache/qnas or $QNAS_CACHE_DIR; elsewhere the profile's roofline, or the "
+                        "--latency-table / --latency-hybrid given), analytic (the device profile's roofline), table "
+                        "(a per-layer table measured on the device, --latency-table), measured (timed here on "
+                        "demand, cpu-ort only) or hybrid (table/analytic + learned correction, --latency-hybrid)")
     p.add_argument("--latency-table", metavar="PATH", help="per-layer latency table (JSON/CSV)")
     p.add_argument("--latency-hybrid", metavar="PATH", help="fitted hybrid correction (JSON) for --latency hybrid")
 

@@ -86,12 +86,13 @@ class LatencyPrediction:
     device = deprecated_device_property()
 
 
-def predict_latency(arch: Any, target: str | None = None, kind: str = "analytic", table: str | None = None,
+def predict_latency(arch: Any, target: str | None = None, kind: str = "auto", table: str | None = None,
                     hybrid: str | None = None, space: "SearchSpace | str | Path | None" = None,
                     breakdown: bool = False, *, device: str | None = None) -> LatencyPrediction:
     """Predict the batch-1 latency of ``arch`` (anything :func:`qnas.rundir.resolve_arch` reads) on the
     latency ``target`` (default ``cpu-ort``) with the ``kind`` of latency model (``table``/``hybrid``: its
-    files). ``device`` is the deprecated name of ``target``."""
+    files; ``auto``: as a search would, :func:`~qnas.latency.machine_cache.resolve_latency_kind`).
+    ``device`` is the deprecated name of ``target``."""
     from qnas.costs import count_costs
     from qnas.latency.factory import create_latency_model
     from qnas.latency.report import approximation_counts, format_breakdown
@@ -107,8 +108,8 @@ def predict_latency(arch: Any, target: str | None = None, kind: str = "analytic"
     text = None
     if breakdown:
         text = model.describe(plan) if hasattr(model, "describe") else format_breakdown(costs)
-    return LatencyPrediction(found.arch, getattr(model, "target", None) or target, kind, float(model.predict(plan)),
-                             count_costs(plan), text, approximation_counts(costs), len(costs))
+    return LatencyPrediction(found.arch, getattr(model, "target", None) or target, model.kind,
+                             float(model.predict(plan)), count_costs(plan), text, approximation_counts(costs), len(costs))
 
 
 # ---- measure ---------------------------------------------------------------------------

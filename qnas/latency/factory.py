@@ -19,18 +19,23 @@ def register_latency_model(kind: str, factory: Callable[..., LatencyModel]) -> N
 
 
 def latency_model_kinds() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(["auto", *_REGISTRY])
 
 
 def create_latency_model(target: "str | TargetProfile | None" = None, kind: str = "analytic", *,
                          device: "str | TargetProfile | None" = None, **kwargs) -> LatencyModel:
     """A latency model of ``kind`` for the latency ``target`` (a profile name, a profile JSON path or a
-    :class:`~qnas.latency.profile.TargetProfile`; default ``cpu-ort``). ``device`` is the deprecated
-    name of ``target``."""
+    :class:`~qnas.latency.profile.TargetProfile`; default ``cpu-ort``). ``kind="auto"``: see
+    :func:`~qnas.latency.machine_cache.resolve_latency_kind` (``measured`` on ``cpu-ort``, with this
+    machine's cached table). ``device`` is the deprecated name of ``target``."""
+    from qnas.latency.machine_cache import resolve_latency_kind
+
     target = target_or_device("create_latency_model", target, device, default="cpu-ort")
-    if kind not in _REGISTRY:
+    if kind not in latency_model_kinds():
         raise ConfigError(f"unknown latency model kind {kind!r}; valid kinds: {', '.join(latency_model_kinds())}")
-    return _REGISTRY[kind](load_profile(target), **kwargs)
+    profile = load_profile(target)
+    kind = resolve_latency_kind(kind, profile.name, kwargs.get("table"), kwargs.get("hybrid"))
+    return _REGISTRY[kind](profile, **kwargs)
 
 
 def _table_model(profile: TargetProfile, table: "str | None" = None, **_: object) -> LatencyModel:
@@ -43,11 +48,16 @@ def _table_model(profile: TargetProfile, table: "str | None" = None, **_: object
 
 
 def _measured_model(profile: TargetProfile, table: "str | None" = None, cache: "str | None" = None,
-                    threads: int = 1, progress: bool = False, **_: object) -> LatencyModel:
+                    threads: int = 1, progress: bool = False, **options: object) -> LatencyModel:
+    """Without a ``table`` to start from, the table grows in this machine's cache (``machine_table_path``)."""
+    from qnas.latency.machine_cache import machine_table_path
     from qnas.latency.measured import MeasuredLatencyModel, check_measurable
 
     check_measurable(profile.name)
-    return MeasuredLatencyModel(table, cache=cache, threads=threads, progress=progress)
+    if cache is None and table is None:
+        cache = machine_table_path(threads)
+    timing = {k: v for k, v in options.items() if k in ("warmup", "repeats", "passes")}
+    return MeasuredLatencyModel(table, cache=cache, threads=threads, progress=progress, **timing)
 
 
 def _hybrid_model(profile: TargetProfile, table: "str | None" = None, hybrid: "str | None" = None,
