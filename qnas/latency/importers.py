@@ -29,7 +29,9 @@ to the sum of the conv entries. They become the table defaults ``stem`` (= APQ `
 (the qnas classifier, = APQ ``tail``), and ``mix``, ``pre_head``, ``pool`` and ``add`` default to 0
 (APQ counts the feature-mix conv and the pool inside ``tail`` and charges no residual add), so the
 qnas sum over an arch APQ can describe equals APQ's own ``predict_lat``. APQ's values are batch-1
-milliseconds; its energy values are not imported (a qnas table holds latency only).
+milliseconds; its ``energy`` values become the entries' ``mj`` column (and the same defaults as
+energy defaults), read as millijoules -- APQ's predictor sums them exactly as it sums latencies, and its
+paper reports BitFusion energy in mJ -- so ``--objectives accuracy,latency,energy`` works with the table.
 
 ``nnmeter`` -- a kernel data CSV as nn-Meter's predictor builder writes it (github.com/microsoft/nn-Meter,
 ``get_data_by_profiled_results(..., save_path=...)``, saved as ``Data_{kernel}_{mark}.csv``): a
@@ -162,16 +164,23 @@ def _number(v: Any, where: str) -> float:
 
 
 def _finish(pairs: Iterable[tuple[tuple, float]], meta: dict[str, Any], src: str, fmt: str, rows: int,
-            skipped: Counter, defaults: dict[str, float] | None = None) -> ImportResult:
-    groups: dict[tuple, list[float]] = defaultdict(list)
-    for key, ms in pairs:
-        groups[key].append(ms)
-    merged = sum(len(v) - 1 for v in groups.values())
-    entries = {k: (v[0] if len(v) == 1 else statistics.median(v)) for k, v in groups.items()}
+            skipped: Counter, defaults: dict[str, float] | None = None,
+            energies: Iterable[tuple[tuple, float]] = (), energy_defaults: dict[str, float] | None = None
+            ) -> ImportResult:
+    def medians(items: Iterable[tuple[tuple, float]]) -> tuple[dict[tuple, float], int]:
+        groups: dict[tuple, list[float]] = defaultdict(list)
+        for key, v in items:
+            groups[key].append(v)
+        return ({k: (v[0] if len(v) == 1 else statistics.median(v)) for k, v in groups.items()},
+                sum(len(v) - 1 for v in groups.values()))
+
+    entries, merged = medians(pairs)
     if not entries:
         reasons = "; ".join(f"{n} {why}" for why, n in skipped.most_common(3)) or "it has no data rows"
         raise LatencyTableError(f"{src}: no row could be imported as a {fmt} table ({reasons}); check --format")
-    table = LatencyTable(entries, meta=meta, defaults=defaults or {})
+    energy, _ = medians(energies)
+    table = LatencyTable(entries, meta=meta, defaults=defaults or {}, energy=energy,
+                         energy_defaults=energy_defaults or {})
     return ImportResult(table, src, fmt, rows, skipped, merged)
 
 
@@ -195,7 +204,9 @@ def import_apq(src: str | Path, *, device: str | None = None, unit: str = "ms") 
     scale = UNITS[unit]
     skipped: Counter = Counter()
     pairs = []
+    energies = []
     special: dict[str, float] = {}
+    special_mj: dict[str, float] = {}
     for raw, v in doc.items():
         where = f"{path} key {raw!r}"
         value = v.get("latency") if isinstance(v, dict) else v
@@ -203,8 +214,11 @@ def import_apq(src: str | Path, *, device: str | None = None, unit: str = "ms") 
             skipped["no 'latency' value"] += 1
             continue
         ms = _number(value, where) * scale
+        mj = _number(v["energy"], where) if isinstance(v, dict) and v.get("energy") is not None else None
         if raw in ("head", "tail"):
             special[raw] = ms
+            if mj is not None:
+                special_mj[raw] = mj
             continue
         m = _APQ_KEY.match(raw)
         if not m:
@@ -219,8 +233,13 @@ def import_apq(src: str | Path, *, device: str | None = None, unit: str = "ms") 
             skipped["grouped conv (groups not 1 or cin == cout) has no qnas op"] += 1
             continue
         pairs.append(((op, cin, cout, hw, k, stride, groups, w, a), ms))
-    defaults = {}
-    notes = "APQ keys (cin, cout, hw, k, stride, pad, groups)-WxAy; energy not imported"
+        if mj is not None:
+            energies.append((pairs[-1][0], mj))
+    defaults: dict[str, float] = {}
+    energy_defaults: dict[str, float] = {}
+    notes = "APQ keys (cin, cout, hw, k, stride, pad, groups)-WxAy"
+    if energies:
+        notes += "; energy imported as mJ (column mj), summed like APQ's predictor sums it"
     if special:
         defaults = {"mix": 0.0, "pre_head": 0.0, "pool": 0.0, "add": 0.0}
         if "head" in special:
@@ -229,7 +248,11 @@ def import_apq(src: str | Path, *, device: str | None = None, unit: str = "ms") 
             defaults["head"] = special["tail"]
         notes += ("; defaults: stem = APQ 'head' (first conv + first block), head = APQ 'tail' (feature mix, pool, "
                   "classifier), mix/pre_head/pool/add = 0 as in APQ's predictor")
-    return _finish(pairs, _meta(path, "apq", device, notes), str(path), "apq", len(doc), skipped, defaults)
+        if energies:
+            energy_defaults = {name: 0.0 for name in ("mix", "pre_head", "pool", "add")}
+            energy_defaults.update({{"head": "stem", "tail": "head"}[k]: v for k, v in special_mj.items()})
+    return _finish(pairs, _meta(path, "apq", device, notes), str(path), "apq", len(doc), skipped, defaults,
+                   energies, energy_defaults)
 
 
 # ---- CSV (nn-Meter and generic) ------------------------------------------------------------------

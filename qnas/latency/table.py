@@ -19,6 +19,10 @@ A table maps a layer key to its batch-1 latency in milliseconds. The key is
             pool carry the a_bits of the layer that consumes their output
             (``qnas.latency.base.inherit_weightless_bits``); 32 = float
 ``ms``      latency in ms: finite, >= 0
+``mj``      optional: the layer's energy per inference in millijoules, finite, >= 0. A table
+            whose every entry has one prices energy too (``--objectives ...,energy``,
+            ``--energy-mj``): a fallback scales it as it scales ms, and a key priced by
+            ``defaults`` takes the same name from the optional ``energy_defaults`` field
 
 JSON (``.json``)::
 
@@ -31,7 +35,7 @@ JSON (``.json``)::
                   "ms": 0.0123}, ...]}
 
 CSV (``.csv``): a header row with exactly the columns
-``op,cin,cout,hw,k,stride,groups,w_bits,a_bits,ms`` and one row per entry.
+``op,cin,cout,hw,k,stride,groups,w_bits,a_bits,ms`` (optionally ``mj``) and one row per entry.
 Lines starting with ``#`` are comments; qnas writes the metadata as one
 ``# meta: {json}`` comment line before the header, and reads it back when
 present. Extra columns are ignored.
@@ -69,7 +73,7 @@ search print how many keys of the space they price. A key none of 1-3 prices
 is *missing*: ``qnas latency check-table`` lists them all, and a search or a
 prediction with the table refuses before its first evaluation. In a CSV table
 the two fields are ``# defaults: {json}`` and ``# fallbacks: [json]`` comment
-lines. The schema version stays 1: a reader that ignores the two fields (qnas
+lines (``# energy_defaults: {json}`` likewise). The schema version stays 1: a reader that ignores the two fields (qnas
 before them) prices every entry the same and fails on the keys they would have
 filled, it never prices anything differently.
 
@@ -112,6 +116,9 @@ SCHEMA = "qnas-latency-table"
 VERSION = 1
 KEY_FIELDS = ("op", "cin", "cout", "hw", "k", "stride", "groups", "w_bits", "a_bits")
 COLUMNS = KEY_FIELDS + ("ms",)
+#: optional column: the layer's energy per inference in millijoules (every entry needs one for the table
+#: to price energy; ``energy_defaults`` then price what ``defaults`` price)
+ENERGY_COLUMN = "mj"
 OPS = tuple(get_args(OpKind))
 #: The meta field that names the latency target a table was measured on. It keeps the name it had before
 #: the latency target and the torch device were told apart (``device``): bench/latency_fidelity.py and qnas
@@ -203,15 +210,17 @@ def _int_field(v: Any, name: str, where: str, lo: int = 1) -> int:
     return v
 
 
-def _ms_field(v: Any, where: str) -> float:
+def _ms_field(v: Any, where: str, name: str = "ms") -> float:
+    """A latency (``name`` ms) or an energy (``mj``) value: a finite number >= 0."""
+    what = "latencies" if name == "ms" else "energies"
     if isinstance(v, bool):
-        raise LatencyTableError(f"{where}: ms={v!r} is not a number; {_FIX}")
+        raise LatencyTableError(f"{where}: {name}={v!r} is not a number; {_FIX}")
     try:
         ms = float(v.strip() if isinstance(v, str) else v)
     except (TypeError, ValueError):
-        raise LatencyTableError(f"{where}: ms={v!r} is not a number; {_FIX}") from None
+        raise LatencyTableError(f"{where}: {name}={v!r} is not a number; {_FIX}") from None
     if not math.isfinite(ms) or ms < 0:
-        raise LatencyTableError(f"{where}: ms={ms} is invalid, latencies must be finite and >= 0; {_FIX}")
+        raise LatencyTableError(f"{where}: {name}={ms} is invalid, {what} must be finite and >= 0; {_FIX}")
     return ms
 
 
@@ -301,6 +310,7 @@ class Pricing:
     key: Key
     priced_key: Key | None
     note: str = ""
+    scale: float = 1.0  # the fallback rules' product: what ``priced_key``'s entry (and its energy) is scaled by
 
 
 def _check_defaults(defaults: Any, where: str) -> dict[str, float]:
@@ -400,7 +410,8 @@ class LatencyTable(Mapping):
 
     def __init__(self, entries: Mapping | Iterable[tuple[Any, float]] = (), meta: Mapping[str, Any] | None = None,
                  source: str | None = None, *, defaults: Mapping[str, float] | None = None,
-                 fallbacks: Iterable[Any] = ()):
+                 fallbacks: Iterable[Any] = (), energy: Mapping[Any, float] | None = None,
+                 energy_defaults: Mapping[str, float] | None = None):
         if source is None:  # a new table: stamp created / qnas_version unless given
             self.meta: dict[str, Any] = _stamped(meta or {})
         else:  # a loaded table keeps its own metadata (no invented "created")
@@ -424,6 +435,13 @@ class LatencyTable(Mapping):
         self.fallbacks: tuple[FallbackRule, ...] = tuple(
             FallbackRule.from_dict(r, f"{where} fallbacks[{i}]") for i, r in enumerate(fallbacks))
         self._priced: dict[tuple[Key, str | None], Pricing | None] = {}
+        self._mj: dict[Key, float] = {}
+        for k, mj in (energy or {}).items():
+            key = _as_key(k)
+            if key not in self._ms:
+                raise LatencyTableError(f"{where}: energy given for key {format_key(key)}, which has no ms entry")
+            self._mj[key] = _ms_field(mj, f"{where} entry {format_key(key)}", ENERGY_COLUMN)
+        self.energy_defaults: dict[str, float] = _check_defaults(energy_defaults or {}, where)
 
     # ---- Mapping ---------------------------------------------------------------
     def __getitem__(self, k: Any) -> float:
@@ -443,7 +461,8 @@ class LatencyTable(Mapping):
 
     def __eq__(self, other: Any) -> bool:
         return (isinstance(other, LatencyTable) and self._ms == other._ms and self.defaults == other.defaults
-                and self.fallbacks == other.fallbacks)
+                and self.fallbacks == other.fallbacks and self._mj == other._mj
+                and self.energy_defaults == other.energy_defaults)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -463,6 +482,32 @@ class LatencyTable(Mapping):
         rules = (f", {len(self.defaults)} defaults, {len(self.fallbacks)} fallback rules"
                  if self.defaults or self.fallbacks else "")
         return f"LatencyTable({len(self)} entries{rules}, target={self.target!r}, source={self.source!r})"
+
+    @property
+    def has_energy(self) -> bool:
+        """Whether every entry carries its energy (``mj``): only then can the table price energy."""
+        return bool(self._ms) and len(self._mj) == len(self._ms)
+
+    def energies(self) -> dict[Key, float]:
+        """The entries' energies in mJ (those that have one)."""
+        return dict(self._mj)
+
+    def energy(self, layer: Any) -> float:
+        """Energy (mJ) of one layer, priced as :meth:`lookup` prices its latency: its entry's ``mj``, a
+        fallback entry's times the rules' scale, or an ``energy_defaults`` value where a default priced it."""
+        p = self.resolve(layer)
+        if p.how == "default":
+            name = p.note.removeprefix("default ")
+            if name not in self.energy_defaults:
+                raise LatencyTableError(f"latency table {self.name} prices {format_key(p.key)} by its default "
+                                        f"{name!r} but has no energy default for it; add \"energy_defaults\": "
+                                        f"{{\"{name}\": MJ}} to the table")
+            return self.energy_defaults[name]
+        assert p.priced_key is not None
+        if p.priced_key not in self._mj:
+            raise LatencyTableError(f"latency table {self.name} has no energy (mj) for entry "
+                                    f"{format_key(p.priced_key)}; give every entry an mj value to predict energy")
+        return self._mj[p.priced_key] * p.scale
 
     @property
     def has_rules(self) -> bool:
@@ -513,7 +558,7 @@ class LatencyTable(Mapping):
                     s, p = scale * rule.scale, path + (rule,)
                     if new in self._ms:
                         return Pricing(self._ms[new] * s, "fallback", key, new,
-                                       "fallback " + "; ".join(r.describe() for r in p))
+                                       "fallback " + "; ".join(r.describe() for r in p), s)
                     nxt.append((new, s, p))
             if not nxt:
                 break
@@ -582,8 +627,9 @@ class LatencyTable(Mapping):
         new = LatencyTable(entries, source=self.source)
         merged = dict(self._ms)
         merged.update(new._ms)
+        energy = {k: v for k, v in self._mj.items() if k not in new._ms}  # a replaced entry loses its old energy
         return LatencyTable(merged, meta=self.meta, source=self.source, defaults=self.defaults,
-                            fallbacks=self.fallbacks)
+                            fallbacks=self.fallbacks, energy=energy, energy_defaults=self.energy_defaults)
 
     def with_rules(self, defaults: Mapping[str, float] | None = None, fallbacks: Iterable[Any] | None = None, *,
                    replace: bool = False) -> "LatencyTable":
@@ -592,7 +638,8 @@ class LatencyTable(Mapping):
         d = dict(defaults or {}) if replace else {**self.defaults, **(defaults or {})}
         rules = [FallbackRule.from_dict(r, f"{self.name} fallbacks[{i}]") for i, r in enumerate(fallbacks or ())]
         f = tuple(rules) if replace else self.fallbacks + tuple(r for r in rules if r not in self.fallbacks)
-        return LatencyTable(self._ms, meta=self.meta, source=self.source, defaults=d, fallbacks=f)
+        return LatencyTable(self._ms, meta=self.meta, source=self.source, defaults=d, fallbacks=f,
+                            energy=self._mj, energy_defaults=self.energy_defaults)
 
     def merge(self, other: "LatencyTable", prefer: str = "other", allow_mixed_targets: bool = False, *,
               allow_mixed_devices: bool | None = None) -> "LatencyTable":
@@ -615,6 +662,9 @@ class LatencyTable(Mapping):
         a, b = (self._ms, other._ms) if prefer == "other" else (other._ms, self._ms)
         merged = dict(a)
         merged.update(b)
+        lo, hi = (self, other) if prefer == "other" else (other, self)
+        energy = {k: v for k, v in lo._mj.items() if k not in hi._ms}  # each entry keeps its own table's energy
+        energy.update(hi._mj)
         meta = dict(self.meta)
         if not t1 and t2:
             meta.pop("target", None)
@@ -624,7 +674,8 @@ class LatencyTable(Mapping):
         first, second = (self, other) if prefer == "other" else (other, self)
         defaults = {**first.defaults, **second.defaults}
         fallbacks = second.fallbacks + tuple(r for r in first.fallbacks if r not in second.fallbacks)
-        return LatencyTable(merged, meta=meta, source=None, defaults=defaults, fallbacks=fallbacks)
+        return LatencyTable(merged, meta=meta, source=None, defaults=defaults, fallbacks=fallbacks, energy=energy,
+                            energy_defaults={**first.energy_defaults, **second.energy_defaults})
 
     # ---- serialisation -------------------------------------------------------------
     def sorted_items(self) -> list[tuple[Key, float]]:
@@ -637,16 +688,24 @@ class LatencyTable(Mapping):
             out["defaults"] = dict(self.defaults)
         if self.fallbacks:
             out["fallbacks"] = [r.to_dict() for r in self.fallbacks]
+        if self.energy_defaults:
+            out["energy_defaults"] = dict(self.energy_defaults)
         return out
+
+    def _row(self, k: Key, ms: float) -> dict[str, Any]:
+        row = dict(zip(COLUMNS, k + (ms,)))
+        if k in self._mj:
+            row[ENERGY_COLUMN] = self._mj[k]
+        return row
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "version": VERSION, "meta": dict(self.meta), **self._rules_dict(),
-                "entries": [dict(zip(COLUMNS, k + (ms,))) for k, ms in self.sorted_items()]}
+                "entries": [self._row(k, ms) for k, ms in self.sorted_items()]}
 
     def to_json(self) -> str:
         head = json.dumps({"schema": SCHEMA, "version": VERSION, "meta": self.meta, **self._rules_dict()}, indent=1,
                           allow_nan=False, default=str)
-        rows = [json.dumps(dict(zip(COLUMNS, k + (ms,))), allow_nan=False) for k, ms in self.sorted_items()]
+        rows = [json.dumps(self._row(k, ms), allow_nan=False) for k, ms in self.sorted_items()]
         body = ",\n  ".join(rows)
         return head[:-2] + ',\n "entries": [' + ("\n  " + body + "\n " if rows else "") + "]\n}\n"
 
@@ -657,9 +716,10 @@ class LatencyTable(Mapping):
         for name, value in self._rules_dict().items():
             buf.write(f"# {name}: " + json.dumps(value, allow_nan=False) + "\n")
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(COLUMNS)
+        energy = bool(self._mj)
+        w.writerow(COLUMNS + ((ENERGY_COLUMN,) if energy else ()))
         for k, ms in self.sorted_items():
-            w.writerow(list(k) + [repr(ms)])
+            w.writerow(list(k) + [repr(ms)] + ([repr(self._mj[k]) if k in self._mj else ""] if energy else []))
         return buf.getvalue()
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
@@ -721,6 +781,7 @@ def _parse_json(text: str, where: str) -> LatencyTable:
     if not isinstance(entries, list):
         raise LatencyTableError(f"{where}: entries must be a list of objects with {list(COLUMNS)}; {_FIX}")
     pairs = []
+    energy: dict[Key, float] = {}
     for i, e in enumerate(entries):
         w = f"{where} entry {i}"
         if not isinstance(e, dict):
@@ -729,11 +790,14 @@ def _parse_json(text: str, where: str) -> LatencyTable:
         if missing:
             raise LatencyTableError(f"{w} lacks field(s) {missing}; every entry needs {list(COLUMNS)}")
         pairs.append((_check_key(tuple(e[f] for f in KEY_FIELDS), w), _ms_field(e["ms"], w)))
+        if e.get(ENERGY_COLUMN) is not None:
+            energy[pairs[-1][0]] = _ms_field(e[ENERGY_COLUMN], w, ENERGY_COLUMN)
     fallbacks = doc.get("fallbacks", [])
     if not isinstance(fallbacks, list):
         raise LatencyTableError(f"{where}: fallbacks must be a list of rules, got {type(fallbacks).__name__}; "
                                 f"{_RULES_DOC}")
-    return LatencyTable(pairs, meta=meta, source=where, defaults=doc.get("defaults") or {}, fallbacks=fallbacks)
+    return LatencyTable(pairs, meta=meta, source=where, defaults=doc.get("defaults") or {}, fallbacks=fallbacks,
+                        energy=energy, energy_defaults=doc.get("energy_defaults") or {})
 
 
 def _parse_csv(text: str, where: str) -> LatencyTable:
@@ -743,7 +807,7 @@ def _parse_csv(text: str, where: str) -> LatencyTable:
     for n, line in enumerate(text.splitlines(), 1):
         s = line.strip()
         if s.startswith("#"):
-            for name, kind in (("defaults", dict), ("fallbacks", list)):
+            for name, kind in (("defaults", dict), ("fallbacks", list), ("energy_defaults", dict)):
                 if s.startswith(f"# {name}:"):
                     try:
                         rules[name] = json.loads(s[len(f"# {name}:"):])
@@ -776,15 +840,20 @@ def _parse_csv(text: str, where: str) -> LatencyTable:
     if missing:
         raise LatencyTableError(f"{where} lacks column(s) {missing}; the header row must be {','.join(COLUMNS)}")
     col = {c: header.index(c) for c in COLUMNS}
+    mj_col = header.index(ENERGY_COLUMN) if ENERGY_COLUMN in header else None
     pairs = []
+    energy: dict[Key, float] = {}
     for (n, _), row in zip(lines[1:], rows[1:]):
         w = f"{where} line {n}"
         if len(row) < len(header):
             raise LatencyTableError(f"{w} has {len(row)} fields, the header has {len(header)}; {_FIX}")
         key = (row[col["op"]].strip(),) + tuple(row[col[f]] for f in KEY_FIELDS[1:])
         pairs.append((_check_key(key, w), _ms_field(row[col["ms"]], w)))
+        if mj_col is not None and row[mj_col].strip():
+            energy[pairs[-1][0]] = _ms_field(row[mj_col], w, ENERGY_COLUMN)
     return LatencyTable(pairs, meta=meta, source=where, defaults=rules.get("defaults") or {},
-                        fallbacks=rules.get("fallbacks") or [])
+                        fallbacks=rules.get("fallbacks") or [], energy=energy,
+                        energy_defaults=rules.get("energy_defaults") or {})
 
 
 class TableLatencyModel(LatencyModel):
@@ -823,6 +892,20 @@ class TableLatencyModel(LatencyModel):
             out.append(LayerCost(l, float(p.ms), "table", wb, ab, f"w{wb}a{ab}", p.how == "entry", "table",
                                  note=p.note))
         return out
+
+    @property
+    def has_energy(self) -> bool:
+        """Whether the table gives energy (an ``mj`` on every entry): then ``--objectives ...,energy`` and
+        energy budgets work with it."""
+        return self.table.has_energy
+
+    def energy_breakdown(self, plan: Any) -> list[float]:
+        """Energy (mJ) of each layer, in :meth:`breakdown`'s order."""
+        return [float(self.table.energy(l)) for l in inherit_weightless_bits(as_layers(plan))]
+
+    def predict_energy(self, plan: Any) -> float:
+        """Batch-1 energy of the whole network in mJ (tables whose entries carry ``mj``)."""
+        return float(sum(self.energy_breakdown(plan)))
 
     def vectorized(self, space: "SearchSpace"):
         """A :class:`~qnas.latency.vectorized.VectorizedTablePredictor` of this table over ``space``."""
@@ -901,6 +984,6 @@ def check_plan_coverage(model: Any, plan: Any, *, what: str = "this arch") -> Ta
     return cov
 
 
-__all__ = ["COLUMNS", "DEFAULT_NAMES", "DEFAULT_ROLES", "FallbackRule", "KEY_FIELDS", "LatencyTable", "Pricing",
+__all__ = ["COLUMNS", "DEFAULT_NAMES", "ENERGY_COLUMN", "DEFAULT_ROLES", "FallbackRule", "KEY_FIELDS", "LatencyTable", "Pricing",
            "SCHEMA", "TARGET_META_KEY", "TableCoverage", "TableLatencyModel", "VERSION", "check_plan_coverage",
            "check_space_coverage", "load_table", "meta_target", "plan_layer_keys", "space_layer_keys", "table_of"]

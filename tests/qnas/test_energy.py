@@ -86,3 +86,70 @@ def test_cli_objectives_and_energy_budget(tmp_path, capsys):
     code = main(["search", "--accuracy", "zero-cost", "--candidates", "2", "--energy-mj", "1", "--no-progress",
                  "--out", str(tmp_path / "cpu")])
     assert code == 2 and "predicts no energy" in capsys.readouterr().err and not (tmp_path / "cpu").exists()
+
+
+# ---- energy from a latency table (an mj column: APQ's BitFusion table publishes one) ----------------
+def _energy_table(space, archs=None):
+    """The analytic BitFusion model's latency and energy of every layer key of ``space`` as a table."""
+    from qnas.latency.table import LatencyTable, space_layer_keys
+
+    model = create_latency_model("bitfusion")
+    layers = space_layer_keys(space, archs)
+    ms = {l.key(): c.ms for l in layers for c in model.breakdown([l])}
+    mj = {l.key(): e for l in layers for e in model.energy_breakdown([l])}
+    return LatencyTable(ms, meta={"device": "bitfusion-table"}, energy=mj), model
+
+
+def test_table_energy_round_trips_and_prices_like_its_latency(tmp_path):
+    from qnas.errors import LatencyTableError
+    from qnas.latency.table import LatencyTable, TableLatencyModel, load_table
+
+    archs = [SPACE.sample(i) for i in range(3)]
+    table, analytic = _energy_table(SPACE, archs)
+    assert table.has_energy
+    for suffix in (".json", ".csv"):
+        back = load_table(table.save(tmp_path / f"t{suffix}"))
+        assert back == table and back.has_energy, suffix
+    model = TableLatencyModel(table)
+    for arch in archs:
+        plan = SPACE.plan(arch)
+        assert model.predict_energy(plan) == pytest.approx(analytic.predict_energy(plan), rel=1e-9)
+    # a fallback rule scales the energy as it scales the latency; a default needs an energy default
+    key = next(k for k in table if k[0] == "pwconv")
+    other = key[:7] + (3, key[8])
+    rules = LatencyTable(dict(table), energy=table.energies(), fallbacks=[{"w_bits": 3, "use_w_bits": key[7],
+                                                                           "scale": 0.5}], defaults={"fc": 0.1})
+    assert rules.energy(other) == pytest.approx(0.5 * table.energy(key))
+    fc = ("fc", 7, 10, 1, 1, 1, 1, 8, 8)
+    with pytest.raises(LatencyTableError, match="energy_defaults"):
+        rules.energy(fc)
+    assert rules.with_rules().energies() == rules.energies()
+    assert LatencyTable(dict(table), energy=table.energies(), defaults={"fc": 0.1},
+                        energy_defaults={"fc": 0.2}).energy(fc) == 0.2
+    partial = LatencyTable(dict(table), energy=dict(list(table.energies().items())[:3]))
+    assert not partial.has_energy and not TableLatencyModel(partial).has_energy
+    with pytest.raises(LatencyTableError, match="mj=-1"):
+        LatencyTable({key: 1.0}, energy={key: -1})
+    with pytest.raises(LatencyTableError, match="no ms entry"):
+        LatencyTable({key: 1.0}, energy={other: 1.0})
+    merged = partial.merge(table)
+    assert merged.has_energy and merged.energies() == table.energies()
+
+
+def test_search_with_an_energy_objective_on_a_table(tmp_path):
+    from qnas.space import SearchSpace
+
+    space = SearchSpace.from_dict({"resolutions": [12], "widths": [0.5, 1.0], "kernels": [3, 5], "expands": [3],
+                                   "stages": [{"channels": 16, "depths": [1, 2]},
+                                              {"channels": 24, "depths": [1], "stride": 2}]})
+    table, analytic = _energy_table(space)
+    path = table.save(tmp_path / "bf.json")
+    result = search(space=space, latency_table=str(path), strategy="nsga2", n_candidates=6, accuracy="zero-cost",
+                    progress=False, strategy_options={"objectives": ["accuracy", "latency", "energy"],
+                                                      "pop_size": 4}, out=tmp_path / "run")
+    assert result.target == "bitfusion-table"
+    for r in result.records:
+        from qnas.arch import Arch
+
+        plan = space.plan(Arch.from_dict(r["arch"]))
+        assert r["energy_mj"] == pytest.approx(analytic.predict_energy(plan), rel=1e-4, abs=1e-6)

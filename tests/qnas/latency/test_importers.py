@@ -34,12 +34,12 @@ def apq_dict_for(space, archs):
     return d
 
 
-def apq_predict(d, space, arch) -> float:
-    """APQ's predict_lat: head + tail + the conv entries of the blocks."""
-    ans = d["head"]["latency"] + d["tail"]["latency"]
+def apq_predict(d, space, arch, what="latency") -> float:
+    """APQ's predictor (``type='latency'`` or ``'energy'``): head + tail + the conv entries of the blocks."""
+    ans = d["head"][what] + d["tail"][what]
     for l in space.plan(arch).layers():
         if l.op in ("conv", "dwconv", "pwconv") and l.name != "stem":
-            ans += d[apq_key(l.cin, l.cout, l.hw_in, l.k, l.stride, l.groups, l.w_bits, l.a_bits)]["latency"]
+            ans += d[apq_key(l.cin, l.cout, l.hw_in, l.k, l.stride, l.groups, l.w_bits, l.a_bits)][what]
     return ans
 
 
@@ -64,8 +64,11 @@ def test_apq_import_reproduces_apq_sums(tmp_path):
     assert t.lookup(("pwconv", 16, 48, 8, 1, 1, 1, 6, 6)) == 0.5
     assert t.defaults["stem"] == 0.25 and t.defaults["head"] == 0.125 and t.defaults["add"] == 0.0
     model = TableLatencyModel(load_table(tmp_path / "bf.json"))
+    assert model.has_energy, "APQ's energy values are imported (column mj)"
     for arch in archs:
         assert model.predict(space.plan(arch)) == pytest.approx(apq_predict(d, space, arch), rel=1e-12)
+        assert model.predict_energy(space.plan(arch)) == pytest.approx(apq_predict(d, space, arch, "energy"),
+                                                                       rel=1e-12)
     assert model.target == "bitfusion"
     text = "\n".join(res.lines())
     assert "W6A6 1" in text and "skipped 1 row(s): padding" in text
