@@ -37,6 +37,8 @@ class ExportResult:
     predicted_latency_ms: float | None = None
     """on the target, by the latency model a search uses by default there (``latency_kind``)"""
     latency_kind: str | None = None
+    latency_target: str | None = None
+    """the latency target ``predicted_latency_ms`` is on (the precision map's; ``cpu-ort`` for an ONNX file)"""
     size_bytes: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -48,6 +50,7 @@ class ExportResult:
             "codes": self.codes.to_dict() if self.codes else None,
             "backend_report": self.backend_lines, "latency_ms": self.latency_ms,
             "predicted_latency_ms": self.predicted_latency_ms, "latency_kind": self.latency_kind,
+            "latency_target": self.latency_target,
             "notes": self.notes,
         }
 
@@ -70,9 +73,12 @@ class ExportResult:
             out += [f"  {m}" for m in c.mismatches[:5]] + [f"  {n}" for n in c.notes]
         if self.latency_ms is not None:
             out.append(f"measured latency here: {self.latency_ms:.4g} ms (batch 1, 1 thread, median)")
-        if self.predicted_latency_ms is not None and self.precision:
-            out.append(f"predicted latency on {self.precision.target}: {self.predicted_latency_ms:.4g} ms "
-                       f"({self.latency_kind or 'analytic'} model)")
+        if self.predicted_latency_ms is not None:
+            target = self.latency_target or (self.precision.target if self.precision else "?")
+            ratio = (f"; predicted / measured {self.predicted_latency_ms / self.latency_ms:.2f}"
+                     if self.latency_ms and target == "cpu-ort" else "")
+            out.append(f"predicted latency on {target}: {self.predicted_latency_ms:.4g} ms "
+                       f"({self.latency_kind or 'analytic'} model{ratio})")
         return out + self.notes
 
 
@@ -132,17 +138,17 @@ def check_parity(parity: ParityReport, path: str | Path, min_agreement: float = 
                           f"written but is not faithful (--min-within-step sets the bar)")
 
 
-def _predicted_latency(plan: Any, pmap: PrecisionMap) -> tuple[float | None, str]:
-    """The latency a default search prices this model at on the map's target (``--latency auto``): this machine's
-    measured table on ``cpu-ort``, else the profile's model, priced from the same breakdown as the map (a
-    profile given by path included)."""
+def _predicted_latency(plan: Any, target: str, map_ms: float | None) -> tuple[float | None, str]:
+    """The latency a default search prices this model at on ``target`` (``--latency auto``): this machine's
+    measured table on ``cpu-ort``, else the profile's analytic model (``map_ms``: the precision map's, priced
+    from the same breakdown, a profile given by path included; None: price it here)."""
+    from qnas.latency import create_latency_model
     from qnas.latency.machine_cache import resolve_latency_kind
 
-    if resolve_latency_kind("auto", pmap.target) == "measured":
-        from qnas.latency import create_latency_model
-
-        return float(create_latency_model(pmap.target, kind="measured").predict(plan)), "measured"
-    return pmap.latency_ms, "analytic"
+    kind = resolve_latency_kind("auto", target)
+    if kind == "measured" or map_ms is None:
+        return float(create_latency_model(target, kind=kind).predict(plan)), kind
+    return map_ms, "analytic"
 
 
 def export_model(model_or_run: str | Path | LoadedModel, backend: str, out: str | Path, *,
@@ -185,7 +191,11 @@ def export_model(model_or_run: str | Path | LoadedModel, backend: str, out: str 
     if report is not None:
         result.backend_lines = list(report.lines())
     if pmap is not None:
-        result.predicted_latency_ms, result.latency_kind = _predicted_latency(plan, pmap)
+        result.predicted_latency_ms, result.latency_kind = _predicted_latency(plan, pmap.target, pmap.latency_ms)
+        result.latency_target = pmap.target
+    elif backend == "onnx":  # the file runs here, in onnxruntime: price it as a search on cpu-ort would
+        result.predicted_latency_ms, result.latency_kind = _predicted_latency(plan, "cpu-ort", None)
+        result.latency_target = "cpu-ort"
 
     if verify:
         assert test is not None

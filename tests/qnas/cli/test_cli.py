@@ -101,6 +101,12 @@ def test_demo_end_to_end_small(tmp_path, capsys):
     assert onnx_out.is_file()
     agreement = float(re.search(r"identical predictions ([0-9.]+) %", out).group(1)) / 100
     assert agreement >= 0.99
+    # one latency for one file: the export report, `qnas latency predict` and the demo's report agree
+    exported = float(re.search(r"predicted latency on cpu-ort: ([0-9.e-]+) ms", out).group(1))
+    code, predicted, err = run_cli(capsys, "latency", "predict", str(run))
+    assert code == 0, err
+    assert exported == pytest.approx(float(re.search(r"\): ([0-9.e-]+) ms", predicted).group(1)), rel=1e-3)
+    assert exported == pytest.approx(report["predicted_latency_ms"], rel=1e-3)
     code, _, err = run_cli(capsys, "export", "onnx", str(run), "--out", str(onnx_out))
     assert_one_line_error(code, err, "already exists")
 
