@@ -323,6 +323,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if table_model is not None:
             t_fit, t_eval = on(table_model, fit_a), on(table_model, eval_a)
             add("table (sum of layers)", None, t_eval, "predictor", False)
+            # what `--latency auto` uses on cpu-ort: the table plus one offset per network, the median
+            # (whole - sum) of CALIBRATION_ARCHS whole models (qnas.latency.measured)
+            from qnas.latency.measured import CALIBRATION_ARCHS
+
+            k = min(CALIBRATION_ARCHS, len(fit_a))
+            offset = float(np.median(y_fit[:k] - t_fit[:k]))
+            add(f"table + offset (the default)", None, t_eval + offset, "predictor, offset-calibrated",
+                False)
+            results[f"table + offset (the default)"]["offset_ms"] = offset
             add("table + scale", t_fit, t_eval, "predictor, scale-fitted", True)
             add("hybrid (table + correction)", None, hybrids["table"].predict_many(plans[a] for a in eval_a),
                 "predictor, fitted", False)

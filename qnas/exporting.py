@@ -138,7 +138,7 @@ def check_parity(parity: ParityReport, path: str | Path, min_agreement: float = 
                           f"written but is not faithful (--min-within-step sets the bar)")
 
 
-def _predicted_latency(plan: Any, target: str, map_ms: float | None) -> tuple[float | None, str]:
+def _predicted_latency(space: Any, plan: Any, target: str, map_ms: float | None) -> tuple[float | None, str]:
     """The latency a default search prices this model at on ``target`` (``--latency auto``): this machine's
     measured table on ``cpu-ort``, else the profile's analytic model (``map_ms``: the precision map's, priced
     from the same breakdown, a profile given by path included; None: price it here)."""
@@ -147,7 +147,10 @@ def _predicted_latency(plan: Any, target: str, map_ms: float | None) -> tuple[fl
 
     kind = resolve_latency_kind("auto", target)
     if kind == "measured" or map_ms is None:
-        return float(create_latency_model(target, kind=kind).predict(plan)), kind
+        model = create_latency_model(target, kind=kind)
+        if hasattr(model, "calibrate"):
+            model.calibrate(space)
+        return float(model.predict(plan)), kind
     return map_ms, "analytic"
 
 
@@ -191,10 +194,10 @@ def export_model(model_or_run: str | Path | LoadedModel, backend: str, out: str 
     if report is not None:
         result.backend_lines = list(report.lines())
     if pmap is not None:
-        result.predicted_latency_ms, result.latency_kind = _predicted_latency(plan, pmap.target, pmap.latency_ms)
+        result.predicted_latency_ms, result.latency_kind = _predicted_latency(loaded.space, plan, pmap.target, pmap.latency_ms)
         result.latency_target = pmap.target
     elif backend == "onnx":  # the file runs here, in onnxruntime: price it as a search on cpu-ort would
-        result.predicted_latency_ms, result.latency_kind = _predicted_latency(plan, "cpu-ort", None)
+        result.predicted_latency_ms, result.latency_kind = _predicted_latency(loaded.space, plan, "cpu-ort", None)
         result.latency_target = "cpu-ort"
 
     if verify:

@@ -365,8 +365,9 @@ def run_search(
     # first arch that needs a missing key (after a supernet's training); what its defaults/fallbacks price is said
     log = (lambda m: print(m, file=sys.stderr)) if progress else None
     check_space_coverage(latency, space, log=log)
-    if hasattr(latency, "prepare"):  # a measured table times the space's layers once per machine, up front
-        latency.prepare(space, log=log)
+    if hasattr(latency, "prepare"):  # a measured table times the space's layers once per machine, up front,
+        latency.prepare(space, log=log)  # and a few whole models for its per-network offset
+        latency.calibrate(space, log=log)
     evaluator = evaluator or make_evaluator(cfg, space, splits, run, progress)
     context = StrategyContext(splits=splits, latency=latency, accuracy=evaluator, progress=progress)
     strat = create_strategy(cfg.strategy, space, seed=cfg.seed, budget=cfg.budget, context=context,

@@ -102,6 +102,8 @@ def predict_latency(arch: Any, target: str | None = None, kind: str = "auto", ta
     target = target_or_device("predict_latency", target, device, default="cpu-ort")
     found = resolve_arch(arch, space)
     model = create_latency_model(target, kind=kind, table=table, hybrid=hybrid, space=found.space)
+    if hasattr(model, "calibrate"):  # the measured model's per-network offset for this space (cached)
+        model.calibrate(found.space)
     plan = found.space.plan(found.arch)
     check_plan_coverage(model, plan)  # every key the arch lacks, in one line, before pricing anything
     costs = model.breakdown(plan)

@@ -1,7 +1,17 @@
 """The measured predictor: a lookup table built on the machine qnas runs on,
-filled on demand by timing each missing layer in onnxruntime."""
+filled on demand by timing each missing layer in onnxruntime, plus a whole-model offset.
+
+A network run as one onnxruntime session costs a near-constant amount more than the sum of its
+layers timed one by one (on 150 digits archs: whole = 1.00 x sum + 0.06 ms; the graph's
+residual-stream, pool and logit quantizers and the session's own work that one-layer graphs do not
+show). :meth:`MeasuredLatencyModel.calibrate` measures it once per space and machine on a few whole
+exported models and charges it to the network's pool layer (every network has exactly one), so the
+per-layer breakdown, the vectorised predictor and the whole-model prediction all include it."""
 from __future__ import annotations
 
+import hashlib
+import json
+import statistics
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -17,6 +27,15 @@ MEASURABLE_TARGETS = ("cpu-ort",)
 #: layer keys (the default digits space has about 2,600: ~25 s on one core, 3 passes); larger spaces are timed
 #: as their archs are priced.
 PREPARE_MAX_KEYS = 6000
+#: whole exported models timed to calibrate a space's offset (:meth:`MeasuredLatencyModel.calibrate`)
+CALIBRATION_ARCHS = 16
+#: the table meta field holding the calibrated offsets: ``{space fingerprint: {"ms", "archs", ...}}``
+OFFSETS_META = "whole_model_offsets_ms"
+
+
+def space_fingerprint(space: Any) -> str:
+    """A short stable id of a search space's definition (what a calibrated offset belongs to)."""
+    return hashlib.sha256(json.dumps(space.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _read_cache(path: Path) -> LatencyTable:
@@ -52,20 +71,31 @@ class MeasuredLatencyModel(TableLatencyModel):
         super().__init__(table if isinstance(table, LatencyTable) else load_table(table))
         self.threads, self.warmup, self.repeats, self.passes = threads, warmup, repeats, passes
         self.progress = progress
+        #: added to the pool layer of every network (see the module doc); 0 until :meth:`calibrate`
+        self.offset_ms = 0.0
 
     def keep_copy(self, path: str | Path) -> None:
         """Write the table to ``path`` now and again whenever it grows (what a run's latencies came from)."""
         self.copy_to = Path(path)
         self.table.save(self.copy_to, overwrite=True)
 
+    def _offsets(self) -> dict[str, Any]:
+        offsets = self.table.meta.get(OFFSETS_META)
+        return dict(offsets) if isinstance(offsets, dict) else {}
+
     def _save(self) -> None:
         if self.cache is not None:
             merged = self.table
-            if self.cache.is_file():  # another process may have added entries since we read it
+            if self.cache.is_file():  # another process may have added entries (or offsets) since we read it
                 try:
-                    merged = load_table(self.cache).merge(self.table)
+                    disk = load_table(self.cache)
                 except LatencyTableError:
                     pass  # a damaged cache is replaced by what we hold
+                else:
+                    merged = disk.with_entries(dict(self.table))
+                    disk_offsets = disk.meta.get(OFFSETS_META)
+                    merged.meta = {**self.table.meta, OFFSETS_META: {
+                        **(disk_offsets if isinstance(disk_offsets, dict) else {}), **self._offsets()}}
             self.cache.parent.mkdir(parents=True, exist_ok=True)
             merged.save(self.cache, overwrite=True)
         if self.copy_to is not None:
@@ -81,7 +111,7 @@ class MeasuredLatencyModel(TableLatencyModel):
             new = measure_layers(missing, threads=self.threads, warmup=self.warmup, repeats=self.repeats,
                                  passes=self.passes, progress=self.progress if progress is None else progress,
                                  target="cpu-ort")
-            self.table = self.table.merge(new)
+            self.table = self.table.with_entries(dict(new))  # keeps this table's meta (and its offsets)
             self._save()
         return len(missing)
 
@@ -99,16 +129,53 @@ class MeasuredLatencyModel(TableLatencyModel):
                 f"({self.threads} thread{'s' if self.threads > 1 else ''}; once per machine{where})")
         return self.ensure(missing, progress=log is not None)
 
+    def calibrate(self, space: Any, log: Any = None, n: int = CALIBRATION_ARCHS, seed: int = 0) -> float:
+        """Set :attr:`offset_ms` for ``space``: the median of (whole exported model - sum of its layers) over
+        ``n`` sampled archs, timed here once per space and machine (kept in the table's meta, so in the
+        cache); returns it."""
+        from qnas.latency.evaluation import sample_archs
+        from qnas.latency.model_measure import measure_archs
+        from qnas.latency.table import plan_layer_keys
+
+        key = space_fingerprint(space)
+        known = self._offsets().get(key)
+        if isinstance(known, dict) and isinstance(known.get("ms"), (int, float)):
+            self.offset_ms = float(known["ms"])
+            return self.offset_ms
+        archs = sample_archs(space, n, seed, unique=True)
+        plans = [space.plan(a) for a in archs]
+        self.ensure(plan_layer_keys(plans), progress=log is not None)
+        if log is not None:
+            log(f"timing {len(archs)} whole exported models of the search space to calibrate the per-network "
+                "offset (once per space and machine)")
+        whole = measure_archs(space, archs, threads=self.threads, progress=log is not None, rounds=3, passes=2)
+        self.offset_ms = 0.0
+        sums = [TableLatencyModel.predict(self, p) for p in plans]
+        self.offset_ms = float(statistics.median(w - s for w, s in zip(whole, sums)))
+        self.table.meta = {**self.table.meta, OFFSETS_META: {**self._offsets(), key: {
+            "ms": self.offset_ms, "archs": len(archs), "input": [space.config.in_channels, *space.config.resolutions],
+            "classes": space.config.num_classes}}}
+        self._save()
+        return self.offset_ms
+
     def breakdown(self, plan: Any) -> list:
+        from dataclasses import replace
+
         from qnas.latency.base import as_layers
 
         self.ensure(as_layers(plan))
-        return super().breakdown(plan)
+        costs = super().breakdown(plan)
+        if self.offset_ms:
+            costs = [replace(c, ms=max(c.ms + self.offset_ms, 0.0), note=(c.note + "; " if c.note else "")
+                             + f"whole-model offset {self.offset_ms:+.4f} ms (calibrated)")
+                     if c.layer.op == "pool" else c for c in costs]
+        return costs
 
     def layer_ms(self, layer: Any) -> float:
         if layer not in self.table:
             self.ensure([layer])
-        return super().layer_ms(layer)
+        ms = super().layer_ms(layer)
+        return max(ms + self.offset_ms, 0.0) if layer.op == "pool" else ms  # as breakdown() charges it
 
     def vectorized(self, space: Any):
         from qnas.latency.table import space_layer_keys

@@ -58,6 +58,7 @@ def approximation_counts(costs: Iterable) -> dict[str, int]:
     kinds: Counter = Counter()
     for c in costs:
         note = getattr(c, "note", "")
-        if note:
-            kinds[note.split(" ", 1)[0]] += 1
+        kind = note.split(" ", 1)[0] if note else ""
+        if kind in ("fallback", "default"):
+            kinds[kind] += 1
     return dict(kinds)

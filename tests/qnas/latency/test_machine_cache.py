@@ -7,7 +7,7 @@ from qnas.arch import Arch
 from qnas.errors import ConfigError, LatencyTableError
 from qnas.latency import create_latency_model, load_table
 from qnas.latency.machine_cache import AUTO_ENV, CACHE_ENV, machine_table_path, resolve_latency_kind
-from qnas.latency.measured import MeasuredLatencyModel
+from qnas.latency.measured import MeasuredLatencyModel, space_fingerprint
 from qnas.latency.table import plan_layer_keys, space_layer_keys
 from qnas.options import SearchConfig
 from qnas.space import SearchSpace
@@ -116,6 +116,38 @@ def test_a_search_run_keeps_the_table_its_latencies_came_from(measured_default, 
     table = load_table(run / "latency_table.json")
     assert not table.missing(space_layer_keys(TINY)), "the whole space was timed up front"
     model = MeasuredLatencyModel(table)
+    offset = model.calibrate(TINY)  # the run's copy carries the space's calibrated offset: read, not measured
+    assert offset == table.meta["whole_model_offsets_ms"][space_fingerprint(TINY)]["ms"]
     for r in result.records:
         arch = Arch.from_dict(r["arch"])
         assert r["latency_ms"] == pytest.approx(model.predict(TINY.plan(arch)), rel=1e-4, abs=1e-5)
+
+
+def test_calibrated_offset_is_charged_once_per_network_and_cached(tmp_path):
+    cache = tmp_path / "c.json"
+    m = MeasuredLatencyModel(cache=cache, **FAST)
+    arch = TINY.sample(2)
+    plan = TINY.plan(arch)
+    before = m.predict(plan)
+    offset = m.calibrate(TINY, n=4)
+    assert offset == m.offset_ms and abs(offset) < 10
+    pool = next(c.ms for c in MeasuredLatencyModel.__mro__[1].breakdown(m, plan) if c.layer.op == "pool")
+    expected = before - pool + max(pool + offset, 0.0)  # charged to the pool layer, never below 0
+    assert m.predict(plan) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    costs = m.breakdown(plan)
+    assert sum("whole-model offset" in c.note for c in costs) == (1 if offset else 0)
+    vec = m.vectorized(TINY)  # the vectorised form charges it too (to the pool layer)
+    assert float(vec.predict_archs([arch])[0]) == pytest.approx(m.predict(plan), rel=1e-6)
+    # kept in the cache, per space: a new model reads it back without timing anything
+    again = MeasuredLatencyModel(cache=cache, **FAST)
+    import qnas.latency.model_measure as mm
+
+    def no_timing(*a, **k):
+        raise AssertionError("a cached offset is not measured again")
+
+    orig, mm.measure_archs = mm.measure_archs, no_timing
+    try:
+        assert again.calibrate(TINY, n=4) == pytest.approx(offset)
+    finally:
+        mm.measure_archs = orig
+    assert again.predict(plan) == pytest.approx(m.predict(plan))
