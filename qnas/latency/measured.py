@@ -96,8 +96,15 @@ class MeasuredLatencyModel(TableLatencyModel):
                     disk_offsets = disk.meta.get(OFFSETS_META)
                     merged.meta = {**self.table.meta, OFFSETS_META: {
                         **(disk_offsets if isinstance(disk_offsets, dict) else {}), **self._offsets()}}
-            self.cache.parent.mkdir(parents=True, exist_ok=True)
-            merged.save(self.cache, overwrite=True)
+            try:
+                self.cache.parent.mkdir(parents=True, exist_ok=True)
+                merged.save(self.cache, overwrite=True)
+            except OSError as e:  # a read-only home must not stop a search: keep the timings in memory
+                import warnings
+
+                warnings.warn(f"cannot write the latency cache {self.cache} ({type(e).__name__}: {e}); the timings "
+                              "are kept for this run only; set QNAS_CACHE_DIR to a writable folder", stacklevel=2)
+                self.cache = None
         if self.copy_to is not None:
             self.table.save(self.copy_to, overwrite=True)
 

@@ -151,3 +151,14 @@ def test_calibrated_offset_is_charged_once_per_network_and_cached(tmp_path):
     finally:
         mm.measure_archs = orig
     assert again.predict(plan) == pytest.approx(m.predict(plan))
+
+
+def test_an_unwritable_cache_warns_and_keeps_the_timings_in_memory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    m = MeasuredLatencyModel(cache=blocker / "latency" / "c.json", **FAST)
+    plan = TINY.plan(TINY.sample(0))
+    with pytest.warns(UserWarning, match="QNAS_CACHE_DIR"):
+        ms = m.predict(plan)
+    assert ms > 0 and m.cache is None and not m.table.missing(plan_layer_keys([plan]))
+    assert blocker.read_text() == "not a folder"
