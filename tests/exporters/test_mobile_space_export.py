@@ -45,9 +45,7 @@ def test_se_hswish_arch_exports_with_exact_parity(backend, se_model, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def mobile_model():
-    from qnas.quant.integer_grid import snap_biases
-
+def mobile_model(settled_model):
     sp = SearchSpace.from_dict({
         "in_channels": 3, "num_classes": 5, "resolutions": [32], "widths": [1.0], "stem_channels": 16,
         "stem_kernel": 5, "stem_act": "relu6", "expand1_no_conv": True, "mix_channels": 96, "mix_act": "hswish",
@@ -58,17 +56,7 @@ def mobile_model():
     arch = Arch(32, 1.0, ((Block(3, 1, (8,) * 3, (8,) * 3),),
                           (Block(3, 4, (8, 4, 8), (8, 8, 4)), Block(5, 3, (4, 8, 8), (8, 4, 8))),
                           (Block(5, 4, (8, 4, 8), (8, 8, 4)), Block(3, 3, (8, 8, 4), (4, 8, 8)))))
-    torch.manual_seed(0)
-    model = build_model(sp, arch).train()
-    with torch.no_grad():
-        for m in model.modules():  # BatchNorm affine parameters as training leaves them: not 1 and 0
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
-        for _ in range(3):  # past the activation quantizers' statistics phase
-            model(torch.randn(16, 3, 32, 32))
-    model.eval()
-    snap_biases(model)  # as `qnas finish` does
+    model = settled_model(sp, arch)
     kinds = {k for k, _ in mobile_space_features(model)}
     assert kinds == {"relu6 activation", "hswish activation", "block without expand conv", "squeeze-excite",
                      "feature-mix conv", "pre-classifier linear"}

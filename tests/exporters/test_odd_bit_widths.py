@@ -6,7 +6,6 @@ import torch
 
 from qnas.arch import Arch, Block
 from qnas.exporters import create_exporter
-from qnas.quant.build import build_model
 from qnas.space import SearchSpace
 
 SPACE = SearchSpace.from_dict({
@@ -19,22 +18,9 @@ ARCH = Arch(12, 1.0, ((Block(3, 3, (3, 5, 6), (8, 5, 7)),),
 
 
 @pytest.fixture(scope="module")
-def odd_model():
-    from qnas.quant.integer_grid import snap_biases
-
+def odd_model(settled_model):
     SPACE.validate(ARCH)
-    torch.manual_seed(0)
-    model = build_model(SPACE, ARCH).train()
-    with torch.no_grad():
-        for m in model.modules():  # BatchNorm affine parameters as training leaves them
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
-        for _ in range(3):  # past the activation quantizers' statistics phase
-            model(torch.randn(16, 1, 12, 12))
-    model.eval()
-    snap_biases(model)
-    return model
+    return settled_model(SPACE, ARCH)
 
 
 def _inputs(n=256):
