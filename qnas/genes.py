@@ -20,7 +20,10 @@ genes index those. Genes of positions beyond a stage's depth, the bit genes of
 a skipped block, and the expand-conv bit genes of an op without expand conv
 (expand ratio 1 in a space with ``expand1_no_conv``; they decode as the
 depthwise conv's bits) do not change the decoded arch (:meth:`GeneLayout.active`);
-:meth:`GeneLayout.canonical` sets them to 0.
+:meth:`GeneLayout.canonical` sets them to 0. Bit genes that land on a width the
+space's exclude rules leave out for that op and conv decode to the nearest
+allowed width, preferring wider (:attr:`GeneLayout.bit_repair`), so every gene
+vector is a valid arch and mutation, crossover and sampling need no special case.
 
 Each gene also names its *group* and its *slot* in that group's tensor, the
 layout of a factorised distribution over archs (one probability row per
@@ -36,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from qnas.arch import Arch, Block
-from qnas.errors import ArchError
+from qnas.errors import ArchError, ConfigError
 from qnas.quant.naming import BLOCK_LAYERS
 
 if TYPE_CHECKING:
@@ -134,7 +137,62 @@ class GeneLayout:
                 self.blocks.append(BlockGenes(si, j, op, w, a, skip_allowed(c, si, j)))  # type: ignore[arg-type]
         self.genes: tuple[Gene, ...] = tuple(genes)
         self._bounds = np.asarray([g.n_choices - 1 for g in genes], dtype=np.int64)
+        #: per stage, None when no exclude rule removes bit widths there, else an int array
+        #: ``[n_stage_ops, 3, n_w_bits, n_a_bits, 2]``: the (w, a) choice indices each conv of each op
+        #: decodes the (w, a) gene values to (themselves unless excluded)
+        self.bit_repair: list[np.ndarray | None] = [self._bit_repair(si) for si in range(len(c.stages))]
         self.depth_values = [np.asarray(s.depths, dtype=np.int64) for s in c.stages]
+
+    def _bit_repair(self, stage: int) -> np.ndarray | None:
+        c = self.config
+        rules = [r for r in getattr(c, "exclude", ()) if getattr(r, "on_bits", False)]
+        if not rules:
+            return None
+        ws, as_ = list(c.w_bits), list(c.a_bits)
+        grid = [(i, j) for i in range(len(ws)) for j in range(len(as_))]
+        out = np.zeros((len(self.stage_ops[stage]), len(BLOCK_CONVS), len(ws), len(as_), 2), dtype=np.int64)
+        changed = False
+        for o, (k, e) in enumerate(self.stage_ops[stage]):
+            for ci, name in enumerate(BLOCK_CONVS):
+                has_conv = name != "expand" or self.op_has_expand[stage][o]
+                ok = {(i, j): not (has_conv and any(r.excludes_bits(stage, k, e, name, ws[i], as_[j]) for r in rules))
+                      for i, j in grid}
+                allowed = [ij for ij in grid if ok[ij]]
+                if not allowed:
+                    raise ConfigError(f"stage {stage} op k{k}e{e}: the exclude rules leave its {name} conv no "
+                                      "(w_bits, a_bits) pair; relax them")
+                for i, j in grid:
+                    if ok[(i, j)]:
+                        out[o, ci, i, j] = (i, j)
+                        continue
+                    changed = True
+                    # the nearest allowed pair, preferring one that lowers no width (as exporters upcast)
+                    out[o, ci, i, j] = min(allowed, key=lambda ij: (
+                        (ws[ij[0]] < ws[i]) + (as_[ij[1]] < as_[j]),
+                        abs(ws[ij[0]] - ws[i]) + abs(as_[ij[1]] - as_[j]), -ws[ij[0]], -as_[ij[1]]))
+        return out if changed else None
+
+    @property
+    def has_bit_rules(self) -> bool:
+        """Whether some op's conv decodes some bit gene values to other widths (exclude rules)."""
+        return any(r is not None for r in self.bit_repair)
+
+    def repair_bits(self, X: Any) -> np.ndarray:
+        """``X`` (``[N, n_genes]``) with every bit gene pair an exclude rule leaves out replaced by the
+        pair it decodes to (vectorised :meth:`decode` of the bits; other genes unchanged)."""
+        X = np.array(X, dtype=np.int64)
+        if not self.has_bit_rules:
+            return X
+        for bg in self.blocks:
+            rep = self.bit_repair[bg.stage]
+            if rep is None:
+                continue
+            op = X[:, bg.op]
+            op = np.where(op >= rep.shape[0], 0, op)  # a skip: its bits do not matter
+            for ci in range(len(BLOCK_CONVS)):
+                pair = rep[op, ci, X[:, bg.w[ci]], X[:, bg.a[ci]]]
+                X[:, bg.w[ci]], X[:, bg.a[ci]] = pair[:, 0], pair[:, 1]
+        return X
 
     # ---- shape ------------------------------------------------------------------
     def __len__(self) -> int:
@@ -254,8 +312,13 @@ class GeneLayout:
                     stages[bg.stage].append(Block.skip())
                     continue
                 op = 0
-            wb = tuple(g[i].choices[vec[i]] for i in bg.w)
-            ab = tuple(g[i].choices[vec[i]] for i in bg.a)
+            wi, ai = [vec[i] for i in bg.w], [vec[i] for i in bg.a]
+            rep = self.bit_repair[bg.stage]
+            if rep is not None:  # a width the exclude rules leave out: the nearest allowed one
+                for ci in range(len(BLOCK_CONVS)):
+                    wi[ci], ai[ci] = (int(x) for x in rep[op, ci, wi[ci], ai[ci]])
+            wb = tuple(g[i].choices[v] for i, v in zip(bg.w, wi))
+            ab = tuple(g[i].choices[v] for i, v in zip(bg.a, ai))
             if not self.op_has_expand[bg.stage][op]:  # no expand conv: its (inactive) bits mirror the dw conv's
                 wb, ab = (wb[1],) + wb[1:], (ab[1],) + ab[1:]
             stages[bg.stage].append(Block(*ops[op], wb, ab))
@@ -269,14 +332,18 @@ class GeneLayout:
 
     def canonical_matrix(self, X: Any) -> np.ndarray:
         """:meth:`canonical` of every row of an ``[N, n_genes]`` gene matrix, vectorised: the genes that
-        do not change the decoded arch set to 0 (:meth:`active`), and a skip where none is allowed (a
-        stage's first block, which decodes as the stage's first op) made that op."""
-        X = np.where(self.active(X), np.asarray(X, dtype=np.int64), 0)
+        do not change the decoded arch set to 0 (:meth:`active`), a skip where none is allowed (a
+        stage's first block, which decodes as the stage's first op) made that op, and excluded bit
+        widths made the ones they decode to (:meth:`repair_bits`)."""
+        act = self.active(X)
+        X = np.where(act, np.asarray(X, dtype=np.int64), 0)
         if self.config.allow_skip:
             for b in self.blocks:
                 if not b.skip_allowed:
                     col = X[:, b.op]
                     col[col == self.skip_index(b.stage)] = 0
+        if self.has_bit_rules:
+            X = np.where(act, self.repair_bits(X), 0)
         return X
 
     def active(self, X: Any) -> np.ndarray:

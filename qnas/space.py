@@ -11,7 +11,7 @@ import numpy as np
 
 from qnas.arch import Arch, Block
 from qnas.errors import ArchError, ConfigError
-from qnas.genes import GeneLayout, skip_allowed
+from qnas.genes import BLOCK_CONVS, GeneLayout, skip_allowed
 from qnas.quant.naming import block_path
 from qnas.quant.plan import ACTIVATIONS, BlockPlan, LayerSpec, NetworkPlan, SEPlan
 
@@ -58,20 +58,46 @@ class StageConfig:
 
 @dataclass(frozen=True)
 class ExcludeRule:
-    """An op combination the space leaves out: every (kernel, expand) op matching all the given
-    fields (None: any), in ``stage`` (None: every stage)."""
+    """A combination the space leaves out.
+
+    Without bit fields it excludes every (kernel, expand) op matching all the given fields
+    (None: any), in ``stage`` (None: every stage). With ``w_bits`` and/or ``a_bits`` it keeps the
+    ops and excludes those bit widths instead, for the convs named by ``layer`` (``expand``,
+    ``dw`` or ``project``; None: all three) of the matching blocks -- e.g. a latency table
+    without 2-bit 7x7 depthwise entries: ``{kernel: 7, layer: dw, w_bits: 2}``. A gene vector
+    that lands on an excluded width decodes to the nearest allowed one, preferring wider
+    (:meth:`~qnas.genes.GeneLayout.decode`)."""
 
     stage: int | None = None
     kernel: int | None = None
     expand: float | None = None
+    layer: str | None = None
+    w_bits: int | None = None
+    a_bits: int | None = None
+
+    @property
+    def on_bits(self) -> bool:
+        """Whether the rule excludes bit widths (else whole ops)."""
+        return self.w_bits is not None or self.a_bits is not None
 
     def matches(self, stage: int, kernel: int, expand: float) -> bool:
+        """Whether the rule's stage/kernel/expand fields match a block."""
         return ((self.stage is None or self.stage == stage) and (self.kernel is None or self.kernel == kernel)
                 and (self.expand is None or math.isclose(self.expand, expand)))
 
+    def excludes_op(self, stage: int, kernel: int, expand: float) -> bool:
+        return not self.on_bits and self.matches(stage, kernel, expand)
+
+    def excludes_bits(self, stage: int, kernel: int, expand: float, layer: str, w_bits: int, a_bits: int) -> bool:
+        """Whether conv ``layer`` of such a block may not run at ``(w_bits, a_bits)``."""
+        return (self.on_bits and self.matches(stage, kernel, expand) and self.layer in (None, layer)
+                and self.w_bits in (None, w_bits) and self.a_bits in (None, a_bits))
+
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in (("stage", self.stage), ("kernel", self.kernel), ("expand", self.expand))
-                if v is not None}
+        return {k: getattr(self, k) for k in _EXCLUDE_KEYS if getattr(self, k) is not None}
+
+    def describe(self) -> str:
+        return "{" + ", ".join(f"{k}: {v}" for k, v in self.to_dict().items()) + "}"
 
 
 @dataclass(frozen=True)
@@ -107,7 +133,7 @@ class SpaceConfig:
     #: features (at width 1.0) of a linear layer between the pool and the classifier (MobileNetV3's 1280); 0: none
     pre_head_channels: int = 0
     pre_head_act: str = "hswish"
-    #: (kernel, expand) combinations the space leaves out
+    #: (kernel, expand) ops, or bit widths of some blocks' convs, the space leaves out
     exclude: tuple[ExcludeRule, ...] = ()
 
 
@@ -116,7 +142,7 @@ _FIELDS = {f for f in SpaceConfig.__dataclass_fields__}
 _OPTIONAL_FIELDS = ("stem_kernel", "stem_act", "expand1_no_conv", "mix_channels", "mix_act",
                     "pre_head_channels", "pre_head_act", "exclude")
 _STAGE_KEYS = ("channels", "depths", "stride", "kernels", "expands", "act", "se")
-_EXCLUDE_KEYS = ("stage", "kernel", "expand")
+_EXCLUDE_KEYS = ("stage", "kernel", "expand", "layer", "w_bits", "a_bits")
 
 
 @dataclass(frozen=True)
@@ -191,7 +217,7 @@ class SearchSpace:
         #: each stage's (kernel, expand) pairs: its own kernel/expand lists (else the space's), minus exclusions
         self.stage_ops: tuple[tuple[tuple[int, Any], ...], ...] = tuple(
             tuple((k, e) for k in (s.kernels or c.kernels) for e in (s.expands or c.expands)
-                  if not any(r.matches(si, k, e) for r in c.exclude))
+                  if not any(r.excludes_op(si, k, e) for r in c.exclude))
             for si, s in enumerate(c.stages))
         for si, ops in enumerate(self.stage_ops):
             if not ops:
@@ -216,7 +242,7 @@ class SearchSpace:
                 kw[k] = tuple(_stage_from_dict(s, i) for i, s in enumerate(v))
             elif k == "exclude":
                 if not isinstance(v, list):
-                    raise ConfigError(f"exclude must be a list of {{stage, kernel, expand}} mappings, got {v!r}")
+                    raise ConfigError(f"exclude must be a list of {{stage, kernel, expand, layer, w_bits, a_bits}} mappings, got {v!r}")
                 kw[k] = tuple(_exclude_from_dict(r, i) for i, r in enumerate(v))
             elif k == "expands":
                 kw[k] = tuple(_number(x) for x in _tuple(v, k))
@@ -267,6 +293,15 @@ class SearchSpace:
     def channels(self, width: float) -> tuple[int, list[int]]:
         """Stem and per-stage output channels at a width multiplier."""
         return make_divisible(self.config.stem_channels * width), [make_divisible(s.channels * width) for s in self.config.stages]
+
+    def _check_bit_rules(self, where: str, stage: int, b: Block) -> None:
+        for name, w, a in zip(BLOCK_CONVS, b.w_bits, b.a_bits):
+            if name == "expand" and not self.has_expand_conv(b.expand):
+                continue
+            for r in self.config.exclude:
+                if r.excludes_bits(stage, b.kernel, b.expand, name, w, a):
+                    raise ArchError(f"{where} (k{b.kernel}e{b.expand}) runs its {name} conv at W{w}A{a}, which the "
+                                    f"space excludes ({r.describe()}); choose other bits for that conv")
 
     def skip_allowed(self, stage: int, pos: int) -> bool:
         """Whether block ``pos`` of ``stage`` may be a skip (never a stage's first block)."""
@@ -347,10 +382,13 @@ class SearchSpace:
                     _check(f"{where}.w_bits[{n}]", w, c.w_bits)
                 for n, a in enumerate(b.a_bits):
                     _check(f"{where}.a_bits[{n}]", a, c.a_bits)
+                if self.genes.has_bit_rules:
+                    self._check_bit_rules(where, i, b)
         return arch
 
     def uniform(self, w_bits: int = 8, a_bits: int = 8, largest: bool = True, resolution: int | None = None) -> Arch:
-        """The largest (or smallest) arch with every searchable layer at one bit width."""
+        """The largest (or smallest) arch with every searchable layer at one bit width (a conv whose
+        width the exclude rules leave out: the nearest allowed one, as a gene vector decodes)."""
         c = self.config
         pick = max if largest else min
         ops = [pick(o, key=lambda ke: (ke[1], ke[0])) for o in self.stage_ops]  # largest expand, then kernel
@@ -358,6 +396,8 @@ class SearchSpace:
                        for si, s in enumerate(c.stages))
         sh = (max(c.stem_head_w_bits), max(c.stem_head_a_bits))
         arch = Arch(resolution or pick(c.resolutions), pick(c.widths), stages, sh, sh)
+        if self.genes.has_bit_rules:
+            arch = self.genes.decode(self.genes.encode(arch))
         return self.validate(arch)
 
     # ---- arch -> layers ----------------------------------------------
@@ -517,7 +557,8 @@ def _stage_to_dict(s: StageConfig) -> dict[str, Any]:
 def _exclude_from_dict(r: Any, i: int) -> ExcludeRule:
     if not isinstance(r, dict) or not r or set(r) - set(_EXCLUDE_KEYS):
         raise ConfigError(f"exclude[{i}] must be a mapping of some of {list(_EXCLUDE_KEYS)}, got {r!r}")
-    return ExcludeRule(r.get("stage"), r.get("kernel"), _number(r["expand"]) if "expand" in r else None)
+    return ExcludeRule(r.get("stage"), r.get("kernel"), _number(r["expand"]) if "expand" in r else None,
+                       r.get("layer"), r.get("w_bits"), r.get("a_bits"))
 
 
 def _validate_config(c: SpaceConfig) -> None:
@@ -600,3 +641,12 @@ def _validate_config(c: SpaceConfig) -> None:
     for i, r in enumerate(c.exclude):
         if r.stage is not None and not (isinstance(r.stage, int) and 0 <= r.stage < len(c.stages)):
             raise ConfigError(f"exclude[{i}].stage must be a stage index 0..{len(c.stages) - 1}, got {r.stage!r}")
+        if r.layer is not None and r.layer not in BLOCK_CONVS:
+            raise ConfigError(f"exclude[{i}].layer must be one of {list(BLOCK_CONVS)}, got {r.layer!r}")
+        if r.layer is not None and not r.on_bits:
+            raise ConfigError(f"exclude[{i}] names a layer but no w_bits/a_bits; a layer rule excludes bit widths, "
+                              "e.g. {kernel: 7, layer: dw, w_bits: 2}")
+        if r.w_bits is not None and r.w_bits not in c.w_bits:
+            raise ConfigError(f"exclude[{i}].w_bits={r.w_bits!r} is not one of the space's w_bits {list(c.w_bits)}")
+        if r.a_bits is not None and r.a_bits not in c.a_bits:
+            raise ConfigError(f"exclude[{i}].a_bits={r.a_bits!r} is not one of the space's a_bits {list(c.a_bits)}")

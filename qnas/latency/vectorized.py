@@ -130,6 +130,15 @@ class SpaceGeometry:
             u |= set(self.head_a_u.tolist())
         return sorted(u)
 
+    def repaired(self, stage: int, op: int, conv: int, i: int, j: int) -> tuple[int, int] | None:
+        """The (w, a) choice indices conv ``conv`` of op ``op`` runs at instead of ``(i, j)`` when the
+        space's exclude rules leave that pair out; None when it is allowed."""
+        rep = self.layout.bit_repair[stage]
+        if rep is None:
+            return None
+        ii, jj = (int(x) for x in rep[op, conv, i, j])
+        return None if (ii, jj) == (i, j) else (ii, jj)
+
     # ---- layers ------------------------------------------------------------------
     def block_plan(self, geo: BlockGeometry, op: int, w_bits: int, a_bits: int) -> Any:
         """The :class:`~qnas.quant.plan.BlockPlan` of op ``op`` of the block's stage at ``geo``, every
@@ -155,13 +164,16 @@ class SpaceGeometry:
                     yield "stem", (rw, i, j), sp.stem_layer(r, w, (wb, ab))
             for p, geo in enumerate(self.pos_geo[rw]):
                 for o in range(self.stage_n_ops[geo.stage]):
+                    se_done: set[int] = set()
                     for i, wb in enumerate(c.w_bits):
                         for j, ab in enumerate(c.a_bits):
                             bp = self.block_plan(geo, o, wb, ab)
-                            for conv, layer in zip(CONVS, (bp.expand, bp.depthwise, bp.project)):
-                                if layer is not None:
+                            for ci, (conv, layer) in enumerate(zip(CONVS, (bp.expand, bp.depthwise, bp.project))):
+                                if layer is not None and self.repaired(geo.stage, o, ci, i, j) is None:
                                     yield conv, (p, rw, o, i, j), layer
-                            if bp.se is not None and i == 0:  # SE: by the project's a bits only
+                            # SE: by the project's a bits only (its first allowed w bits)
+                            if bp.se is not None and j not in se_done and self.repaired(geo.stage, o, 2, i, j) is None:
+                                se_done.add(j)
                                 for layer in bp.se.all_layers:
                                     yield "se", (p, rw, o, j), layer
                 if geo.residual:
@@ -234,11 +246,30 @@ class VectorizedTablePredictor:
                 self.arrays[name][idx] += cache[key]
             else:
                 self.arrays[name][idx] = cache[key]
+        if g.layout.has_bit_rules:
+            self._price_excluded_as_repaired()
         self.n_keys = len(cache)
         self._flat = {k: np.ascontiguousarray(v).ravel() for k, v in self.arrays.items()}
         c = space.config
         self._depth_values = [np.asarray(s.depths, dtype=np.int64) for s in c.stages]
         self._torch_cache: dict[Any, dict[str, Any]] = {}
+
+    def _price_excluded_as_repaired(self) -> None:
+        """Entries of bit pairs the exclude rules leave out get the cost of the pair they decode to, so
+        the expected latency of a distribution prices them as the arch that would be built."""
+        g = self.geo
+        for p, b in enumerate(g.blocks):
+            rep = g.layout.bit_repair[b.stage]
+            if rep is None:
+                continue
+            for o in range(g.stage_n_ops[b.stage]):
+                for ci, name in enumerate(CONVS):
+                    a = self.arrays[name][p, :, o]
+                    a[...] = a[:, rep[o, ci, ..., 0], rep[o, ci, ..., 1]]
+                if "se" in self.arrays:  # by the project's a bits: only an a width it never runs at moves
+                    se = self.arrays["se"][p, :, o]
+                    kept = (rep[o, 2, :, :, 1] == np.arange(rep.shape[3])).any(axis=0)
+                    se[...] = se[:, np.where(kept, np.arange(rep.shape[3]), rep[o, 2, 0, :, 1])]
 
     @classmethod
     def from_table(cls, space: "SearchSpace", table: Any) -> "VectorizedTablePredictor":
@@ -248,7 +279,7 @@ class VectorizedTablePredictor:
     def predict_encoded(self, X: np.ndarray) -> np.ndarray:
         """Latency in ms of each row of ``X`` (``[N, n_genes]``, rows = ``space.encode(arch)``)."""
         g, L = self.geo, self.space.genes
-        X = L.check_matrix(X)
+        X = L.repair_bits(L.check_matrix(X))
         f = self._flat
         n_w, n_a, n_ops, n_u, RW = g.n_w, g.n_a, g.n_ops, g.n_u, g.RW
         rw = X[:, L.resolution] * g.W + X[:, L.width]
@@ -321,7 +352,9 @@ class VectorizedTablePredictor:
         each layer's table entry weighted by the probability of its choices, a
         block weighted by P(depth > position) and P(not skipped), a residual
         add by the distribution of the bits of whichever block (or the head)
-        consumes it. With one-hot ``dist`` it equals the deterministic latency."""
+        consumes it. With one-hot ``dist`` it equals the deterministic latency. Under bit exclude
+        rules a conv's excluded widths are priced as the widths they decode to; the bits a residual
+        add inherits from its consumer are taken before that repair (an approximation)."""
         import torch
 
         g = self.geo

@@ -33,7 +33,10 @@ validation batch. Both sample an arch with Gumbel noise:
   input by the depth gate;
 * bits: a conv's effective weight is the Gumbel-softmax-weighted mixture of its
   fake-quantized versions, its input activation likewise (``hard_bits=True``
-  makes these straight-through hard as well).
+  makes these straight-through hard as well). Bit mixtures are per conv, not per
+  (op, conv): a width the space's exclude rules leave out for some op is still
+  mixed in while training, priced as the width it decodes to, and the derived
+  arch decodes it the same way.
 
 The arch loss is ``CE + latency_weight * log(E[latency])`` or, with a latency
 budget ``B``, ``CE + lambda * relu(E[latency] / B' - 1)``, where ``E[latency]``
