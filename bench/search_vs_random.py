@@ -6,7 +6,7 @@
     .venv/bin/python bench/search_vs_random.py --work runs/svr --keep      # keep (and resume) the search runs
 
 The budget is the ``--budget-percentile`` percentile of the predicted latency (``--target``, analytic
-model) of 1000 random archs of the default digits space (one fixed sample for every seed): at the
+model; default ``bitfusion``, where bits scale latency, so the budget trades bits against structure) of 1000 random archs of the default digits space (one fixed sample for every seed): at the
 default 30th percentile most of the space is out of budget, so the accuracy/latency trade-off binds.
 Harder task: a smaller ``--budget-percentile`` makes the budget tighter.
 
@@ -31,7 +31,8 @@ QAT epochs and ``best()`` chooses among them) runs as the demo config sets it, o
 Measured per seed: the searched arch's percentile among the random ones (share of random archs whose
 finished accuracy is <= the searched one's; goal: >= 80 % in every seed) and Kendall tau between the
 ranked archs' search-time accuracy (supernet val_acc; ``refined_val_acc`` of the refined ones) and their
-finished accuracy. Prints a markdown table and writes ``--out`` (JSON, atomically).
+finished accuracy; and the same tau of the supernet's val_acc over the ranked and the random archs
+together (the seed's supernet scores the random ones as the search scores candidates). Prints a markdown table and writes ``--out`` (JSON, atomically).
 """
 from __future__ import annotations
 
@@ -124,6 +125,9 @@ def search_seed(a: argparse.Namespace, seed: int, space: Any, splits: Any, laten
     for u in [chosen["uid"], *refined]:
         members.setdefault(u, by_uid[u])
     refine_s = sum(float(e.get("seconds", 0)) for e in refined.values())
+    # the same supernet scores the random archs too: does its accuracy rank archs across the whole budget?
+    rnd = random_in_budget(space, latency, budget, a.n_random, 1000 + seed)
+    scored = supernet_scores(run.path, space, splits, cfg, rnd)
     print(f"seed {seed}: search {seconds:.0f} s{' (resumed)' if resumed else ''} (refine {refine_s:.0f} s), "
           f"{len(result.records)} evaluated, {len(front)} in-budget front members, {len(refined)} refined; "
           f"chosen {chosen['uid']} val_acc "
@@ -135,7 +139,18 @@ def search_seed(a: argparse.Namespace, seed: int, space: Any, splits: Any, laten
             "chosen": search_time(chosen, refined),
             "ranked": [{**search_time(r, refined), "on_front": u in front, "refined": u in refined}
                       for u, r in members.items()],
-            "archs": {u: result.arch(r) for u, r in members.items()}}
+            "archs": {**{u: result.arch(r) for u, r in members.items()}, **{x.uid: x for x in rnd}},
+            "random": [{"uid": x.uid, "latency_ms": latency.predict(space.plan(x)), "val_acc": scored[x.uid]}
+                       for x in rnd]}
+
+
+def supernet_scores(run_path: Path, space: Any, splits: Any, cfg: Any, archs: list) -> dict[str, float]:
+    """Validation accuracy of ``archs`` in the run's supernet, scored as the search scores candidates."""
+    from qnas.supernet import SupernetEvaluator, load_supernet
+
+    net = load_supernet(run_path / "supernet" / "supernet.pt")
+    ev = SupernetEvaluator(net, splits, batch_size=cfg.batch_size, seed=cfg.seed, threads=cfg.threads)
+    return {x.uid: float(ev(x)["val_acc"]) for x in archs}
 
 
 def finished(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -158,7 +173,8 @@ def main() -> None:
     p.add_argument("--n-random", type=int, default=10, help="random in-budget archs per seed")
     p.add_argument("--budget-percentile", type=float, default=30,
                    help="budget = this percentile of 1000 random archs' predicted latency (smaller: tighter)")
-    p.add_argument("--target", default="cpu-ort", help="latency target (analytic model)")
+    p.add_argument("--target", default="bitfusion",
+                   help="latency target (analytic model); bitfusion: bits scale latency, so the budget trades them")
     p.add_argument("--supernet-epochs", type=int, default=6, help="per progressive-shrinking phase")
     p.add_argument("--candidates", type=int, default=64, help="archs the search evaluates")
     p.add_argument("--refine-top", type=int, default=None,
@@ -173,7 +189,7 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep the default temp work dir")
     p.add_argument("--finish-cache", default=str(RESULTS / "search_vs_random_finish.json"),
                    help="cache of finished (stand-alone) results")
-    p.add_argument("--out", default=str(RESULTS / "search_vs_random.json"), help="result JSON")
+    p.add_argument("--out", default=None, help="result JSON (default bench/results/search_vs_random_TARGET.json)")
     a = p.parse_args()
     if min(a.seeds, a.n_random, a.candidates, a.finish_seeds, a.jobs, a.threads) < 1 or a.front_max < 0:
         raise SystemExit("counts must be >= 1 (--front-max >= 0)")
@@ -198,11 +214,6 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"search runs kept in {work}")
-    for s in seeds:
-        rnd = random_in_budget(space, latency, budget, a.n_random, 1000 + s["seed"])
-        s["random"] = [{"uid": x.uid, "latency_ms": latency.predict(space.plan(x))} for x in rnd]
-        s["archs"].update({x.uid: x for x in rnd})
-
     # one finishing call for every arch of every seed: --jobs processes stay busy to the end
     archs = list({u: x for s in seeds for u, x in s["archs"].items()}.values())
     gt = rgt.ground_truth(archs, list(range(a.finish_seeds)), settings, a.finish_cache, a.jobs)
@@ -216,14 +227,17 @@ def main() -> None:
         s["percentile"] = float(np.mean([r <= mine for r in rnd]))
         s["goal_met"] = s["percentile"] >= GOAL
         s["tau_val_acc"], s["tau_refined"] = tau(s["ranked"], "val_acc"), tau(s["ranked"], "refined_val_acc")
+        every = list({m["uid"]: m for m in [*s["ranked"], *s["random"]]}.values())
+        s["tau_val_acc_all"], s["n_all"] = tau(every, "val_acc"), len(every)
         print(f"seed {s['seed']}: searched {100 * mine:.1f} % ({s['chosen']['latency_ms']:.4g} ms); random "
               f"{' '.join(f'{100 * r:.1f}' for r in sorted(rnd))}; ranked (search-time val_acc[/refined] -> finished) "
               + ", ".join(f"{m['val_acc']:.3f}" + (f"/{m['refined_val_acc']:.3f}" if m["refined_val_acc"] is not None
                                                    else "") + f"->{m['finished']['acc']:.3f}" for m in s["ranked"]))
 
     print(f"\n| seed | budget ms | searched ms | searched acc % | test % | random acc % min / median / max "
-          f"| percentile | goal >= {GOAL:.0%} | ranked n | tau val_acc | tau refined | search s |")
-    print("|---:|---:|---:|---:|---:|---|---:|:---:|---:|---:|---:|---:|")
+          f"| percentile | goal >= {GOAL:.0%} | ranked n | tau val_acc | tau refined | tau val_acc, ranked + random (n) "
+          f"| search s |")
+    print("|---:|---:|---:|---:|---:|---|---:|:---:|---:|---:|---:|---:|---:|")
     for s in seeds:
         rnd = [m["finished"]["acc"] for m in s["random"]]
         c = s["chosen"]
@@ -231,23 +245,26 @@ def main() -> None:
               f"{100 * c['finished']['test_acc']:.1f} | {100 * min(rnd):.1f} / {100 * np.median(rnd):.1f} / "
               f"{100 * max(rnd):.1f} | {s['percentile']:.0%} | {'met' if s['goal_met'] else 'not met'} | "
               f"{len(s['ranked'])} | {fmt(s['tau_val_acc'], '.2f')} | {fmt(s['tau_refined'], '.2f')} | "
-              f"{s['search_seconds']:.0f} |")
+              f"{fmt(s['tau_val_acc_all'], '.2f')} ({s['n_all']}) | {s['search_seconds']:.0f} |")
     k = sum(s["goal_met"] for s in seeds)
     taus = [s["tau_val_acc"] for s in seeds if s["tau_val_acc"] is not None]
     mean_tau = float(np.mean(taus)) if taus else None
+    taus_all = [s["tau_val_acc_all"] for s in seeds if s["tau_val_acc_all"] is not None]
+    mean_tau_all = float(np.mean(taus_all)) if taus_all else None
     print(f"\ngoal met in {k} of {len(seeds)} seeds; ranked archs' search-time vs finished Kendall tau mean "
-          f"{fmt(mean_tau, '.2f')}; finishing: {gt['trained']} trained, {gt['cached']} cached, {gt['seconds']:.0f} s")
+          f"{fmt(mean_tau, '.2f')}, over ranked + random archs {fmt(mean_tau_all, '.2f')}; finishing: {gt['trained']} trained, {gt['cached']} cached, {gt['seconds']:.0f} s")
 
     from qnas.quant.checkpoint import atomic_write  # temp file + os.replace
 
     res = {"commit": git_commit(), "args": vars(a), "settings": asdict(settings), "budget_ms": budget,
            "goal_percentile": GOAL, "goal_met_seeds": k, "n_seeds": len(seeds), "mean_tau_val_acc": mean_tau,
+           "mean_tau_val_acc_all": mean_tau_all,
            "timings": {"search_seconds": [s["search_seconds"] for s in seeds],
                        "refine_seconds": [s["refine_seconds"] for s in seeds], "finish_seconds": gt["seconds"],
                        "finish_trained": gt["trained"], "finish_cached": gt["cached"],
                        "total_seconds": round(time.perf_counter() - t_start, 1)},
            "seeds": seeds}
-    out = Path(a.out)
+    out = Path(a.out) if a.out else RESULTS / f"search_vs_random_{a.target}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda f: Path(f).write_text(json.dumps(res, indent=2)))
     print(f"wrote {out}")

@@ -57,6 +57,12 @@ SIGNALS = (  # name, description, the value of one evaluation (higher is better)
 )
 
 
+def phase_epochs(v: str) -> Any:
+    from qnas.cli._args import phase_epochs as parse
+
+    return parse(v)
+
+
 def supernet_config(a: argparse.Namespace) -> Any:
     from qnas.supernet import Phase, SupernetTrainConfig, progressive_phases
 
@@ -183,7 +189,8 @@ def main() -> None:
     p.add_argument("--archs", type=int, default=30)
     p.add_argument("--standalone-epochs", type=int, default=5)
     p.add_argument("--standalone-seeds", type=int, default=2, help="training seeds per arch (>= 2 for a ceiling)")
-    p.add_argument("--supernet-epochs", type=int, default=10, help="epochs per progressive-shrinking phase (4 phases)")
+    p.add_argument("--supernet-epochs", type=phase_epochs, default=10, metavar="N|K,D,W,B",
+                   help="epochs per progressive-shrinking phase (4 phases), or per phase: kernel,depth,width,bits")
     p.add_argument("--eval-bn-batches", type=int, default=10,
                    help="training batches of 64 that re-estimate each arch's BN (and activation ranges) before "
                         "it is scored (SupernetEvaluator's bn_batches; default 10)")

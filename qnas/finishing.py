@@ -44,6 +44,7 @@ from qnas.quant.integer_grid import snap_biases
 from qnas.quant.qat import QATConfig, qat
 from qnas.quant.torch_device import resolve_torch_device
 from qnas.quant.train import TrainConfig, evaluate, train
+from qnas.refining import REFINED_DIR
 from qnas.rundir import resolve_arch
 from qnas.space import SearchSpace
 
@@ -64,10 +65,11 @@ class FinishSource:
     state_path: Path | None = None  # candidates/UID.pt or a finished model.pt
     note: str = ""
     stream: bool = False  # read the data lazily (qnas.streaming)
+    refined_path: Path | None = None  # refined/UID.pt: the search's refine stage trained it further
 
     @property
     def has_weights(self) -> bool:
-        return self.supernet_path is not None or self.state_path is not None
+        return self.supernet_path is not None or self.state_path is not None or self.refined_path is not None
 
 
 def resolve_source(run_or_arch: str | Path, space: SearchSpace | str | Path | None = None, data: str | None = None,
@@ -78,7 +80,7 @@ def resolve_source(run_or_arch: str | Path, space: SearchSpace | str | Path | No
     ``space``/``data``/``data_path``/``seed``/``batch_size`` override what the run recorded."""
     found = resolve_arch(run_or_arch, space)
     cfg = found.config
-    supernet_path = state_path = None
+    supernet_path = state_path = refined_path = None
     run = found.run_dir
     if run is not None:
         if (run / "supernet" / "supernet.pt").is_file():
@@ -89,13 +91,16 @@ def resolve_source(run_or_arch: str | Path, space: SearchSpace | str | Path | No
             supernet_path = ap if ap.is_file() else None
         if (run / "candidates" / f"{found.arch.uid}.pt").is_file():
             state_path = run / "candidates" / f"{found.arch.uid}.pt"
+        refined = run / REFINED_DIR / f"{found.arch.uid}.pt"
+        refined_path = refined if refined.is_file() else None
     elif found.model_path is not None:
         state_path = found.model_path
     pick = lambda given, key, default: given if given is not None else (  # noqa: E731
         cfg.get(key) if cfg.get(key) is not None else default)
     return FinishSource(found.space, found.arch, pick(data, "data", "digits"), pick(data_path, "data_path", None),
                         int(pick(seed, "seed", 0)), int(pick(batch_size, "batch_size", 64)), run,
-                        supernet_path, state_path, found.note, bool(stream or cfg.get("stream", False)))
+                        supernet_path, state_path, found.note, bool(stream or cfg.get("stream", False)),
+                        refined_path)
 
 
 # ---- models -------------------------------------------------------------------------
@@ -166,8 +171,14 @@ def _load_splits(src: FinishSource, splits: Splits | None) -> Splits:
 
 
 def _run_weights(src: FinishSource, splits: Splits, device: torch.device | None = None) -> tuple[nn.Module | None, str]:
-    """The model the run's weights give for the arch: the supernet's extraction (BN recalibrated as in
-    search, on ``device``), a candidate's trained state or a finished model; else None. On the CPU."""
+    """The model the run's weights give for the arch: the refine stage's model, the supernet's extraction
+    (BN recalibrated as in search, on ``device``), a candidate's trained state or a finished model; else
+    None. On the CPU."""
+    if src.refined_path is not None:  # the supernet's (or a candidate's) weights, trained further
+        state, meta = load_checkpoint(src.refined_path)
+        epochs = (meta.get("refined") or {}).get("epochs")
+        return (load_state(build_model(src.space, src.arch), state, str(src.refined_path)),
+                f"refined ({epochs} QAT epochs)" if epochs else "refined")
     if src.supernet_path is not None:
         from qnas.supernet import SupernetEvaluator, load_supernet
 

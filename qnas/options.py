@@ -143,7 +143,10 @@ class SearchConfig:
     accuracy: str = "train"  # an accuracy source (qnas.accuracy_sources)
     accuracy_path: str | None = None  # supernet checkpoint (accuracy=supernet) or predictor file (accuracy=predictor)
     proxy: str = "naswot"  # zero-cost proxy (accuracy=zero-cost)
-    supernet_epochs: int = 2  # per progressive-shrinking phase, when the run trains its own supernet
+    #: per progressive-shrinking phase when the run trains its own supernet: one count for every phase, or
+    #: four (kernel, depth, width, bits)
+    supernet_epochs: int | list[int] = 2
+    supernet_lr: float | None = None  # the supernet's Adam learning rate (None: SupernetTrainConfig's, 3e-3)
     n_candidates: int = 8
     batch: int = 4
     epochs: int = 3
@@ -206,9 +209,11 @@ class SearchConfig:
         if isinstance(self.refine_top, bool) or not isinstance(self.refine_top, int) \
                 or not 0 <= self.refine_top <= MAX_COUNT:
             raise ConfigError(f"refine_top must be an integer >= 0 (at most 2**31 - 1), got {self.refine_top!r}")
-        if isinstance(self.supernet_epochs, bool) or not isinstance(self.supernet_epochs, int) \
-                or not 0 <= self.supernet_epochs <= MAX_COUNT:  # 0: an untrained supernet (tests)
-            raise ConfigError(f"supernet_epochs must be an integer >= 0 (at most 2**31 - 1), got {self.supernet_epochs!r}")
+        self.supernet_epochs = checked_phase_epochs(self.supernet_epochs, "supernet_epochs", 0)
+        if self.supernet_lr is not None and (isinstance(self.supernet_lr, bool)
+                                             or not isinstance(self.supernet_lr, (int, float))
+                                             or not 0 < self.supernet_lr < float("inf")):
+            raise ConfigError(f"supernet_lr must be a positive number (or null for the default), got {self.supernet_lr!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= 2**32 - 1:
             raise ConfigError(f"seed must be an integer in [0, 2**32 - 1], got {self.seed!r}")
         for name in ("latency_budget_ms", "size_budget_kb", "memory_budget_kb", "energy_budget_mj"):
@@ -238,6 +243,20 @@ class SearchConfig:
         if unknown:
             raise ConfigError(f"unknown search config key(s) {unknown}; valid keys: {sorted(known)}")
         return cls(**d).validate()
+
+
+def checked_phase_epochs(v: Any, name: str, lo: int) -> int | list[int]:
+    """Supernet epochs per progressive-shrinking phase: an integer >= ``lo`` for every phase, or a list of four
+    integers >= 0 (kernel, depth, width, bits) adding up to at least ``lo``; a tuple comes back as a list."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        if not lo <= v <= MAX_COUNT:  # 0: an untrained supernet (tests)
+            raise ConfigError(f"{name} must be an integer >= {lo} (at most 2**31 - 1), got {v!r}")
+        return v
+    if isinstance(v, (list, tuple)) and len(v) == 4 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                            and 0 <= x <= MAX_COUNT for x in v) and sum(v) >= lo:
+        return list(v)
+    raise ConfigError(f"{name} must be one integer >= {lo} (epochs of every phase) or four integers >= 0 "
+                      f"(kernel, depth, width, bits phases, e.g. [3, 3, 6, 12]), got {v!r}")
 
 
 def _absolute(path: Any) -> Any:

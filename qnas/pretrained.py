@@ -361,10 +361,10 @@ def load_torchvision_weights_into_supernet(supernet: "Supernet",
 
 def train_pretrained_supernet_run(out: str | os.PathLike[str], weights: str | os.PathLike[str], *,
                                   space: "SearchSpace | None", data: str = "digits", data_path: str | None = None,
-                                  epochs: int = 2, batch_size: int = 64, seed: int = 0, resume: bool = False,
-                                  overwrite: bool = False, progress: bool = True, torch_device: str = "cpu",
-                                  amp: str = "off", stream: bool = False,
-                                  classifier: str = "auto") -> list[dict[str, Any]]:
+                                  epochs: int | list[int] = 2, batch_size: int = 64, seed: int = 0,
+                                  resume: bool = False, overwrite: bool = False, progress: bool = True,
+                                  torch_device: str = "cpu", amp: str = "off", stream: bool = False,
+                                  classifier: str = "auto", lr: float | None = None) -> list[dict[str, Any]]:
     """:func:`qnas.searching.train_supernet_run` from pretrained weights (``qnas supernet train
     --pretrained PATH``): the supernet starts from :func:`load_torchvision_weights_into_supernet`, then
     trains as usual. The file and the space are checked before the data is read or anything is written;
@@ -384,4 +384,4 @@ def train_pretrained_supernet_run(out: str | os.PathLike[str], weights: str | os
     return train_supernet_run(
         out, data=data, data_path=data_path, space=space, epochs=epochs, batch_size=batch_size, seed=seed,
         resume=resume, overwrite=overwrite, progress=progress, torch_device=torch_device, amp=amp, stream=stream,
-        init=lambda supernet: load_torchvision_weights_into_supernet(supernet, state, classifier=classifier))
+        lr=lr, init=lambda supernet: load_torchvision_weights_into_supernet(supernet, state, classifier=classifier))

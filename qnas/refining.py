@@ -9,7 +9,9 @@ validation set). The search then chooses among the refined candidates, and the a
 for them is one finishing confirms (the demo: within about 2 points of 20 finishing epochs).
 
 Entries go to ``RUN/refined.json`` (``{uid: entry}``) as each finishes, so a resumed search
-reuses them.
+reuses them, and each refined model to ``RUN/refined/UID.pt``: finishing the chosen arch
+(:func:`qnas.finishing.finish_qat`, ``qnas finish``) goes on from those weights rather than
+starting again from the supernet's.
 """
 from __future__ import annotations
 
@@ -27,9 +29,11 @@ if TYPE_CHECKING:
     from qnas.space import SearchSpace
     from qnas.strategies import Budget
 
-__all__ = ["REFINED_FILE", "refine_candidates", "refine_targets"]
+__all__ = ["REFINED_DIR", "REFINED_FILE", "refine_candidates", "refine_targets"]
 
 REFINED_FILE = "refined.json"
+#: the refined models, ``UID.pt`` each
+REFINED_DIR = "refined"
 
 
 def refine_targets(records: Sequence[dict[str, Any]], budget: "Budget", top: int) -> list[dict[str, Any]]:
@@ -106,6 +110,12 @@ def refine_candidates(space: "SearchSpace", records: Sequence[dict[str, Any]], s
             acc = evaluate(model, data("val", arch.resolution).loader(512, False))
         out[rec["uid"]] = {"uid": rec["uid"], "val_acc": rec["val_acc"], "refined_val_acc": float(acc),
                            "epochs": epochs, "start": start, "seconds": round(time.perf_counter() - t0, 2)}
+        if run is not None:
+            from qnas.quant.checkpoint import save_checkpoint
+
+            run.file(REFINED_DIR).mkdir(exist_ok=True)
+            save_checkpoint(run.file(REFINED_DIR) / f"{arch.uid}.pt", model,
+                            {"arch": arch.to_dict(), "refined": out[rec["uid"]]})
         if log:
             log(f"refined {arch.uid}: {100 * rec['val_acc']:.1f} % -> {100 * acc:.1f} % ({start} weights)")
         if run is not None:

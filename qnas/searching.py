@@ -9,7 +9,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
@@ -236,46 +236,49 @@ def obtain_supernet(cfg: SearchConfig, space: SearchSpace, splits: Splits, run: 
     ckpt_dir = run.file("supernet") if run else None
     resume = bool(ckpt_dir and (ckpt_dir / "supernet.pt").is_file())
     return _train_new_supernet(space, splits, cfg.supernet_epochs, cfg.batch_size, cfg.seed, ckpt_dir, resume,
-                               progress, cfg.torch_device, cfg.amp)[0]
+                               progress, cfg.torch_device, cfg.amp, lr=cfg.supernet_lr)[0]
 
 
-def _train_new_supernet(space: SearchSpace, splits: Splits, epochs: int, batch_size: int, seed: int,
+def _train_new_supernet(space: SearchSpace, splits: Splits, epochs: int | Sequence[int], batch_size: int, seed: int,
                         checkpoint_dir: Path | None, resume: bool, progress: bool, torch_device: str = "cpu",
-                        amp: str = "off", init: Callable[[Any], None] | None = None) -> tuple[Any, list[dict[str, Any]]]:
+                        amp: str = "off", init: Callable[[Any], None] | None = None,
+                        lr: float | None = None) -> tuple[Any, list[dict[str, Any]]]:
     """A supernet initialised from ``seed`` (the same weights in any process), then by ``init(supernet)``
-    if given (e.g. pretrained weights), trained by progressive shrinking with ``epochs`` per phase on
-    ``torch_device`` (checkpointed into ``checkpoint_dir``); and its history. The supernet stays on
-    ``torch_device``."""
+    if given (e.g. pretrained weights), trained by progressive shrinking with ``epochs`` per phase (or
+    one count per phase) at Adam learning rate ``lr`` (None: the default) on ``torch_device``
+    (checkpointed into ``checkpoint_dir``); and its history. The supernet stays on ``torch_device``."""
     from qnas.supernet import Supernet, SupernetTrainConfig, progressive_phases, train_supernet
 
     supernet = Supernet.from_seed(space, seed)
     if init is not None:
         init(supernet)
     history = train_supernet(supernet, splits, SupernetTrainConfig(
-        phases=progressive_phases(epochs), batch_size=batch_size, seed=seed,
+        phases=progressive_phases(epochs), batch_size=batch_size, seed=seed, **({"lr": lr} if lr is not None else {}),
         checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, resume=resume, progress=progress,
         torch_device=torch_device, amp=amp))
     return supernet, history
 
 
 def train_supernet_run(out: str | Path, *, data: str = "digits", data_path: str | None = None,
-                       space: SearchSpace | None = None, epochs: int = 2, batch_size: int = 64, seed: int = 0,
-                       resume: bool = False, overwrite: bool = False, progress: bool = True,
+                       space: SearchSpace | None = None, epochs: int | Sequence[int] = 2, batch_size: int = 64,
+                       seed: int = 0, resume: bool = False, overwrite: bool = False, progress: bool = True,
                        torch_device: str = "cpu", amp: str = "off", stream: bool = False,
-                       init: Callable[[Any], None] | None = None) -> list[dict[str, Any]]:
+                       init: Callable[[Any], None] | None = None, lr: float | None = None) -> list[dict[str, Any]]:
     """Train a supernet over ``space`` (default: the embedded space sized for the data) into
-    ``OUT/supernet.pt``, ``epochs`` per progressive-shrinking phase, checkpointed every epoch; ``resume``
+    ``OUT/supernet.pt``, ``epochs`` per progressive-shrinking phase (or four counts: kernel, depth, width,
+    bits) at Adam learning rate ``lr`` (None: 3e-3), checkpointed every epoch; ``resume``
     continues that file, ``overwrite`` starts over. ``torch_device``/``amp``: where and in which
     precision to train; under ``torchrun`` every rank trains its slice of each batch and rank 0 writes
     the file. ``init(supernet)`` runs on the freshly built supernet (a resumed checkpoint's weights
     replace what it set). Returns the per-epoch history."""
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ConfigError(f"epochs must be an integer >= 1 (epochs per progressive-shrinking phase), got {epochs!r}")
+    from qnas.options import checked_phase_epochs
+
+    epochs = checked_phase_epochs(epochs, "epochs", 1)
     check_supernet_out(out, resume, overwrite)
     splits = prepare_data(data, data_path, seed, stream, space)
     space = space_for(splits, space)
     return _train_new_supernet(space, splits, epochs, batch_size, seed, Path(out), resume, progress, torch_device,
-                               amp, init)[1]
+                               amp, init, lr)[1]
 
 
 def check_supernet_out(out: str | Path, resume: bool, overwrite: bool) -> None:

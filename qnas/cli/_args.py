@@ -99,6 +99,25 @@ def non_negative_int(v: str) -> int:
     return _int_in(v, "", 0)
 
 
+def phase_epochs(v: str, lo: int = 0) -> int | list[int]:
+    """Supernet epochs: ``N`` (>= ``lo``) for every progressive-shrinking phase, or ``K,D,W,B`` (kernel,
+    depth, width, bits phases), each an integer >= 0, adding up to at least ``lo``."""
+    parts = v.split(",")
+    if len(parts) == 1:
+        return _int_in(v, "", lo)
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(f"expected N or four counts K,D,W,B (kernel, depth, width, bits), got {v!r}")
+    counts = [_int_in(x.strip(), "", 0) for x in parts]
+    if sum(counts) < lo:
+        raise argparse.ArgumentTypeError(f"expected at least {lo} epoch(s) in all, got {v!r}")
+    return counts
+
+
+def positive_phase_epochs(v: str) -> int | list[int]:
+    """:func:`phase_epochs` with at least one epoch in all."""
+    return phase_epochs(v, 1)
+
+
 def positive_int(v: str) -> int:
     """An integer from 1 to :data:`MAX_COUNT`."""
     return _int_in(v, "", 1)

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from qnas.cli._args import (add_command_group, add_data_args, add_force_progress, add_torch_device_args, batch_size_int,
-                            check_out_parent, load_space, positive_int, seed_int)
+                            check_out_parent, load_space, positive_float, positive_phase_epochs, seed_int)
 
 
 def cmd_supernet_train(a: argparse.Namespace) -> int:
     check_out_parent(a.out, "--out")  # before the training, not after it
-    kwargs = dict(data=a.data, data_path=a.data_path, space=load_space(a.space), epochs=a.epochs,
+    kwargs = dict(data=a.data, data_path=a.data_path, space=load_space(a.space), epochs=a.epochs, lr=a.lr,
                   batch_size=a.batch_size, seed=a.seed, resume=a.resume, overwrite=a.overwrite, progress=a.progress,
                   torch_device=a.torch_device, amp=a.amp, stream=a.stream)
     if a.pretrained is not None:
@@ -44,7 +44,9 @@ def add_supernet_parser(sub: Any) -> argparse.ArgumentParser:
     add_data_args(snt, "digits", "default: the bundled digits")
     snt.add_argument("--space", metavar="YAML")
     snt.add_argument("--out", required=True, help="directory for supernet.pt")
-    snt.add_argument("--epochs", type=positive_int, default=2, help="epochs per phase (kernel, depth, width, bits)")
+    snt.add_argument("--epochs", type=positive_phase_epochs, default=2, metavar="N|K,D,W,B",
+                     help="epochs per phase, or per phase: kernel,depth,width,bits (e.g. 3,3,6,12)")
+    snt.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (default 3e-3)")
     snt.add_argument("--batch-size", type=batch_size_int, default=64)
     snt.add_argument("--seed", type=seed_int, default=0)
     snt.add_argument("--resume", action="store_true", help="continue from --out/supernet.pt")

@@ -104,3 +104,27 @@ def test_search_cli_refines_and_resumes_from_refined_json(tmp_path, capsys):
     code, out2, err = run_cli(capsys, "search", "--resume", str(run), "--no-progress")
     assert code == 0, err
     assert json.loads((run / "refined.json").read_text()) == refined  # reused, not trained again
+
+
+def test_finishing_goes_on_from_the_refined_weights(trained_digits_model, archs, digits_splits, tmp_path):
+    from qnas.finishing import _run_weights, resolve_source
+    from qnas.quant.train import evaluate
+    from qnas.refining import REFINED_DIR
+
+    space, a, model = trained_digits_model
+    torch.set_num_threads(1)
+    run = RunDir(tmp_path / "run")
+    run.write_json("config.json", {"space": space.to_dict(), "seed": 0})
+    run.write_json("arch.json", a.to_dict())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    got = refine_candidates(space, [_record(a, 0.3, 0.4)], digits_splits, Budget(1.0), top=1, epochs=1, run=run,
+                            progress=False, evaluator=_StateEvaluator(state))
+    assert (run.file(REFINED_DIR) / f"{a.uid}.pt").is_file()
+    src = resolve_source(run.path)
+    assert src.refined_path == run.file(REFINED_DIR) / f"{a.uid}.pt" and src.has_weights
+    start, desc = _run_weights(src, digits_splits)
+    assert desc == "refined (1 QAT epochs)"
+    from qnas.data import ResizedSplits
+
+    val = ResizedSplits(digits_splits)("val", a.resolution).loader(512, False)
+    assert evaluate(start, val) == pytest.approx(got[a.uid]["refined_val_acc"], abs=1e-9)  # the very model refined

@@ -173,3 +173,25 @@ def test_bad_seed_in_a_config_and_zero_supernet_epochs_are_refused(tmp_path, cap
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "argument --epochs: expected an integer >= 1" in err
     assert not (tmp_path / "sn").exists()  # nothing written
+
+
+def test_supernet_epochs_per_phase_and_lr_reach_the_supernet(tmp_path, capsys):
+    from qnas.quant.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "search", "--accuracy", "supernet", "--supernet-epochs", "0,0,0,1",
+                             "--supernet-lr", "0.006", "--candidates", "2", "--no-progress", "--out", str(run))
+    assert code == 0, err
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["supernet_epochs"] == [0, 0, 0, 1] and cfg["supernet_lr"] == 0.006
+    _, meta = load_checkpoint(run / "supernet" / "supernet.pt")
+    assert [(p["name"], p["epochs"]) for p in meta["config"]["phases"]] == [("kernel", 0), ("depth", 0),
+                                                                             ("width", 0), ("bits", 1)]
+    assert meta["config"]["lr"] == 0.006 and [h["phase"] for h in meta["history"]] == ["bits"]
+    for argv, needle in [(("search", "--supernet-epochs", "1,2"), "expected N or four counts K,D,W,B"),
+                         (("supernet", "train", "--epochs", "0,0,0,0", "--out", str(tmp_path / "sn")),
+                          "expected at least 1 epoch(s) in all")]:
+        with pytest.raises(SystemExit) as e:
+            run_cli(capsys, *argv)
+        assert e.value.code == 2 and needle in capsys.readouterr().err
+    assert not (tmp_path / "sn").exists()
