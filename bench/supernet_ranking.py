@@ -57,12 +57,6 @@ SIGNALS = (  # name, description, the value of one evaluation (higher is better)
 )
 
 
-def phase_epochs(v: str) -> Any:
-    from qnas.cli._args import phase_epochs as parse
-
-    return parse(v)
-
-
 def supernet_config(a: argparse.Namespace) -> Any:
     from qnas.supernet import Phase, SupernetTrainConfig, progressive_phases
 
@@ -184,6 +178,8 @@ def fmt(v: float | None, spec: str = ".3f") -> str:
 
 
 def main() -> None:
+    from qnas.cli._args import phase_epochs
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--archs", type=int, default=30)

@@ -179,10 +179,11 @@ class GeneLayout:
 
     def repair_bits(self, X: Any) -> np.ndarray:
         """``X`` (``[N, n_genes]``) with every bit gene pair an exclude rule leaves out replaced by the
-        pair it decodes to (vectorised :meth:`decode` of the bits; other genes unchanged)."""
-        X = np.array(X, dtype=np.int64)
+        pair it decodes to (vectorised :meth:`decode` of the bits; other genes unchanged). Without bit
+        rules ``X`` itself comes back (no copy: the vectorised latency predictor calls this per batch)."""
         if not self.has_bit_rules:
-            return X
+            return np.asarray(X, dtype=np.int64)
+        X = np.array(X, dtype=np.int64)
         for bg in self.blocks:
             rep = self.bit_repair[bg.stage]
             if rep is None:
