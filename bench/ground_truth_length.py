@@ -4,23 +4,25 @@
     .venv/bin/python bench/ground_truth_length.py [--short 5] [--long 20] [--seeds 3] [--jobs 2]
 
 ``bench/supernet_ranking.py`` judges the supernet against stand-alone QAT from scratch for a few
-epochs (5). Archs that train slowly from scratch (2-bit convs) are then ranked low, while the
+epochs (5), which may rank low the archs that train slowly from scratch (2-bit convs), while the
 pipeline finishes from supernet weights for 20 epochs. This script trains the same archs
 (``rgt.sample_archs``, seed ``--seed``) stand-alone for ``--long`` epochs as well (cached in
 the same ground-truth file; only missing entries are trained) and reports:
 
 1. per training length: median accuracy and the seed-to-seed ceiling (Kendall tau, val+test
    top-1 and -loss);
-2. across lengths: tau between single runs of the two lengths (mean over seed pairs), beside
-   the within-length ceilings -- if it is lower, the training length changes the ranking, not
-   only the noise;
+2. across lengths: tau between single runs of the two lengths (mean over seed pairs), and the
+   same corrected for both lengths' seed noise (``disattenuated``; 1.0: the same ranking);
 3. Spearman rho of each arch's count of 2-bit convs (per layer: expand, depthwise, project)
    with its accuracy at each length: what the short training punishes;
 4. for every ``--results`` file of ``bench/supernet_ranking.py`` (same archs): tau of its
    inherited scores against each single stand-alone run (mean over seeds) / the seed-to-seed
    ceiling -- like for like: 1.0x ranks as well as another stand-alone run -- and, with >= 3
    seeds, tau against the mean of all seeds but one / tau of that left-out run against the same
-   mean (a ground truth less noisy than one run, judged like for like as well).
+   mean (a ground truth less noisy than one run, judged like for like as well). A ratio to the
+   ceiling flatters a noisy ground truth (a perfect predictor scores 1 / sqrt(reliability) x), so
+   each line also estimates tau against the noise-free ground truth (Spearman's correction for
+   attenuation on the Pearson scale, ``disattenuated``).
 
 Writes ``--out`` (JSON, atomically).
 """
@@ -30,6 +32,7 @@ import argparse
 import glob
 import itertools
 import json
+import math
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -97,6 +100,42 @@ def cross_tau(short: list[list[dict]], long: list[list[dict]], get: Callable[[di
                           for a, b in itertools.product(per_seed(short, get), per_seed(long, get))]))
 
 
+def disattenuated(tau: float, ceiling: float, other_ceiling: float = 1.0) -> float:
+    """Estimated tau against the noise-free ground truth (the mean of infinitely many seeds).
+
+    Spearman's correction for attenuation, r / sqrt(reliability x other reliability), applied on the
+    Pearson scale (Greiner's relation r = sin(pi tau / 2), exact for normal scores); the reliability
+    of a signal is its seed-to-seed ceiling (1 for one fixed supernet's scores). A ratio to the ceiling
+    flatters a noisy ground truth (a perfect predictor scores 1 / sqrt(reliability) x); this does not."""
+    if not (ceiling > 0 and other_ceiling > 0 and math.isfinite(tau)):
+        return float("nan")
+    reliability = math.sin(math.pi * ceiling / 2) * math.sin(math.pi * other_ceiling / 2)
+    r = math.sin(math.pi * tau / 2) / math.sqrt(reliability)
+    return 2 / math.pi * math.asin(max(-1.0, min(1.0, r)))
+
+
+def score(inh: list[dict], rows: dict[int, list[list[dict]]], lengths: dict[int, dict[str, Any]],
+          entry: dict[str, Any]) -> list[str]:
+    """Score inherited rows against each ground truth into ``entry``; the printed cells."""
+    cells = []
+    for n in rows:
+        for k, get in SIGNALS.items():
+            x = [INHERITED[k](row) for row in inh]
+            single = float(np.mean([rgt.rank_corr(x, y)[0] for y in per_seed(rows[n], get)]))
+            mean = rgt.rank_corr(x, [float(np.mean([get(e) for e in row])) for row in rows[n]])[0]
+            ratio = single / lengths[n][f"ceiling_tau_{k}"]
+            noise_free = disattenuated(single, lengths[n][f"ceiling_tau_{k}"])
+            entry[f"{k}_{n}"] = {"tau_vs_single_seed": single, "tau_vs_seed_mean": mean,
+                                 "single_over_ceiling": ratio, "tau_vs_noise_free_estimate": noise_free}
+            cells.append(f"{single:.3f} ({ratio:.2f}x) ~{noise_free:.2f}")
+            if f"ceiling_loo_tau_{k}" in lengths[n]:  # like for like against means of k-1 runs
+                loo = float(np.mean([rgt.rank_corr(x, rest)[0] for _, rest in others_means(rows[n], get)]))
+                entry[f"{k}_{n}"].update(tau_vs_others_mean=loo,
+                                         others_mean_over_ceiling=loo / lengths[n][f"ceiling_loo_tau_{k}"])
+                cells[-1] += f" {loo:.3f} ({entry[f'{k}_{n}']['others_mean_over_ceiling']:.2f}x)"
+    return cells
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -110,6 +149,9 @@ def main() -> None:
     p.add_argument("--ground-truth", default=str(rgt.DEFAULT_PATH), help="stand-alone results cache (JSON)")
     p.add_argument("--results", nargs="*", default=None,
                    help="bench/supernet_ranking.py result files (default: bench/results/supernet_ranking*.json)")
+    p.add_argument("--pair", nargs=2, default=None, metavar=("A", "B"),
+                   help="two of the results that differ only in the supernet's seed: their seed-to-seed tau and "
+                        "the ranking of their mean")
     p.add_argument("--out", default=str(rgt.ROOT / "bench" / "results" / "ground_truth_length.json"))
     a = p.parse_args()
     if a.seeds < 2 or a.archs < 3 or a.long <= 0 or a.short <= 0:
@@ -139,6 +181,12 @@ def main() -> None:
     res["cross_tau"] = {k: cross_tau(rows[a.short], rows[a.long], get) for k, get in SIGNALS.items()}
     print(f"tau between a {a.short}-epoch and a {a.long}-epoch run (mean over seed pairs): "
           f"top-1 {res['cross_tau']['eval_top1']:.3f}, -loss {res['cross_tau']['eval_neg_loss']:.3f}")
+    # 1.0: both lengths rank alike once their seed noise is taken out; lower: the length changes the ranking
+    res["cross_tau_noise_free"] = {k: disattenuated(t, res["lengths"][a.short][f"ceiling_tau_{k}"],
+                                                    res["lengths"][a.long][f"ceiling_tau_{k}"])
+                                   for k, t in res["cross_tau"].items()}
+    print(f"  estimated between the noise-free rankings (corrected for both lengths' seed noise): "
+          f"top-1 {res['cross_tau_noise_free']['eval_top1']:.2f}, -loss {res['cross_tau_noise_free']['eval_neg_loss']:.2f}")
 
     counts = [two_bit_counts(x.to_dict()) for x in archs]
     res["two_bit_rho"] = {}
@@ -152,9 +200,12 @@ def main() -> None:
                                                                         "supernet_ranking*.json")))
     uids = [x.uid for x in archs]
     res["supernets"] = []
+    inherited: dict[str, list[dict]] = {}
     print(f"\ntau of inherited scores vs single stand-alone runs (mean over seeds) / the seed-to-seed ceiling "
-          f"-- like for like: 1.0x ranks as well as another stand-alone run")
-    wide = 38 if a.seeds >= 3 else 24  # with >= 3 seeds: also tau vs the mean of k-1 runs / its ceiling
+          f"-- like for like: 1.0x ranks as well as another stand-alone run; ~: estimated tau against the "
+          f"noise-free ground truth (corrected for attenuation); with >= 3 seeds then tau vs the mean of k-1 runs "
+          f"/ a left-out run's tau vs that mean")
+    wide = 44 if a.seeds >= 3 else 30  # with >= 3 seeds: also tau vs the mean of k-1 runs / its ceiling
     print(f"{'supernet result':40s} " + " ".join(f"{f'{k} vs {n} ep':>{wide}s}" for n in rows for k in SIGNALS))
     for f in files:
         r = json.loads(Path(f).read_text())
@@ -164,23 +215,27 @@ def main() -> None:
             continue
         entry: dict[str, Any] = {"file": Path(f).name, "epochs": r["supernet"].get("epochs"),
                                  "train_seconds": r["supernet"].get("train_seconds")}
-        cells = []
-        for n in rows:
-            for k, get in SIGNALS.items():
-                x = [INHERITED[k](row) for row in inh]
-                single = float(np.mean([rgt.rank_corr(x, y)[0] for y in per_seed(rows[n], get)]))
-                mean = rgt.rank_corr(x, [float(np.mean([get(e) for e in row])) for row in rows[n]])[0]
-                ratio = single / res["lengths"][n][f"ceiling_tau_{k}"]
-                entry[f"{k}_{n}"] = {"tau_vs_single_seed": single, "tau_vs_seed_mean": mean,
-                                     "single_over_ceiling": ratio}
-                cells.append(f"{single:.3f} ({ratio:.2f}x)")
-                if f"ceiling_loo_tau_{k}" in res["lengths"][n]:  # like for like against means of k-1 runs
-                    loo = float(np.mean([rgt.rank_corr(x, rest)[0] for _, rest in others_means(rows[n], get)]))
-                    entry[f"{k}_{n}"].update(tau_vs_others_mean=loo,
-                                             others_mean_over_ceiling=loo / res["lengths"][n][f"ceiling_loo_tau_{k}"])
-                    cells[-1] += f" {loo:.3f} ({entry[f'{k}_{n}']['others_mean_over_ceiling']:.2f}x)"
+        cells = score(inh, rows, res["lengths"], entry)
         res["supernets"].append(entry)
+        inherited[Path(f).name] = inh
         print(f"{Path(f).name:40s} " + " ".join(f"{c:>{wide}s}" for c in cells))
+    if a.pair:
+        first, second = (inherited.get(Path(f).name) for f in a.pair)
+        if first is None or second is None:
+            raise SystemExit(f"--pair: both files must be among the results scored above, got {a.pair}")
+        # two supernets that differ only in their seed: how reproducible is a supernet's ranking, and
+        # does averaging the two rank better?
+        both = [{"inherited": {"eval_acc": (x["inherited"]["eval_acc"] + y["inherited"]["eval_acc"]) / 2,
+                               "eval_loss": (x["inherited"]["eval_loss"] + y["inherited"]["eval_loss"]) / 2}}
+                for x, y in zip(first, second)]
+        entry = {"files": [Path(f).name for f in a.pair],
+                 "supernet_seed_to_seed_tau": {k: rgt.rank_corr([get(x) for x in first], [get(y) for y in second])[0]
+                                               for k, get in INHERITED.items()}}
+        cells = score(both, rows, res["lengths"], entry)
+        res["pair"] = entry
+        print(f"{'mean of the pair':40s} " + " ".join(f"{c:>{wide}s}" for c in cells))
+        print("tau between the pair's inherited scores (supernet seed to seed): "
+              + ", ".join(f"{k} {v:.3f}" for k, v in entry["supernet_seed_to_seed_tau"].items()))
     out = Path(a.out)
     atomic_write(out, lambda t: Path(t).write_text(json.dumps(json_safe(res), indent=2)))
     print(f"wrote {out}")
