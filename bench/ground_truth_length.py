@@ -73,13 +73,9 @@ def json_safe(x: Any) -> Any:
     return rgt.finite(x) if isinstance(x, float) else x
 
 
-def per_seed(rows: list[list[dict]], get: Callable[[dict], float]) -> list[list[float]]:
-    return [[get(row[s]) for row in rows] for s in range(len(rows[0]))]
-
-
 def others_means(rows: list[list[dict]], get: Callable[[dict], float]) -> list[tuple[list[float], list[float]]]:
     """For each seed s: (its run, the mean of the other seeds' runs) -- needs >= 3 seeds to mean anything."""
-    runs = per_seed(rows, get)
+    runs = rgt.runs_per_seed(rows, get)
     return [(run, list(np.mean([r for j, r in enumerate(runs) if j != s], axis=0))) for s, run in enumerate(runs)]
 
 
@@ -87,7 +83,7 @@ def length_stats(rows: list[list[dict]]) -> dict[str, Any]:
     out: dict[str, Any] = {"median_eval_acc": float(np.median([np.mean([rgt.combined(e)["acc"] for e in r])
                                                               for r in rows]))}
     for key, get in SIGNALS.items():
-        out[f"ceiling_tau_{key}"] = rgt.seed_ceiling(per_seed(rows, get))[0]
+        out[f"ceiling_tau_{key}"] = rgt.seed_ceiling(rgt.runs_per_seed(rows, get))[0]
         if len(rows[0]) >= 3:  # how well one run ranks like the mean of the others
             out[f"ceiling_loo_tau_{key}"] = float(np.mean([rgt.rank_corr(run, rest)[0]
                                                            for run, rest in others_means(rows, get)]))
@@ -97,7 +93,7 @@ def length_stats(rows: list[list[dict]]) -> dict[str, Any]:
 def cross_tau(short: list[list[dict]], long: list[list[dict]], get: Callable[[dict], float]) -> float:
     """Mean tau between one short run and one long run of the same archs, over all seed pairs."""
     return float(np.mean([rgt.rank_corr(a, b)[0]
-                          for a, b in itertools.product(per_seed(short, get), per_seed(long, get))]))
+                          for a, b in itertools.product(rgt.runs_per_seed(short, get), rgt.runs_per_seed(long, get))]))
 
 
 def disattenuated(tau: float, ceiling: float, other_ceiling: float = 1.0) -> float:
@@ -121,7 +117,7 @@ def score(inh: list[dict], rows: dict[int, list[list[dict]]], lengths: dict[int,
     for n in rows:
         for k, get in SIGNALS.items():
             x = [INHERITED[k](row) for row in inh]
-            single = float(np.mean([rgt.rank_corr(x, y)[0] for y in per_seed(rows[n], get)]))
+            single = rgt.corr_vs_single_runs(x, rows[n], get)[0]
             mean = rgt.rank_corr(x, [float(np.mean([get(e) for e in row])) for row in rows[n]])[0]
             ratio = single / lengths[n][f"ceiling_tau_{k}"]
             noise_free = disattenuated(single, lengths[n][f"ceiling_tau_{k}"])

@@ -138,18 +138,15 @@ def inherited_scores(supernet: Any, splits: Any, archs: list, threads: int, bn_b
     return out
 
 
-def signal_stats(inh: list[dict], gt: list[list[dict]], n_seeds: int, boot: int) -> dict[str, Any]:
+def signal_stats(inh: list[dict], gt: list[list[dict]], boot: int) -> dict[str, Any]:
     res = {}
     for key, label, get in SIGNALS:
         x = [get(m) for m in inh]
         y = [float(np.mean([get(e) for e in row])) for row in gt]
         tau, rho = rgt.rank_corr(x, y)
         lo, hi = rgt.bootstrap_tau(x, y, boot) if boot else (float("nan"), float("nan"))
-        c_tau, c_rho = rgt.seed_ceiling([[get(row[s]) for row in gt] for s in range(n_seeds)])
-        # like for like with the seed-to-seed ceiling: against one seed at a time (the mean of the seeds is
-        # less noisy than one run, so tau against it may exceed a ceiling measured between single runs)
-        single = [rgt.rank_corr(x, [get(row[s]) for row in gt]) for s in range(n_seeds)]
-        s_tau, s_rho = float(np.mean([t for t, _ in single])), float(np.mean([r for _, r in single]))
+        c_tau, c_rho = rgt.seed_ceiling(rgt.runs_per_seed(gt, get))
+        s_tau, s_rho = rgt.corr_vs_single_runs(x, gt, get)  # like for like with the ceiling
         res[key] = {k: rgt.finite(v) for k, v in {
             "tau": tau, "tau_ci95_low": lo, "tau_ci95_high": hi, "rho": rho, "ceiling_tau": c_tau,
             "ceiling_rho": c_rho, "tau_over_ceiling": s_tau / c_tau if c_tau and c_tau > 0 else float("nan"),
@@ -262,7 +259,7 @@ def main() -> None:
               f"{row['standalone']['eval_loss']:5.3f}  {tag}{arch.describe()}")
     parity = max(abs(m["val"]["acc"] - m["evaluator_val_acc"]) for m in inh)
 
-    sig = signal_stats(inh_rows, gt_rows, len(seeds), a.bootstrap)
+    sig = signal_stats(inh_rows, gt_rows, a.bootstrap)
     acc = accuracy_stats(inh_rows, gt_rows)
     acc_w8 = accuracy_stats(inh_extra, gt_extra) if extra else None
     print(f"\n{'signal':24s} {'tau':>6s} {'95% CI':>15s}   {'tau 1 seed':>10s} {'ceiling':>8s} {'ratio':>6s}   "
