@@ -149,6 +149,7 @@ def main() -> None:
                    help="two of the results that differ only in the supernet's seed: their seed-to-seed tau and "
                         "the ranking of their mean")
     p.add_argument("--out", default=str(rgt.ROOT / "bench" / "results" / "ground_truth_length.json"))
+    rgt.add_task_args(p)
     a = p.parse_args()
     if a.seeds < 2 or a.archs < 3 or a.long <= 0 or a.short <= 0:
         raise SystemExit("need --seeds >= 2, --archs >= 3 and positive --short/--long epochs")
@@ -158,16 +159,17 @@ def main() -> None:
 
     archs = rgt.sample_archs(SearchSpace(), a.archs, a.seed)
     seeds = list(range(a.seeds))
-    gts = {n: rgt.ground_truth(archs, seeds, rgt.Settings(epochs=n), a.ground_truth, a.jobs)
-           for n in (a.short, a.long)}
+    settings = {n: rgt.task_settings(a, n) for n in (a.short, a.long)}
+    gts = {n: rgt.ground_truth(archs, seeds, st, a.ground_truth, a.jobs) for n, st in settings.items()}
     rows = {n: g["entries"] for n, g in gts.items()}
-    res: dict[str, Any] = {"archs": a.archs, "seed": a.seed, "seeds": seeds,
-                           "settings": {n: asdict(rgt.Settings(epochs=n)) for n in rows},
+    task = settings[a.short].task
+    res: dict[str, Any] = {"task": task, "archs": a.archs, "seed": a.seed, "seeds": seeds,
+                           "settings": {n: asdict(st) for n, st in settings.items()},
                            "train_seconds": {n: float(np.median([e["train_seconds"] for r in rows[n] for e in r]))
                                              for n in rows},
                            "lengths": {n: length_stats(rows[n]) for n in rows}}
 
-    print(f"{a.archs} archs x {a.seeds} seeds, stand-alone QAT from scratch")
+    print(f"{a.archs} archs x {a.seeds} seeds, stand-alone QAT from scratch, task: {task}")
     print(f"{'epochs':>6s} {'median acc':>10s} {'ceiling tau top-1':>18s} {'ceiling tau -loss':>18s}")
     for n, s in res["lengths"].items():
         loo = (f"   one run vs the mean of the others: top-1 {s['ceiling_loo_tau_eval_top1']:.3f}, -loss "
@@ -206,8 +208,8 @@ def main() -> None:
     for f in files:
         r = json.loads(Path(f).read_text())
         inh = [row for row in r["rows"] if not row.get("w8a8")]
-        if [row["uid"] for row in inh] != uids:
-            print(f"{Path(f).name:40s} skipped: other archs")
+        if [row["uid"] for row in inh] != uids or r.get("task", "digits") != task:
+            print(f"{Path(f).name:40s} skipped: other archs or another task ({r.get('task', 'digits')})")
             continue
         entry: dict[str, Any] = {"file": Path(f).name, "epochs": r["supernet"].get("epochs"),
                                  "train_seconds": r["supernet"].get("train_seconds")}

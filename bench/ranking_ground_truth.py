@@ -2,6 +2,7 @@
 """Stand-alone ground truth for ``bench/supernet_ranking.py``, cached per (arch, seed, settings).
 
     .venv/bin/python bench/ranking_ground_truth.py [--archs 30] [--epochs 5] [--seeds 2] [--jobs 1]
+        [--source-resolution PX] [--train-images N]
 
 Each entry is one arch of the default digits :class:`~qnas.space.SearchSpace` trained
 stand-alone (QAT from scratch with :class:`~qnas.evaluators.TrainingEvaluator`: ``epochs``
@@ -9,6 +10,12 @@ epochs, BN re-calibrated on 10 training batches) with one training seed (initial
 and batch order), then evaluated on the validation split (269 images) and the test split
 (359 images) -- top-1 accuracy and mean cross-entropy of each. Neither split is ever
 trained on, by the stand-alone models or by the supernet.
+
+A harder task, for archs that differ by more than training noise: ``--source-resolution 4``
+shrinks every image (all splits, anti-aliased bilinear) to 4x4 pixels first -- the archs still see their own 12-20 px
+input, upsampled from less detail; ``--train-images N`` trains on a seeded random N of the
+training images. ``bench/supernet_ranking.py`` takes the same options and trains its supernet
+on the same data.
 
 Results go to a JSON file (default ``bench/results/ranking_ground_truth.json``), written
 atomically after every training, keyed by a hash of the arch dict and every setting that
@@ -62,19 +69,57 @@ class Settings:
     split_seed: int = 0
     val_frac: float = 0.15
     test_frac: float = 0.2
+    # a harder task (0: off): images shrunk to this many pixels a side before the space's own
+    # resizing (digits are 8x8), and only the first N training images (val/test unchanged)
+    source_resolution: int = 0
+    train_images: int = 0
 
     def key(self, arch: dict[str, Any], seed: int) -> str:
-        blob = json.dumps({"format": FORMAT, "arch": arch, "seed": int(seed), **asdict(self)},
+        fields = {k: v for k, v in asdict(self).items() if k not in HARDER or v}  # old keys stay valid
+        blob = json.dumps({"format": FORMAT, "arch": arch, "seed": int(seed), **fields},
                           sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+    @property
+    def task(self) -> str:
+        """The task in words, e.g. ``digits`` or ``digits at 4x4 px, 300 training images``."""
+        bits = [f"at {self.source_resolution}x{self.source_resolution} px"] if self.source_resolution else []
+        bits += [f"{self.train_images} training images"] if self.train_images else []
+        return self.dataset + (" " + ", ".join(bits) if bits else "")
+
+
+#: Settings fields that make the task harder; left out of the cache key while 0
+HARDER = ("source_resolution", "train_images")
 
 
 # ---- shared helpers (also used by bench/supernet_ranking.py) -------------------------------
 def load_splits(settings: Settings):
-    from qnas.data import load_dataset, split
+    from qnas.data import Splits, load_dataset, split
 
-    return split(load_dataset(settings.dataset), seed=settings.split_seed,
-                 val_frac=settings.val_frac, test_frac=settings.test_frac)
+    splits = split(load_dataset(settings.dataset), seed=settings.split_seed,
+                   val_frac=settings.val_frac, test_frac=settings.test_frac)
+    if settings.source_resolution:  # less detail in every split; the archs still see their own resolution
+        r = settings.source_resolution
+        splits = Splits(*(s.at_resolution(r) for s in (splits.train, splits.val, splits.test)))
+    if settings.train_images:  # a seeded random subset (the split keeps the data set's order)
+        if settings.train_images > len(splits.train):
+            raise SystemExit(f"--train-images {settings.train_images}: the training split has only "
+                             f"{len(splits.train)} images")
+        keep = np.random.default_rng(settings.split_seed).permutation(len(splits.train))[:settings.train_images]
+        splits = Splits(splits.train.subset(np.sort(keep)), splits.val, splits.test)
+    return splits
+
+
+def add_task_args(p: argparse.ArgumentParser) -> None:
+    """The harder-task options shared by the ranking benches (see :class:`Settings`)."""
+    p.add_argument("--source-resolution", type=int, default=0, metavar="PX",
+                   help="shrink every image to PX x PX before the space resizes it (a harder task; 0: as is)")
+    p.add_argument("--train-images", type=int, default=0, metavar="N",
+                   help="train (stand-alone and supernet) on only the first N training images (0: all)")
+
+
+def task_settings(a: argparse.Namespace, epochs: int) -> Settings:
+    return Settings(epochs=epochs, source_resolution=a.source_resolution, train_images=a.train_images)
 
 
 def sample_archs(space, n: int, seed: int) -> list:
@@ -312,11 +357,12 @@ def main() -> None:
     p.add_argument("--ground-truth", default=str(DEFAULT_PATH), help="cache file")
     p.add_argument("--refresh-ground-truth", action="store_true",
                    help="retrain entries made with other stand-alone code")
+    add_task_args(p)
     a = p.parse_args()
     sys.path.insert(0, str(ROOT))
     from qnas.space import SearchSpace
 
-    settings = Settings(epochs=a.epochs)
+    settings = task_settings(a, a.epochs)
     archs = sample_archs(SearchSpace(), a.archs, a.seed)
     archs += [w8a8(x) for x in archs[:a.w8a8]]
     gt = ground_truth(archs, list(range(a.seeds)), settings, a.ground_truth, a.jobs, a.refresh_ground_truth)

@@ -30,6 +30,18 @@
 5. Accuracy: median and worst inherited accuracy, median stand-alone, median and worst gap
    inherited - stand-alone in points (validation + test); ``--w8a8 N`` adds the same for the W8A8
    version of the first N archs (their stand-alone ground truth is cached alike).
+6. What the supernet misjudges: Spearman rho of each arch feature (resolution, width, blocks,
+   expansion, kernel, 2-bit weights, 4-bit activations) with the rank of its inherited loss minus
+   the rank of its stand-alone loss.
+
+7. With >= 3 stand-alone seeds, whether a few stand-alone trainings would fix the ranking: a ridge
+   regression on the same features (and the inherited score) fitted on k random archs' seed-0
+   runs, judged on the others against their other seeds (:func:`calibrated`).
+
+``--finetune-epochs N`` also scores each extracted subnet after N epochs of the stand-alone QAT
+recipe from its inherited weights (a costlier accuracy source), with the same signals.
+``--source-resolution PX`` / ``--train-images N`` run everything on a harder task (see
+``bench/ranking_ground_truth.py``).
 
 Writes ``--out`` (JSON, atomically) and ends with a one-line summary. Stand-alone training runs
 on one torch thread per process (``--jobs`` processes); supernet training and the inherited
@@ -117,7 +129,23 @@ def get_supernet(a: argparse.Namespace, space: Any, splits: Any) -> tuple[Any, d
                       "config": cfg.to_dict(), "act_ranges": a.act_ranges, "history": hist}
 
 
-def inherited_scores(supernet: Any, splits: Any, archs: list, threads: int, bn_batches: int = 10) -> list[dict[str, Any]]:
+def finetuned(model: Any, data: Any, resolution: int, epochs: int, lr: float) -> dict[str, dict[str, float]]:
+    """``evaluate_parts`` of ``model`` (an extracted subnet) after ``epochs`` of the stand-alone QAT recipe
+    (seed 0, batch 64, cosine ``lr``) and BN re-calibration: the inherited weights as a starting point."""
+    from qnas.quant.batchnorm import recalibrate_bn
+    from qnas.quant.configs import TrainConfig
+    from qnas.quant.train import train
+
+    torch.manual_seed(0)
+    train(model, data("train", resolution).loader(64, True, 0), None,
+          TrainConfig(epochs=epochs, lr=lr, seed=0, progress=False))
+    recalibrate_bn(model, data("train", resolution).loader(64, True, 0), batches=10)
+    model.eval()
+    return rgt.evaluate_parts(model, data, resolution)
+
+
+def inherited_scores(supernet: Any, splits: Any, archs: list, threads: int, bn_batches: int = 10,
+                     finetune_epochs: int = 0, finetune_lr: float = 1e-3) -> list[dict[str, Any]]:
     from qnas.data import ResizedSplits
     from qnas.quant.clipping import clipping_report
     from qnas.supernet import SupernetEvaluator
@@ -135,6 +163,10 @@ def inherited_scores(supernet: Any, splits: Any, archs: list, threads: int, bn_b
         out.append({**m, "evaluator_val_acc": official, "logits_clipped": clip.logits.share,
                     "worst_act_clipped": clip.worst_activation.share, "median_act_clipped": clip.median_activation_share,
                     "seconds": round(time.perf_counter() - t0, 2)})
+        if finetune_epochs:
+            t0 = time.perf_counter()
+            out[-1]["finetuned"] = finetuned(model, data, arch.resolution, finetune_epochs, finetune_lr)
+            out[-1]["finetune_seconds"] = round(time.perf_counter() - t0, 2)
     return out
 
 
@@ -164,6 +196,83 @@ def accuracy_stats(inh: list[dict], gt: list[list[dict]]) -> dict[str, Any]:
             "median_standalone": float(np.median(s)), "worst_standalone": float(s.min()),
             "median_gap_points": float(np.median(gap)), "worst_gap_points": float(gap.min()),
             "median_inherited_val": float(np.median([m["val"]["acc"] for m in inh]))}
+
+
+def arch_features(arch: dict[str, Any]) -> dict[str, float]:
+    """What a subnet is made of, for :func:`misjudged_features`."""
+    blocks = [b for stage in arch["stages"] for b in stage if b]
+    return {"resolution": arch["resolution"], "width": arch["width"], "blocks": len(blocks),
+            "mean expansion": float(np.mean([b["e"] for b in blocks])),
+            "mean kernel": float(np.mean([b["k"] for b in blocks])),
+            "2-bit weights": sum(w == 2 for b in blocks for w in b["w"]),
+            "4-bit activations": sum(x == 4 for b in blocks for x in b["a"])}
+
+
+def misjudged_features(rows: list[dict[str, Any]], source: str = "inherited") -> dict[str, float]:
+    """Spearman rho of each arch feature with (rank of the source's loss - rank of the stand-alone loss):
+    > 0 where the source judges archs with more of the feature worse than stand-alone training does."""
+    from scipy.stats import rankdata
+
+    resid = rankdata([r[source]["eval_loss"] for r in rows]) - rankdata([r["standalone"]["eval_loss"] for r in rows])
+    feats = [arch_features(r["arch"]) for r in rows]
+    return {k: rgt.finite(rgt.rank_corr([f[k] for f in feats], list(resid))[1]) for k in feats[0]}
+
+
+def calibrated(rows: list[dict[str, Any]], sizes: tuple[int, ...] = (5, 10, 15, 20), repeats: int = 300,
+               seed: int = 0) -> dict[str, Any] | None:
+    """Would a few stand-alone trainings fix the supernet's ranking? For each size k, ``repeats`` times: k
+    random archs "trained stand-alone" (their seed-0 run) fit a ridge regression (standardised inputs,
+    alpha 1) of stand-alone loss / top-1 on the arch's :func:`arch_features`, with and without the
+    inherited score; the other archs are ranked by its prediction and judged like for like against
+    their seed-1.. runs (tau against one run at a time / the tau between those runs on the same archs).
+    None with fewer than 3 stand-alone seeds (the fitting seed must not be judged)."""
+    from scipy.stats import kendalltau
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    runs_of = {"eval_neg_loss": lambda p: -p["eval_loss"], "eval_top1": lambda p: p["eval_acc"]}
+    inherited_of = {"eval_neg_loss": lambda r: -r["inherited"]["eval_loss"], "eval_top1": lambda r: r["inherited"]["eval_acc"]}
+    if len(rows[0]["standalone"]["per_seed"]) < 3:
+        return None
+    feats = np.array([list(arch_features(r["arch"]).values()) for r in rows], float)
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {"features": list(arch_features(rows[0]["arch"])), "repeats": repeats}
+    for key in runs_of:
+        runs = np.array([[runs_of[key](p) for p in r["standalone"]["per_seed"]] for r in rows])
+        inh = np.array([inherited_of[key](r) for r in rows])
+        sources = {"inherited": None, "features": feats, "features + inherited": np.c_[feats, inh]}
+        out[key] = {}
+        for k in sizes:
+            if k > len(rows) - 3:
+                continue
+            taus: dict[str, list[float]] = {name: [] for name in sources}
+            ceilings = []
+            for _ in range(repeats):
+                order = rng.permutation(len(rows))
+                fit, held = order[:k], order[k:]
+                judge = [runs[held, j] for j in range(1, runs.shape[1])]
+                ceilings.append(np.mean([kendalltau(a, b).statistic for i, a in enumerate(judge) for b in judge[i + 1:]]))
+                for name, X in sources.items():
+                    pred = inh[held] if X is None else make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(
+                        X[fit], runs[fit, 0]).predict(X[held])
+                    taus[name].append(np.mean([kendalltau(pred, run).statistic for run in judge]))
+            c = float(np.nanmean(ceilings))
+            out[key][k] = {"ceiling_tau": c, **{name: {"tau_vs_single_seed": float(np.nanmean(v)),
+                                                       "tau_over_ceiling": float(np.nanmean(v)) / c}
+                                                for name, v in taus.items()}}
+    return out
+
+
+def print_signals(sig: dict[str, Any], title: str) -> None:
+    print(f"\n{title}\n{'signal':24s} {'tau':>6s} {'95% CI':>15s}   {'tau 1 seed':>10s} {'ceiling':>8s} {'ratio':>6s}   "
+          f"{'rho 1 seed':>10s} {'ceiling':>8s} {'ratio':>6s}   (tau: vs the seeds' mean; ratio: 1-seed / ceiling)")
+    for key, label, _ in SIGNALS:
+        s = sig[key]
+        ci = f"[{fmt(s['tau_ci95_low'], '.2f')}, {fmt(s['tau_ci95_high'], '.2f')}]"
+        print(f"{label:24s} {fmt(s['tau']):>6s} {ci:>15s}   {fmt(s['tau_vs_single_seed']):>10s} "
+              f"{fmt(s['ceiling_tau']):>8s} {fmt(s['tau_over_ceiling'], '.2f'):>6s}   "
+              f"{fmt(s['rho_vs_single_seed']):>10s} {fmt(s['ceiling_rho']):>8s} {fmt(s['rho_over_ceiling'], '.2f'):>6s}")
 
 
 def git_commit() -> str | None:
@@ -199,6 +308,10 @@ def main() -> None:
                         "saves the supernet for --supernet)")
     p.add_argument("--supernet", default=None, help="a trained supernet checkpoint (supernet.pt or its directory) "
                                                     "instead of training one")
+    p.add_argument("--finetune-epochs", type=int, default=0,
+                   help="also score each extracted subnet after this many epochs of stand-alone QAT from its "
+                        "inherited weights (a costlier accuracy source; 0: off)")
+    p.add_argument("--finetune-lr", type=float, default=1e-3, help="peak learning rate of that fine-tuning")
     p.add_argument("--seed", type=int, default=1, help="arch sampling seed")
     p.add_argument("--w8a8", type=int, default=0, help="also compare the W8A8 version of the first N archs")
     p.add_argument("--jobs", type=int, default=1, help="stand-alone training processes (one thread each)")
@@ -208,6 +321,7 @@ def main() -> None:
     p.add_argument("--refresh-ground-truth", action="store_true",
                    help="retrain cached stand-alone results made with other stand-alone code")
     p.add_argument("--out", default=str(rgt.ROOT / "bench" / "results" / "supernet_ranking.json"))
+    rgt.add_task_args(p)
     a = p.parse_args()
     if a.archs < 3 or a.standalone_seeds < 1:
         raise SystemExit("--archs must be >= 3 and --standalone-seeds >= 1")
@@ -217,8 +331,9 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     t_start = time.perf_counter()
-    settings = rgt.Settings(epochs=a.standalone_epochs)
+    settings = rgt.task_settings(a, a.standalone_epochs)
     splits = rgt.load_splits(settings)
+    print(f"task: {settings.task} ({len(splits.train)} training images)", flush=True)
     space = SearchSpace()
     archs = rgt.sample_archs(space, a.archs, a.seed)
     extra = [rgt.w8a8(x) for x in archs[:a.w8a8]]
@@ -233,7 +348,8 @@ def main() -> None:
     print(f"supernet: {sn['train_seconds']:.0f} s, {sn['optimizer_steps']} optimizer steps, {sn['epochs']} epochs",
           flush=True)
     t0 = time.perf_counter()
-    inh = inherited_scores(supernet, splits, archs + extra, a.threads, a.eval_bn_batches)
+    inh = inherited_scores(supernet, splits, archs + extra, a.threads, a.eval_bn_batches,
+                           a.finetune_epochs, a.finetune_lr)
     t_inh = time.perf_counter() - t0
     inh_rows, inh_extra = inh[:len(archs)], inh[len(archs):]
 
@@ -253,6 +369,9 @@ def main() -> None:
                               "per_seed": [{"seed": e["seed"], "val_acc": e["val"]["acc"], "eval_acc": x["acc"],
                                             "eval_loss": x["loss"], "train_seconds": e["train_seconds"]}
                                            for e, x in zip(g, gs)]}}
+        if "finetuned" in m:
+            f = rgt.combined(m["finetuned"])
+            row["finetuned"] = {"val_acc": m["finetuned"]["val"]["acc"], "eval_acc": f["acc"], "eval_loss": f["loss"]}
         rows.append(row)
         tag = "W8A8 " if row["w8a8"] else ""
         print(f"{k:3d} {c['acc']:8.3f} / {c['loss']:5.3f}  {row['standalone']['eval_acc']:8.3f} / "
@@ -262,20 +381,38 @@ def main() -> None:
     sig = signal_stats(inh_rows, gt_rows, a.bootstrap)
     acc = accuracy_stats(inh_rows, gt_rows)
     acc_w8 = accuracy_stats(inh_extra, gt_extra) if extra else None
-    print(f"\n{'signal':24s} {'tau':>6s} {'95% CI':>15s}   {'tau 1 seed':>10s} {'ceiling':>8s} {'ratio':>6s}   "
-          f"{'rho 1 seed':>10s} {'ceiling':>8s} {'ratio':>6s}   (tau: vs the seeds' mean; ratio: 1-seed / ceiling)")
-    for key, label, _ in SIGNALS:
-        s = sig[key]
-        ci = f"[{fmt(s['tau_ci95_low'], '.2f')}, {fmt(s['tau_ci95_high'], '.2f')}]"
-        print(f"{label:24s} {fmt(s['tau']):>6s} {ci:>15s}   {fmt(s['tau_vs_single_seed']):>10s} "
-              f"{fmt(s['ceiling_tau']):>8s} {fmt(s['tau_over_ceiling'], '.2f'):>6s}   "
-              f"{fmt(s['rho_vs_single_seed']):>10s} {fmt(s['ceiling_rho']):>8s} {fmt(s['rho_over_ceiling'], '.2f'):>6s}")
+    print_signals(sig, "inherited")
+    ft = None
+    if a.finetune_epochs:
+        ft_rows = [m["finetuned"] for m in inh_rows]
+        ft = {"epochs": a.finetune_epochs, "lr": a.finetune_lr, "signals": signal_stats(ft_rows, gt_rows, a.bootstrap),
+              "accuracy": accuracy_stats(ft_rows, gt_rows),
+              "median_seconds_per_arch": float(np.median([m["finetune_seconds"] for m in inh_rows]))}
+        print_signals(ft["signals"], f"inherited + {a.finetune_epochs} epoch(s) of QAT "
+                                     f"({ft['median_seconds_per_arch']:.1f} s per arch)")
+        print(f"fine-tuned: median {100 * ft['accuracy']['median_inherited']:.1f} %, worst "
+              f"{100 * ft['accuracy']['worst_inherited']:.1f} %")
     for name, st in (("mixed", acc), ("W8A8", acc_w8)):
         if st:
             print(f"{name} ({st['n']} archs, val+test top-1): inherited median {100 * st['median_inherited']:.1f} %, "
                   f"worst {100 * st['worst_inherited']:.1f} %; stand-alone median {100 * st['median_standalone']:.1f} %; "
                   f"gap inherited - stand-alone median {st['median_gap_points']:+.1f} points, "
                   f"worst {st['worst_gap_points']:+.1f}")
+    bias = {src: misjudged_features([r for r in rows if not r["w8a8"]], src)
+            for src in ("inherited", "finetuned") if src in rows[0]}
+    for src, b in bias.items():
+        print(f"what the {src} loss misjudges (Spearman rho of each feature with its rank minus the stand-alone "
+              "rank; > 0: judged worse than stand-alone does): "
+              + ", ".join(f"{k} {fmt(v, '+.2f')}" for k, v in b.items()))
+    calib = calibrated([r for r in rows if not r["w8a8"]])
+    if calib:
+        print(f"\ncalibrated by k stand-alone archs (ridge on {', '.join(calib['features'])}; "
+              f"{calib['repeats']} random draws; held-out archs, like for like):")
+        for key, label, _ in SIGNALS[1:]:
+            for k, c in calib[key].items():
+                print(f"  {label:24s} k={k:2d}  ceiling {c['ceiling_tau']:.3f}  " + "  ".join(
+                    f"{name} {c[name]['tau_vs_single_seed']:.3f} ({c[name]['tau_over_ceiling']:.2f}x)"
+                    for name in ("inherited", "features", "features + inherited")))
     clipped = [m["logits_clipped"] for m in inh_rows]
     clip_stats = {"logits_clipped_median": float(np.median(clipped)), "logits_clipped_max": float(np.max(clipped)),
                   "worst_act_clipped_median": float(np.median([m["worst_act_clipped"] for m in inh_rows]))}
@@ -292,13 +429,13 @@ def main() -> None:
               f"{100 * parity:.2f} points (extract() parity)")
 
     res = {
-        "commit": git_commit(), "args": vars(a), "n_archs": len(archs), "standalone_seeds": seeds,
+        "commit": git_commit(), "args": vars(a), "task": settings.task, "n_archs": len(archs), "standalone_seeds": seeds,
         "eval_set": {p: int(len(getattr(splits, p))) for p in ("train", "val", "test")},
         "supernet": sn, "inherited_eval_seconds": round(t_inh, 1),
         "ground_truth": {"path": str(a.ground_truth), "settings": asdict(settings), "trained": gt["trained"], "cached": gt["cached"], "seconds": gt["seconds"],
                          "stale": gt["stale"],
                          "median_train_seconds": float(np.median([e["train_seconds"] for r in gt["entries"] for e in r]))},
-        "signals": sig, "accuracy": acc, "accuracy_w8a8": acc_w8, "clipping": clip_stats, "extract_parity_max_abs": parity,
+        "signals": sig, "finetuned": ft, "misjudged_features": bias, "calibrated": calib, "accuracy": acc, "accuracy_w8a8": acc_w8, "clipping": clip_stats, "extract_parity_max_abs": parity,
         "total_seconds": round(time.perf_counter() - t_start, 1), "rows": rows,
     }
     out = Path(a.out)
