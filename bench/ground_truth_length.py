@@ -23,6 +23,8 @@ the same ground-truth file; only missing entries are trained) and reports:
    ceiling flatters a noisy ground truth (a perfect predictor scores 1 / sqrt(reliability) x), so
    each line also estimates tau against the noise-free ground truth (Spearman's correction for
    attenuation on the Pearson scale, ``disattenuated``).
+5. ``--calibrated FILE``: ``supernet_ranking.calibrated`` for that result against each length --
+   does a ridge on arch features fitted on k stand-alone archs rank better than the supernet?
 
 Writes ``--out`` (JSON, atomically).
 """
@@ -132,6 +134,30 @@ def score(inh: list[dict], rows: dict[int, list[list[dict]]], lengths: dict[int,
     return cells
 
 
+def calibrated_by_length(path: str, rows: dict[int, list[list[dict]]], uids: list[str]) -> dict[int, Any]:
+    """``supernet_ranking.calibrated`` of the result ``path`` against each length's stand-alone runs."""
+    import supernet_ranking
+
+    r = json.loads(Path(path).read_text())
+    inh = [row for row in r["rows"] if not row.get("w8a8")]
+    if [row["uid"] for row in inh] != uids:
+        raise SystemExit(f"--calibrated {path}: other archs than these")
+    out = {}
+    for n, entries in rows.items():
+        per_arch = [{"arch": row["arch"], "inherited": row["inherited"], "standalone": {"per_seed": [
+            {"eval_acc": rgt.combined(e)["acc"], "eval_loss": rgt.combined(e)["loss"]} for e in runs]}}
+            for row, runs in zip(inh, entries)]
+        out[n] = supernet_ranking.calibrated(per_arch, sizes=(10, 15, 20), repeats=200)
+        if out[n] is None:
+            continue
+        for key in ("eval_top1", "eval_neg_loss"):
+            for k, c in out[n][key].items():
+                print(f"calibrated, {n} epochs, {key:13s} k={k:2d}  ceiling {c['ceiling_tau']:.3f}  " + "  ".join(
+                    f"{name} {c[name]['tau_vs_single_seed']:.3f} ({c[name]['tau_over_ceiling']:.2f}x)"
+                    for name in ("inherited", "features", "features + inherited")))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -149,6 +175,8 @@ def main() -> None:
                    help="two of the results that differ only in the supernet's seed: their seed-to-seed tau and "
                         "the ranking of their mean")
     p.add_argument("--out", default=str(rgt.ROOT / "bench" / "results" / "ground_truth_length.json"))
+    p.add_argument("--calibrated", default=None, metavar="FILE",
+                   help="a supernet_ranking result: its calibrated-predictor comparison against each length (~1 min)")
     rgt.add_task_args(p)
     a = p.parse_args()
     if a.seeds < 2 or a.archs < 3 or a.long <= 0 or a.short <= 0:
@@ -234,6 +262,8 @@ def main() -> None:
         print(f"{'mean of the pair':40s} " + " ".join(f"{c:>{wide}s}" for c in cells))
         print("tau between the pair's inherited scores (supernet seed to seed): "
               + ", ".join(f"{k} {v:.3f}" for k, v in entry["supernet_seed_to_seed_tau"].items()))
+    if a.calibrated:
+        res["calibrated"] = calibrated_by_length(a.calibrated, rows, uids)
     out = Path(a.out)
     atomic_write(out, lambda t: Path(t).write_text(json.dumps(json_safe(res), indent=2)))
     print(f"wrote {out}")

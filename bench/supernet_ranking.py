@@ -33,7 +33,6 @@
 6. What the supernet misjudges: Spearman rho of each arch feature (resolution, width, blocks,
    expansion, kernel, 2-bit weights, 4-bit activations) with the rank of its inherited loss minus
    the rank of its stand-alone loss.
-
 7. With >= 3 stand-alone seeds, whether a few stand-alone trainings would fix the ranking: a ridge
    regression on the same features (and the inherited score) fitted on k random archs' seed-0
    runs, judged on the others against their other seeds (:func:`calibrated`).
