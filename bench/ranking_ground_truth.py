@@ -119,6 +119,8 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
 
 
 def task_settings(a: argparse.Namespace, epochs: int) -> Settings:
+    if a.source_resolution < 0 or a.train_images < 0:
+        raise SystemExit("--source-resolution and --train-images take a positive number (0: off)")
     return Settings(epochs=epochs, source_resolution=a.source_resolution, train_images=a.train_images)
 
 

@@ -324,6 +324,8 @@ def main() -> None:
     a = p.parse_args()
     if a.archs < 3 or a.standalone_seeds < 1:
         raise SystemExit("--archs must be >= 3 and --standalone-seeds >= 1")
+    if a.finetune_epochs < 0 or not a.finetune_lr > 0:
+        raise SystemExit("--finetune-epochs must be >= 0 and --finetune-lr > 0")
 
     from qnas.quant.checkpoint import atomic_write
     from qnas.space import SearchSpace
