@@ -148,13 +148,8 @@ def calibrated_by_length(path: str, rows: dict[int, list[list[dict]]], uids: lis
             {"eval_acc": rgt.combined(e)["acc"], "eval_loss": rgt.combined(e)["loss"]} for e in runs]}}
             for row, runs in zip(inh, entries)]
         out[n] = supernet_ranking.calibrated(per_arch, sizes=(10, 15, 20), repeats=200)
-        if out[n] is None:
-            continue
-        for key in ("eval_top1", "eval_neg_loss"):
-            for k, c in out[n][key].items():
-                print(f"calibrated, {n} epochs, {key:13s} k={k:2d}  ceiling {c['ceiling_tau']:.3f}  " + "  ".join(
-                    f"{name} {c[name]['tau_vs_single_seed']:.3f} ({c[name]['tau_over_ceiling']:.2f}x)"
-                    for name in ("inherited", "features", "features + inherited")))
+        if out[n] is not None:
+            supernet_ranking.print_calibrated(out[n], f"calibrated, {n:2d} epochs: ")
     return out
 
 

@@ -263,6 +263,15 @@ def calibrated(rows: list[dict[str, Any]], sizes: tuple[int, ...] = (5, 10, 15, 
     return out
 
 
+def print_calibrated(calib: dict[str, Any], prefix: str) -> None:
+    """One line per signal and k of :func:`calibrated`'s result."""
+    for key, label, _ in SIGNALS[1:]:
+        for k, c in calib[key].items():
+            print(f"{prefix}{label:24s} k={k:2d}  ceiling {c['ceiling_tau']:.3f}  " + "  ".join(
+                f"{name} {c[name]['tau_vs_single_seed']:.3f} ({c[name]['tau_over_ceiling']:.2f}x)"
+                for name in ("inherited", "features", "features + inherited")))
+
+
 def print_signals(sig: dict[str, Any], title: str) -> None:
     print(f"\n{title}\n{'signal':24s} {'tau':>6s} {'95% CI':>15s}   {'tau 1 seed':>10s} {'ceiling':>8s} {'ratio':>6s}   "
           f"{'rho 1 seed':>10s} {'ceiling':>8s} {'ratio':>6s}   (tau: vs the seeds' mean; ratio: 1-seed / ceiling)")
@@ -409,11 +418,7 @@ def main() -> None:
     if calib:
         print(f"\ncalibrated by k stand-alone archs (ridge on {', '.join(calib['features'])}; "
               f"{calib['repeats']} random draws; held-out archs, like for like):")
-        for key, label, _ in SIGNALS[1:]:
-            for k, c in calib[key].items():
-                print(f"  {label:24s} k={k:2d}  ceiling {c['ceiling_tau']:.3f}  " + "  ".join(
-                    f"{name} {c[name]['tau_vs_single_seed']:.3f} ({c[name]['tau_over_ceiling']:.2f}x)"
-                    for name in ("inherited", "features", "features + inherited")))
+        print_calibrated(calib, "  ")
     clipped = [m["logits_clipped"] for m in inh_rows]
     clip_stats = {"logits_clipped_median": float(np.median(clipped)), "logits_clipped_max": float(np.max(clipped)),
                   "worst_act_clipped_median": float(np.median([m["worst_act_clipped"] for m in inh_rows]))}
