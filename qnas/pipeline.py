@@ -70,10 +70,11 @@ def demo(cfg: DemoConfig | None = None, space: SearchSpace | None = None, progre
         onnx_path = exporter.export(model, test_ds.images[:1], run.file("model.onnx"), overwrite=True)
         parity = exporter.verify(onnx_path, model, test_ds.images, test_ds.labels)
         check_parity(parity, onnx_path)
-        # the smallest of 10 medians of 100 runs (~1 s): a shared machine's interference only adds time, and
-        # fewer rounds moved by ~10 % between two runs of the same file here
+        # the smallest of 10 medians of 100 runs, spread over ~5 s: a shared machine's interference only adds
+        # time; fewer rounds moved by ~10 % between two runs of the same file, and back-to-back rounds all
+        # landed in a seconds-long spell of a 2x slower core on a shared VM (0.80 vs 0.44 ms)
         measured = time_onnx_ms(onnx_path, (1, space.config.in_channels, arch.resolution, arch.resolution),
-                                repeats=100, rounds=10)
+                                repeats=100, rounds=10, pause_s=0.5)
 
         report = {
             "run_dir": str(run.path),
@@ -145,7 +146,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"  identical predictions  {100 * r['identical_predictions']:.2f} %  (max |dlogit| {r['max_abs_logit_diff']:.2g})",
         *_step_line(r),
         f"  predicted latency      {r['predicted_latency_ms']:.4g} ms ({_target(r)}, {r.get('latency_kind', 'analytic')} model)",
-        f"  measured ORT latency   {r['measured_ort_latency_ms']:.4g} ms (1 thread, batch 1, best of 10 medians; "
+        f"  measured ORT latency   {r['measured_ort_latency_ms']:.4g} ms (1 thread, batch 1, best of 10 medians over ~5 s; "
         f"predicted / measured {r['predicted_latency_ms'] / r['measured_ort_latency_ms']:.2f})",
         f"  time                   search {r['seconds']['search']} s, finish {r['seconds']['finish']} s, "
         f"total {r['seconds']['total']} s",

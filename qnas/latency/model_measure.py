@@ -21,6 +21,7 @@ import json
 import math
 import platform
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -105,13 +106,21 @@ def _check_protocol(threads: int, warmup: int, repeats: int, rounds: int, passes
 
 
 def time_onnx_ms(path: str | Path, input_shape: tuple[int, ...], threads: int = 1, warmup: int = 10,
-                 repeats: int = 30, rounds: int = DEFAULT_ROUNDS) -> float:
+                 repeats: int = 30, rounds: int = DEFAULT_ROUNDS, pause_s: float = 0.0) -> float:
     """Smallest of ``rounds`` :func:`~qnas.exporters.onnx_qcdq.measure_latency_ms`
-    medians (each a fresh session, ``warmup`` runs, median of ``repeats``)."""
+    medians (each a fresh session, ``warmup`` runs, median of ``repeats``), with ``pause_s``
+    seconds between rounds: on a shared virtual machine a core can run ~2x slower for seconds
+    at a time, so rounds spread over a few seconds find an undisturbed one."""
     from qnas.exporters.onnx_qcdq import measure_latency_ms
 
-    ms = min(float(measure_latency_ms(path, input_shape, threads=threads, warmup=warmup, repeats=repeats))
-             for _ in range(rounds))
+    if pause_s < 0:
+        raise QnasError(f"pause_s must be >= 0, got {pause_s}")
+    medians = []
+    for i in range(rounds):
+        if i and pause_s:
+            time.sleep(pause_s)
+        medians.append(float(measure_latency_ms(path, input_shape, threads=threads, warmup=warmup, repeats=repeats)))
+    ms = min(medians)
     if not (math.isfinite(ms) and ms > 0):
         raise QnasError(f"onnxruntime returned a non-positive latency {ms} ms for {path}")
     return ms
