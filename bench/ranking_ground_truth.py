@@ -112,15 +112,15 @@ def load_splits(settings: Settings):
 
 def add_task_args(p: argparse.ArgumentParser) -> None:
     """The harder-task options shared by the ranking benches (see :class:`Settings`)."""
-    p.add_argument("--source-resolution", type=int, default=0, metavar="PX",
+    from qnas.cli._args import non_negative_int
+
+    p.add_argument("--source-resolution", type=non_negative_int, default=0, metavar="PX",
                    help="shrink every image to PX x PX before the space resizes it (a harder task; 0: as is)")
-    p.add_argument("--train-images", type=int, default=0, metavar="N",
+    p.add_argument("--train-images", type=non_negative_int, default=0, metavar="N",
                    help="train (stand-alone and supernet) on only the first N training images (0: all)")
 
 
 def task_settings(a: argparse.Namespace, epochs: int) -> Settings:
-    if a.source_resolution < 0 or a.train_images < 0:
-        raise SystemExit("--source-resolution and --train-images take a positive number (0: off)")
     return Settings(epochs=epochs, source_resolution=a.source_resolution, train_images=a.train_images)
 
 

@@ -296,7 +296,7 @@ def fmt(v: float | None, spec: str = ".3f") -> str:
 
 
 def main() -> None:
-    from qnas.cli._args import phase_epochs
+    from qnas.cli._args import non_negative_int, phase_epochs, positive_float
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -316,10 +316,10 @@ def main() -> None:
                         "saves the supernet for --supernet)")
     p.add_argument("--supernet", default=None, help="a trained supernet checkpoint (supernet.pt or its directory) "
                                                     "instead of training one")
-    p.add_argument("--finetune-epochs", type=int, default=0,
+    p.add_argument("--finetune-epochs", type=non_negative_int, default=0,
                    help="also score each extracted subnet after this many epochs of stand-alone QAT from its "
                         "inherited weights (a costlier accuracy source; 0: off)")
-    p.add_argument("--finetune-lr", type=float, default=1e-3, help="peak learning rate of that fine-tuning")
+    p.add_argument("--finetune-lr", type=positive_float, default=1e-3, help="peak learning rate of that fine-tuning")
     p.add_argument("--seed", type=int, default=1, help="arch sampling seed")
     p.add_argument("--w8a8", type=int, default=0, help="also compare the W8A8 version of the first N archs")
     p.add_argument("--jobs", type=int, default=1, help="stand-alone training processes (one thread each)")
@@ -333,8 +333,6 @@ def main() -> None:
     a = p.parse_args()
     if a.archs < 3 or a.standalone_seeds < 1:
         raise SystemExit("--archs must be >= 3 and --standalone-seeds >= 1")
-    if a.finetune_epochs < 0 or not a.finetune_lr > 0:
-        raise SystemExit("--finetune-epochs must be >= 0 and --finetune-lr > 0")
 
     from qnas.quant.checkpoint import atomic_write
     from qnas.space import SearchSpace
